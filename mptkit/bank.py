@@ -1,0 +1,164 @@
+"""PromptBank: the three tensors (as lazy :class:`~mptkit.tensor.Array` handles), task names,
+config and provenance. Operations take banks and return new ones; they never touch paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from . import __version__
+from .errors import UsageError
+from .tensor import Array
+
+KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")
+
+
+@dataclass
+class Source:
+    """Where a bank was read from."""
+
+    path: str  # what the user named (a file, a folder or an hf:// reference)
+    format: str  # "safetensors", "peft-adapter", "peft-adapter (.bin)", "pickle"
+    data_file: str  # the file holding the tensors
+    file_size: int
+    _sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the tensor file (computed on first use, reading the whole file)."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            with open(self.data_file, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+
+@dataclass
+class PromptBank:
+    tensors: dict[str, Array]
+    task_names: list[str] | None = None
+    #: adapter_config.json fields known for this bank (from a folder, or from a bare file's
+    #: ``mptkit.config`` metadata); None when unknown
+    config: dict | None = None
+    provenance: list[dict] = field(default_factory=list)
+    #: other safetensors metadata (not ``format``, not mptkit's keys), kept as is
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: Source | None = None
+    #: notes for the user from reading (e.g. names PEFT dropped); printed by inspect/validate
+    notes: list[str] = field(default_factory=list)
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def shared_only(self) -> bool:
+        return "prefix_task_cols" not in self.tensors
+
+    @property
+    def num_tasks(self) -> int:
+        """T (0 for a shared-only state dict)."""
+        return 0 if self.shared_only else self.tensors["prefix_task_cols"].shape[0]
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shared_only else self.tensors["prefix_task_cols"].shape[2]
+
+    @property
+    def num_tokens(self) -> int:
+        """N = num_virtual_tokens x num_transformer_submodules."""
+        return self.tensors["prompt_embeddings"].shape[0]
+
+    @property
+    def token_dim(self) -> int:
+        return self.tensors["prompt_embeddings"].shape[1]
+
+    @property
+    def dtype(self) -> str:
+        return self.tensors["prompt_embeddings"].dtype
+
+    @property
+    def num_submodules(self) -> int | None:
+        from .schema import num_submodules
+
+        return num_submodules(self.config) if self.config else None
+
+    @property
+    def num_virtual_tokens(self) -> int | None:
+        return (self.config or {}).get("num_virtual_tokens")
+
+    def names(self) -> list[str]:
+        """Task names, or their indices as strings where the bank names none."""
+        return list(self.task_names) if self.task_names else [str(i) for i in range(self.num_tasks)]
+
+    # -- tasks --------------------------------------------------------------------------------
+    def task_index(self, ref: int | str) -> int:
+        """A 0-based index from an index or a name; a clear error when neither fits."""
+        return select_tasks(self, str(ref), allow_ranges=False)[0]
+
+    def with_tensors(self, tensors: dict[str, Array], task_names: list[str] | None, **changes) -> "PromptBank":
+        """A new bank with these tensors (config numbers follow the shapes)."""
+        cfg = dict(self.config) if self.config else None
+        out = replace(self, tensors=tensors, task_names=task_names, config=cfg, notes=[], **changes)
+        if cfg is not None:
+            cfg["token_dim"] = out.token_dim
+            if not out.shared_only:
+                cfg["num_tasks"] = out.num_tasks
+                cfg["num_ranks"] = out.rank
+        return out
+
+    def provenance_entry(self, operation: str, arguments: dict, sources: Sequence["PromptBank"] = ()) -> dict:
+        """One provenance record for an operation on ``sources`` (self when empty)."""
+        srcs = []
+        for b in sources or [self]:
+            if b.source is not None:
+                srcs.append({"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256})
+        return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
+
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges: bool = True) -> list[int]:
+    """Task indices from ``"0,3,5-7"``, names (``"sst2,mnli"``), or a list of indices/names, in the
+    order given. Unknown or out-of-range entries are a :class:`UsageError` that lists the tasks."""
+    if bank.shared_only:
+        raise UsageError(f"{_where(bank)} holds only the shared prompt (no tasks) to select from")
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    if not items or any(i == "" for i in items):
+        raise UsageError(f"empty task selection {spec!r}; give indices (0,3,5-7) or names")
+    T, names = bank.num_tasks, bank.task_names or []
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            idx = int(item)
+            if not 0 <= idx < T:
+                raise UsageError(f"task {idx} is out of range: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+            out.append(idx)
+            continue
+        m = _RANGE.match(item) if allow_ranges else None
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b or b >= T:
+                raise UsageError(f"task range {item} does not fit: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+            out.extend(range(a, b + 1))
+            continue
+        if item in names:
+            out.append(names.index(item))
+            continue
+        raise UsageError(f"unknown task {item!r}: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+    return out
+
+
+def _where(bank: PromptBank) -> str:
+    return bank.source.path if bank.source else "the bank"
+
+
+def _task_list(bank: PromptBank) -> str:
+    if bank.task_names:
+        shown = bank.task_names[:20]
+        more = f", ... {len(bank.task_names) - 20} more" if len(bank.task_names) > 20 else ""
+        return "named " + ", ".join(shown) + more
+    return f"indices 0 to {bank.num_tasks - 1}; it names none"

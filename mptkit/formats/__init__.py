@@ -1,0 +1,189 @@
+"""Reading and writing prompt banks.
+
+``load(path)`` takes a ``.safetensors`` file, a PEFT adapter folder, a ``.bin``/``.pt``/``.pth``
+pickle (weights only) or an ``hf://owner/repo[@rev][/path]`` reference and returns a
+:class:`~mptkit.bank.PromptBank` whose tensors are still on disk. ``save(bank, path)`` writes a
+bare state dict (path ending in ``.safetensors``) or a PEFT adapter folder (any other path),
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..bank import KEYS, PromptBank, Source
+from ..errors import InvalidBank, OutputError
+from ..schema import (
+    META_CONFIG,
+    META_PROVENANCE,
+    META_TASK_NAMES,
+    check_config,
+    check_metadata,
+    check_tensors,
+    config_shape_problems,
+)
+from ..tensor import Array
+from . import atomic, peft
+from . import safetensors as st
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
+    """Read a bank (headers only; tensor data stays on disk). Every problem found is listed in
+    the raised :class:`InvalidBank`'s ``problems``. ``kind`` forces a schema ("bank", "task",
+    "shared"); by default a file holding only ``prompt_embeddings`` is checked as shared-only."""
+    name = os.fspath(path)
+    if name.startswith("hf://"):
+        from ..hub import resolve
+
+        local = resolve(name)
+        bank = load(local, kind=kind)
+        bank.source.path = name
+        return bank
+    p = Path(name)
+    if p.is_dir():
+        return _load_folder(p, kind)
+    if not p.exists():
+        raise InvalidBank(f"{name}: no such file or folder")
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        return _load_pickle(p, name, "pickle", kind)
+    return _load_safetensors(p, name, "safetensors", kind)
+
+
+def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
+                      config_file: str | None = None) -> PromptBank:
+    header = st.read_header(str(p))
+    tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.tensors.items()}
+    problems = [f"{p}: {x}" for x in check_tensors(tensors, kind)]
+    meta = header.metadata or {}
+    problems += [f"{p}: {x}" for x in check_metadata(meta)]
+    names, provenance, hints = _decode_meta(meta) if not problems else (None, [], {})
+    if config is None and hints:
+        config = dict(hints)
+    problems += _config_problems(config, config_file, tensors, names)
+    if problems:
+        raise InvalidBank(problems[0], problems)
+    arrays = {k: header.array(k) for k in header.tensors}
+    other = {k: v for k, v in meta.items() if k not in ("format", META_TASK_NAMES, META_PROVENANCE, META_CONFIG)}
+    source = Source(shown, fmt, str(p), header.file_size)
+    return PromptBank(arrays, names, config, provenance, other, source)
+
+
+def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
+                 config_file: str | None = None) -> PromptBank:
+    from . import pickle as pk
+
+    raw = pk.read(str(p))
+    arrays, tensors, problems = {}, {}, []
+    for k, t in raw.items():
+        try:
+            arrays[k] = Array.from_torch(t)
+            tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
+        except ValueError:
+            tensors[k] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    problems += [f"{p}: {x}" for x in check_tensors(tensors, kind)]
+    problems += _config_problems(config, config_file, tensors, None)
+    if problems:
+        raise InvalidBank(problems[0], problems)
+    return PromptBank(arrays, None, config, [], {}, Source(shown, fmt, str(p), p.stat().st_size))
+
+
+def _load_folder(p: Path, kind: str | None) -> PromptBank:
+    cfg_path = p / peft.CONFIG_NAME
+    weights = [p / peft.SAFETENSORS_NAME, p / peft.BIN_NAME]
+    if not cfg_path.is_file():
+        found = sorted(x.name for x in p.iterdir())[:8]
+        raise InvalidBank(
+            f"{p}: not a PEFT adapter folder: {peft.CONFIG_NAME} is missing (found: {', '.join(found) or 'nothing'})"
+        )
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidBank(f"{cfg_path}: not UTF-8 text; expected a JSON object") from None
+    except RecursionError:
+        raise InvalidBank(f"{cfg_path}: the JSON is nested too deeply") from None
+    except ValueError as e:
+        raise InvalidBank(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except OSError as e:
+        raise InvalidBank(f"{cfg_path}: cannot read it ({e.strerror or e})") from None
+    if isinstance(config, dict) and config.get("peft_type") not in (None, "MULTITASK_PROMPT_TUNING"):
+        raise InvalidBank(
+            f"{cfg_path}: field peft_type: expected \"MULTITASK_PROMPT_TUNING\", found {json.dumps(config.get('peft_type'))}"
+            " (this adapter is not a multitask prompt tuning bank)"
+        )
+    if weights[0].is_file():
+        return _load_safetensors(weights[0], str(p), "peft-adapter", kind, config, str(cfg_path))
+    if weights[1].is_file():
+        return _load_pickle(weights[1], str(p), "peft-adapter (.bin)", kind, config, str(cfg_path))
+    raise InvalidBank(f"{p}: the adapter folder has no {peft.SAFETENSORS_NAME} or {peft.BIN_NAME}")
+
+
+def _config_problems(config, config_file, tensors, names) -> list[str]:
+    problems = []
+    if config_file is not None:
+        problems += [f"{config_file}: {x}" for x in check_config(config)]
+        if problems:
+            return problems
+    if isinstance(config, dict):
+        problems += [f"{config_file or 'mptkit.config metadata'}: {x}" for x in config_shape_problems(config, tensors)]
+    cols = tensors.get("prefix_task_cols", {}).get("shape")
+    if names is not None and cols and len(cols) == 3 and len(names) != cols[0]:
+        problems.append(f"__metadata__ key '{META_TASK_NAMES}' lists {len(names)} names but the bank has T={cols[0]} tasks")
+    return problems
+
+
+def _decode_meta(meta: dict):
+    names = json.loads(meta[META_TASK_NAMES]) if META_TASK_NAMES in meta else None
+    prov = json.loads(meta[META_PROVENANCE]) if META_PROVENANCE in meta else []
+    hints = json.loads(meta[META_CONFIG]) if META_CONFIG in meta else {}
+    return names, prov, hints
+
+
+# -- writing -------------------------------------------------------------------------------------
+def is_file_output(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(".safetensors")
+
+
+def metadata_for(bank: PromptBank, *, with_config: bool) -> dict[str, str]:
+    meta = {"format": "pt"}
+    meta.update(bank.metadata)
+    if bank.task_names:
+        meta[META_TASK_NAMES] = json.dumps(bank.task_names, ensure_ascii=False)
+    if bank.provenance:
+        meta[META_PROVENANCE] = json.dumps(bank.provenance, ensure_ascii=False, sort_keys=True)
+    hints = peft.config_hints(bank.config)
+    if with_config and hints:
+        meta[META_CONFIG] = json.dumps(hints, sort_keys=True)
+    return meta
+
+
+def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> Path:
+    """Write ``bank`` to ``path``: a bare ``.safetensors`` state dict, or else a PEFT adapter folder.
+    ``inputs`` are paths that must not be overwritten (the sources). Returns the path written."""
+    target = Path(path)
+    if os.fspath(path).startswith("hf://"):
+        raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
+    folder = not is_file_output(target)
+    srcs = [b for b in inputs] + ([bank.source.data_file] if bank.source else [])
+    atomic.check_target(target, folder=folder, force=force, inputs=srcs)
+    tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
+    if not folder:
+        with atomic.atomic_file(target) as f:
+            st.write(f, tensors, metadata_for(bank, with_config=True))
+        return target
+    if bank.shared_only:
+        raise OutputError(
+            f"{target}: an adapter folder needs task factors, but this bank holds only the shared prompt "
+            "(write a .safetensors file, or give --num-tasks to add fresh factors)"
+        )
+    where = bank.source.path if bank.source else "the bank"
+    config = peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
+                                  num_tasks=bank.num_tasks, num_ranks=bank.rank, where=where)
+    with atomic.atomic_dir(target) as tmp:
+        with open(tmp / peft.SAFETENSORS_NAME, "xb") as f:
+            st.write(f, tensors, metadata_for(bank, with_config=False))
+        (tmp / peft.CONFIG_NAME).write_text(peft.config_text(config), encoding="utf-8")
+    return target

@@ -1,0 +1,219 @@
+"""The JSON Schemas in ``schemas/`` and the cross-shape rules JSON Schema cannot state.
+
+Every check returns a list of one-sentence problems (empty when valid) so that ``validate`` can
+report all of them; callers that want the first raise :class:`~mptkit.errors.InvalidBank`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+SCHEMA_FILES = {
+    "bank": "bank.schema.json",
+    "task": "task.schema.json",
+    "shared": "shared.schema.json",
+    "adapter_config": "adapter_config.schema.json",
+    "metadata": "metadata.schema.json",
+}
+_BASE = "https://mptkit.invalid/schemas/"
+
+#: metadata keys mptkit owns (JSON inside safetensors' string-only metadata)
+META_TASK_NAMES = "mptkit.task_names"
+META_PROVENANCE = "mptkit.provenance"
+META_CONFIG = "mptkit.config"
+
+
+def schema_dir() -> Path:
+    """The folder holding the schema files: inside the installed package (wheel), else the
+    repository's top-level ``schemas/`` (editable install or source checkout)."""
+    packaged = resources.files("mptkit") / "schemas"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(kind: str) -> dict:
+    return json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _validator(kind: str, pointer: str = ""):
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    registry = Registry().with_resources(
+        (_BASE + fname, Resource.from_contents(load_schema(k))) for k, fname in SCHEMA_FILES.items()
+    )
+    schema: Any = {"$ref": _BASE + SCHEMA_FILES[kind] + ("#" + pointer if pointer else "")}
+    return Draft202012Validator(schema, registry=registry)
+
+
+def _where(path) -> str:
+    parts = list(path)
+    if not parts:
+        return ""
+    out = str(parts[0])
+    for p in parts[1:]:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _describe(err, subject: str) -> str:
+    """One sentence for a jsonschema error: what, where, expected vs found."""
+    where = _where(err.absolute_path)
+    v, found = err.validator, err.instance
+    shown = json.dumps(found) if not isinstance(found, (dict, list)) or len(str(found)) < 60 else type(found).__name__
+    if v == "required":
+        missing = [r for r in err.validator_value if r not in (found or {})]
+        what = f"{subject} '{missing[0]}'" if missing else subject
+        return f"{what} is missing" + (f" (in {where})" if where else "")
+    if v == "additionalProperties":
+        extra = sorted(set(found) - set(err.schema.get("properties", {})))
+        return f"unexpected {subject} '{extra[0]}'" + (f" in {where}" if where else "") + (
+            f"; expected only {', '.join(sorted(err.schema.get('properties', {})))}"
+        )
+    label = f"{where}" if where else "value"
+    if v in ("minItems", "maxItems") and where.endswith("shape"):
+        n = err.validator_value
+        return f"{label}: expected {n} dimensions, found {len(found)} ({json.dumps(found)})"
+    if v == "enum":
+        allowed = ", ".join(json.dumps(x) for x in err.validator_value)
+        return f"{label}: expected one of {allowed}, found {shown}"
+    if v == "const":
+        return f"{label}: expected {json.dumps(err.validator_value)}, found {shown}"
+    if v == "type":
+        t = err.validator_value
+        t = " or ".join(t) if isinstance(t, list) else t
+        return f"{label}: expected {t}, found {shown}"
+    if v == "minimum":
+        return f"{label}: expected a number >= {err.validator_value}, found {shown}"
+    if v == "pattern":
+        return f"{label}: {shown} is not allowed ({err.schema.get('description') or 'pattern ' + err.validator_value})"
+    if v == "uniqueItems":
+        return f"{label}: entries must all be different, found duplicates in {shown}"
+    if v == "minLength":
+        return f"{label}: must not be empty"
+    return f"{label}: {err.message}"
+
+
+def check(kind: str, instance: Any, subject: str = "field", pointer: str = "") -> list[str]:
+    """Validate ``instance`` against schema ``kind`` (optionally a ``$defs`` pointer inside it)."""
+    errors = sorted(_validator(kind, pointer).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    return [_describe(e, subject) for e in errors]
+
+
+def tensor_header(header: Mapping[str, Any]) -> dict:
+    """The tensor entries of a safetensors header (``__metadata__`` removed)."""
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def schema_kind(tensors: Mapping[str, Any]) -> str:
+    """Which schema a set of tensors is meant to match: a shared-only dict or a bank."""
+    return "shared" if set(tensors) == {"prompt_embeddings"} else "bank"
+
+
+def check_tensors(tensors: Mapping[str, Any], kind: str | None = None) -> list[str]:
+    """Schema problems plus the cross-shape rules, for ``{name: {"dtype", "shape"}}``."""
+    kind = kind or schema_kind(tensors)
+    problems = check(kind, dict(tensors), subject="tensor")
+    if problems:
+        return problems
+    return cross_shape_problems(tensors)
+
+
+def cross_shape_problems(tensors: Mapping[str, Any]) -> list[str]:
+    """N, r, d and T agreeing across tensors; one dtype for all."""
+    problems = []
+    shp = {k: list(v["shape"]) for k, v in tensors.items()}
+    dtypes = {k: v["dtype"] for k, v in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        problems.append(
+            "tensors have different dtypes ("
+            + ", ".join(f"{k} {d}" for k, d in sorted(dtypes.items()))
+            + "); a bank holds one dtype"
+        )
+    pe, cols, rows = shp.get("prompt_embeddings"), shp.get("prefix_task_cols"), shp.get("prefix_task_rows")
+    if cols and rows:
+        if cols[0] != rows[0]:
+            problems.append(
+                f"task count T differs: prefix_task_cols has {cols[0]} (shape {cols}), "
+                f"prefix_task_rows has {rows[0]} (shape {rows})"
+            )
+        if cols[2] != rows[1]:
+            problems.append(
+                f"rank r differs: prefix_task_cols {cols} has r={cols[2]} (last dimension), "
+                f"prefix_task_rows {rows} has r={rows[1]} (middle dimension)"
+            )
+    if pe and cols and pe[0] != cols[1]:
+        problems.append(
+            f"prompt length N differs: prompt_embeddings {pe} has N={pe[0]}, "
+            f"prefix_task_cols {cols} has N={cols[1]} (middle dimension)"
+        )
+    if pe and rows and pe[1] != rows[2]:
+        problems.append(
+            f"hidden size d differs: prompt_embeddings {pe} has d={pe[1]}, "
+            f"prefix_task_rows {rows} has d={rows[2]} (last dimension)"
+        )
+    return problems
+
+
+def check_config(config: Any) -> list[str]:
+    """Schema problems of an ``adapter_config.json`` (already parsed)."""
+    return check("adapter_config", config, subject="field")
+
+
+def config_shape_problems(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> list[str]:
+    """Config numbers equal to the tensor shapes."""
+    shp = {k: list(v["shape"]) for k, v in tensors.items()}
+    pe, cols, rows = shp.get("prompt_embeddings"), shp.get("prefix_task_cols"), shp.get("prefix_task_rows")
+    problems = []
+
+    def need(field: str, value, tensor: str, shape, what: str):
+        if config.get(field) is not None and value is not None and config[field] != value:
+            problems.append(
+                f"adapter_config.json field {field} is {config[field]} but {tensor} {shape} has {what}={value}"
+            )
+
+    if cols:
+        need("num_tasks", cols[0], "prefix_task_cols", cols, "T")
+        need("num_ranks", cols[2], "prefix_task_cols", cols, "r")
+    if pe:
+        need("token_dim", pe[1], "prompt_embeddings", pe, "d")
+        v = config.get("num_virtual_tokens")
+        s = num_submodules(config)
+        if isinstance(v, int) and isinstance(s, int) and v * s != pe[0]:
+            problems.append(
+                f"adapter_config.json says num_virtual_tokens x num_transformer_submodules = {v} x {s} = {v * s} "
+                f"but prompt_embeddings {pe} has N={pe[0]}"
+            )
+    return problems
+
+
+def num_submodules(config: Mapping[str, Any]) -> int | None:
+    """num_transformer_submodules, with PEFT's default (2 for seq2seq, else 1) when it is null."""
+    s = config.get("num_transformer_submodules")
+    if s is None and "task_type" in config:
+        return 2 if config.get("task_type") == "SEQ_2_SEQ_LM" else 1
+    return s
+
+
+def check_metadata(meta: Any) -> list[str]:
+    """Schema problems of a safetensors ``__metadata__`` map, decoding mptkit's JSON values."""
+    problems = check("metadata", meta, subject="metadata key")
+    if problems or not isinstance(meta, dict):
+        return [f"__metadata__: {p}" for p in problems]
+    for key, pointer in ((META_TASK_NAMES, "/$defs/task_names"), (META_PROVENANCE, "/$defs/provenance"), (META_CONFIG, "/$defs/config")):
+        if key not in meta:
+            continue
+        try:
+            value = json.loads(meta[key])
+        except ValueError as e:
+            problems.append(f"__metadata__ key '{key}' must hold JSON text, found {meta[key][:60]!r} ({e.msg})")
+            continue
+        problems += [f"__metadata__ key '{key}': {p}" for p in check("metadata", value, pointer=pointer)]
+    return problems

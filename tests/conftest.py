@@ -1,0 +1,53 @@
+import os
+import tempfile
+
+# Hub client settings must be in place before huggingface_hub is first imported.
+_HF_HOME = tempfile.mkdtemp(prefix="mptkit-test-hf-")
+os.environ.setdefault("HF_HOME", _HF_HOME)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+os.environ.pop("HF_TOKEN", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from bankutil import save_peft_bank  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_BANK = ROOT / "examples" / "bank"
+
+
+@pytest.fixture(scope="session")
+def example_bank() -> Path:
+    return EXAMPLE_BANK
+
+
+@pytest.fixture(scope="session")
+def peft_banks(tmp_path_factory):
+    """``peft_banks(kind, dtype, safe)``: a PEFT-saved adapter folder, made once per session."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("peft_banks")
+
+    def get(kind="seq2seq", dtype="float32", safe=True):
+        key = (kind, dtype, safe)
+        if key not in cache:
+            cache[key] = save_peft_bank(root / f"{kind}-{dtype}-{'st' if safe else 'bin'}", kind, dtype, safe)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process: ``cli("inspect", path)`` -> click Result (exit_code, stdout, stderr)."""
+    from mptkit.cli import main
+
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return run
