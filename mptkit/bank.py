@@ -28,14 +28,47 @@ class Source:
 
     @property
     def sha256(self) -> str:
-        """sha256 of the tensor file (computed on first use, reading the whole file)."""
+        """sha256 of the tensor file (computed on first use; see :func:`file_sha256`)."""
         if self._sha256 is None:
-            h = hashlib.sha256()
-            with open(self.data_file, "rb") as f:
-                while chunk := f.read(8 << 20):
-                    h.update(chunk)
-            self._sha256 = h.hexdigest()
+            self._sha256 = file_sha256(self.data_file)
         return self._sha256
+
+
+def _hash_cache_dir() -> str:
+    base = os.environ.get("MPTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mptkit")
+    return os.path.join(base, "sha256")
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file. Hashing a multi-GB bank costs a full read, so the digest is remembered
+    under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
+    file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
+    that cannot be written is simply not used."""
+    st = os.stat(path)
+    ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    entry = os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
+    try:
+        with open(entry, encoding="ascii") as f:
+            cached = f.read().strip()
+        if re.fullmatch(r"[0-9a-f]{64}", cached):
+            return cached
+    except OSError:
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        os.makedirs(os.path.dirname(entry), exist_ok=True)
+        tmp = f"{entry}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(digest)
+        os.replace(tmp, entry)
+    except OSError:
+        pass
+    return digest
 
 
 @dataclass

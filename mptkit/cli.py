@@ -183,5 +183,14 @@ def _render_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+# -- derive, export (issue 3) --------------------------------------------------------------------
+
+
+# -- editing: rename, slice, remove, merge, add, rank, similarity (issue 4) ----------------------
+
+
+# -- hub: pull, push (issue 5) -------------------------------------------------------------------
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -3,7 +3,8 @@ import tempfile
 
 # Hub client settings must be in place before huggingface_hub is first imported.
 _HF_HOME = tempfile.mkdtemp(prefix="mptkit-test-hf-")
-os.environ.setdefault("HF_HOME", _HF_HOME)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["MPTKIT_CACHE"] = os.path.join(_HF_HOME, "mptkit-cache")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
