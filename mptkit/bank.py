@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from . import __version__
-from .errors import UsageError
+from .errors import InvalidBank, UsageError
 from .tensor import Array
 
 KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")
@@ -45,7 +45,10 @@ def file_sha256(path: str) -> str:
     under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
     file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
     that cannot be written is simply not used."""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
     entry = os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
     try:
@@ -56,9 +59,12 @@ def file_sha256(path: str) -> str:
     except OSError:
         pass
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     digest = h.hexdigest()
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
@@ -151,7 +157,7 @@ class PromptBank:
         return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
 
 
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
+_RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
 
 
 def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges: bool = True) -> list[int]:
@@ -165,7 +171,7 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
     T, names = bank.num_tasks, bank.task_names or []
     out: list[int] = []
     for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+        if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
             idx = int(item)
             if not 0 <= idx < T:
                 raise UsageError(f"task {idx} is out of range: {_where(bank)} has {T} tasks ({_task_list(bank)})")

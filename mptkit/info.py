@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .bank import PromptBank
-from .errors import InvalidBank
+from .errors import MptkitError
 from .formats import load
 
 
@@ -89,7 +89,7 @@ def validate(path: str, values: bool = False) -> dict:
     """``{"path", "valid", "problems", ...}`` for one path; never raises for a bad bank."""
     try:
         bank = load(path)
-    except InvalidBank as e:
+    except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
         return {"path": os.fspath(path), "valid": False, "problems": e.problems}
     report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"]}
     if values:

@@ -57,30 +57,53 @@ def _where(path) -> str:
     parts = list(path)
     if not parts:
         return ""
-    out = str(parts[0])
+    out = f"item {parts[0]}" if isinstance(parts[0], int) else str(parts[0])
     for p in parts[1:]:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out
 
 
+def _show(value, limit: int = 60) -> str:
+    """``value`` as JSON, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _names(names) -> str:
+    shown = ", ".join(f"'{_show(n, 80)[1:-1]}'" for n in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
 def _describe(err, subject: str) -> str:
     """One sentence for a jsonschema error: what, where, expected vs found."""
-    where = _where(err.absolute_path)
+    path = list(err.absolute_path)
+    where = _where(path)
     v, found = err.validator, err.instance
-    shown = json.dumps(found) if not isinstance(found, (dict, list)) or len(str(found)) < 60 else type(found).__name__
+    shown = _show(found) if not isinstance(found, (dict, list)) or len(_show(found)) < 60 else type(found).__name__
     if v == "required":
-        missing = [r for r in err.validator_value if r not in (found or {})]
-        what = f"{subject} '{missing[0]}'" if missing else subject
-        return f"{what} is missing" + (f" (in {where})" if where else "")
+        # one error per missing property: name the one this error is about
+        missing = [r for r in err.validator_value if err.message == f"{r!r} is a required property"]
+        missing = missing or [r for r in err.validator_value if r not in (found or {})]
+        name = _names(missing[:1]) if missing else "?"
+        return f"{subject} {name} is missing" if not where else f"{name} is missing in {where}"
     if v == "additionalProperties":
         extra = sorted(set(found) - set(err.schema.get("properties", {})))
-        return f"unexpected {subject} '{extra[0]}'" + (f" in {where}" if where else "") + (
+        what = f"unexpected {subject}{'s' if len(extra) > 1 else ''} {_names(extra)}"
+        return what + (f" in {where}" if where else "") + (
             f"; expected only {', '.join(sorted(err.schema.get('properties', {})))}"
         )
-    label = f"{where}" if where else "value"
+    if not where:
+        label = "value"
+    elif len(path) == 1 and isinstance(path[0], str):
+        label = f"{subject} {_names(path)}"
+    else:
+        label = where
     if v in ("minItems", "maxItems") and where.endswith("shape"):
         n = err.validator_value
-        return f"{label}: expected {n} dimensions, found {len(found)} ({json.dumps(found)})"
+        return f"{label}: expected {n} dimensions, found {len(found)} ({_show(found)})"
     if v == "enum":
         allowed = ", ".join(json.dumps(x) for x in err.validator_value)
         return f"{label}: expected one of {allowed}, found {shown}"
@@ -95,10 +118,16 @@ def _describe(err, subject: str) -> str:
     if v == "pattern":
         return f"{label}: {shown} is not allowed ({err.schema.get('description') or 'pattern ' + err.validator_value})"
     if v == "uniqueItems":
-        return f"{label}: entries must all be different, found duplicates in {shown}"
+        seen, dup = [], None
+        for x in found:
+            if x in seen:
+                dup = x
+                break
+            seen.append(x)
+        return f"{label}: entries must all be different, found {_show(dup)} more than once"
     if v == "minLength":
         return f"{label}: must not be empty"
-    return f"{label}: {err.message}"
+    return f"{label}: {err.message[:200]}"
 
 
 def check(kind: str, instance: Any, subject: str = "field", pointer: str = "") -> list[str]:
@@ -168,16 +197,17 @@ def check_config(config: Any) -> list[str]:
 
 
 def config_shape_problems(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> list[str]:
-    """Config numbers equal to the tensor shapes."""
-    shp = {k: list(v["shape"]) for k, v in tensors.items()}
+    """Config numbers equal to the tensor shapes (tensors of the wrong rank are skipped: the schema
+    reports those)."""
+    shp = {k: list(v["shape"]) for k, v in tensors.items() if isinstance(v, Mapping) and isinstance(v.get("shape"), list)}
     pe, cols, rows = shp.get("prompt_embeddings"), shp.get("prefix_task_cols"), shp.get("prefix_task_rows")
+    pe = pe if pe and len(pe) == 2 else None
+    cols = cols if cols and len(cols) == 3 else None
     problems = []
 
     def need(field: str, value, tensor: str, shape, what: str):
         if config.get(field) is not None and value is not None and config[field] != value:
-            problems.append(
-                f"adapter_config.json field {field} is {config[field]} but {tensor} {shape} has {what}={value}"
-            )
+            problems.append(f"field {field} is {_show(config[field])} but {tensor} {shape} has {what}={value}")
 
     if cols:
         need("num_tasks", cols[0], "prefix_task_cols", cols, "T")
@@ -188,7 +218,7 @@ def config_shape_problems(config: Mapping[str, Any], tensors: Mapping[str, Any])
         s = num_submodules(config)
         if isinstance(v, int) and isinstance(s, int) and v * s != pe[0]:
             problems.append(
-                f"adapter_config.json says num_virtual_tokens x num_transformer_submodules = {v} x {s} = {v * s} "
+                f"num_virtual_tokens x num_transformer_submodules = {v} x {s} = {v * s} "
                 f"but prompt_embeddings {pe} has N={pe[0]}"
             )
     return problems
@@ -204,16 +234,24 @@ def num_submodules(config: Mapping[str, Any]) -> int | None:
 
 def check_metadata(meta: Any) -> list[str]:
     """Schema problems of a safetensors ``__metadata__`` map, decoding mptkit's JSON values."""
-    problems = check("metadata", meta, subject="metadata key")
+    problems = check("metadata", meta, subject="__metadata__ key")
     if problems or not isinstance(meta, dict):
-        return [f"__metadata__: {p}" for p in problems]
+        return [p if p.startswith("__metadata__") else f"__metadata__: {p}" for p in problems]
     for key, pointer in ((META_TASK_NAMES, "/$defs/task_names"), (META_PROVENANCE, "/$defs/provenance"), (META_CONFIG, "/$defs/config")):
         if key not in meta:
             continue
         try:
             value = json.loads(meta[key])
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(f"__metadata__ key '{key}' holds a \\u escape of a lone UTF-16 surrogate, which is not text")
+            continue
+        except RecursionError:
+            problems.append(f"__metadata__ key '{key}' must hold JSON text, found JSON nested too deeply")
+            continue
         except ValueError as e:
-            problems.append(f"__metadata__ key '{key}' must hold JSON text, found {meta[key][:60]!r} ({e.msg})")
+            problems.append(f"__metadata__ key '{key}' must hold JSON text, found {_show(meta[key])} "
+                            f"({getattr(e, 'msg', str(e)[:80])})")
             continue
         problems += [f"__metadata__ key '{key}': {p}" for p in check("metadata", value, pointer=pointer)]
     return problems

@@ -9,10 +9,13 @@ of a bank than they write, and never import torch. Arithmetic converts to torch 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
+
+from .errors import InvalidBank
 
 #: safetensors dtype name -> (bytes per element, torch dtype name)
 DTYPES: dict[str, tuple[int, str]] = {
@@ -169,16 +172,51 @@ class Array:
                     continue
                 fd = handles.get(seg.path)
                 if fd is None:
-                    fd = handles[seg.path] = os.open(seg.path, os.O_RDONLY)
+                    fd = handles[seg.path] = _open_input(seg.path)
                 for lo in range(0, seg.length, chunk):
                     n = min(chunk, seg.length - lo)
                     data = os.pread(fd, n, seg.offset + lo)
                     if len(data) != n:
-                        raise EOFError(f"{seg.path}: file ended early (it changed while being read?)")
+                        raise _changed(seg.path)
                     yield data
         finally:
             for fd in handles.values():
                 os.close(fd)
+
+    def write_to(self, f) -> int:
+        """Write the bytes to the binary file ``f``; file-to-file ranges go through the kernel
+        (``os.copy_file_range``) without passing through Python, where the OS allows it."""
+        f.flush()
+        out_fd = f.fileno()
+        total = 0
+        handles: dict[str, int] = {}
+        try:
+            for seg in self.segments:
+                if seg.buffer is not None:
+                    f.write(seg.buffer[seg.offset : seg.offset + seg.length])
+                    f.flush()
+                    total += seg.length
+                    continue
+                fd = handles.get(seg.path)
+                if fd is None:
+                    fd = handles[seg.path] = _open_input(seg.path)
+                try:
+                    done = _copy_range(fd, out_fd, seg.offset, seg.length)
+                except EOFError:
+                    raise _changed(seg.path) from None
+                if done < seg.length:  # kernel copy not possible here: stream through memory
+                    for lo in range(done, seg.length, CHUNK_BYTES):
+                        n = min(CHUNK_BYTES, seg.length - lo)
+                        data = os.pread(fd, n, seg.offset + lo)
+                        if len(data) != n:
+                            raise _changed(seg.path)
+                        f.write(data)
+                    f.flush()
+                total += seg.length
+        finally:
+            for fd in handles.values():
+                os.close(fd)
+        return total
 
     def read(self) -> bytes | memoryview:
         """All bytes (one buffer)."""
@@ -207,6 +245,37 @@ class Array:
         if device is not None or dtype is not None:
             t = t.to(device=device, dtype=dtype)
         return t
+
+
+def _open_input(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
+
+
+def _changed(path: str) -> InvalidBank:
+    return InvalidBank(f"{path}: the file ended early: it changed while being read (its header promised more data)")
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
+    """Copy ``length`` bytes at ``offset`` of ``src_fd`` to ``dst_fd``'s current position with
+    ``os.copy_file_range``; returns how many bytes were copied (0 where it is unsupported)."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return 0
+    done = 0
+    try:
+        while done < length:
+            n = copy(src_fd, dst_fd, min(length - done, 1 << 30), offset + done)
+            if n == 0:
+                raise EOFError("source file ended early (it changed while being read?)")
+            done += n
+    except OSError as e:
+        if done == 0 and e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+            return 0
+        raise
+    return done
 
 
 def _coalesce(segments: Sequence[Segment]) -> list[Segment]:

@@ -112,3 +112,32 @@ def run_mptkit(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedPr
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "mptkit", *map(str, args)], capture_output=True, text=True,
                           env=e, cwd=cwd, timeout=timeout)
+
+
+def memory_bank(T=3, N=4, r=2, d=6, dtype=torch.float32, names=None, seed=0, pe=None, config=None):
+    """A PromptBank held in memory (no file), with random normal tensors."""
+    from mptkit.bank import PromptBank
+    from mptkit.tensor import Array
+
+    g = torch.Generator().manual_seed(seed)
+    pe = torch.randn(N, d, generator=g) if pe is None else pe
+    cols = torch.randn(T, N, r, generator=g)
+    rows = torch.randn(T, r, d, generator=g)
+    tensors = {"prompt_embeddings": pe, "prefix_task_cols": cols, "prefix_task_rows": rows}
+    return PromptBank({k: Array.from_torch(v.to(dtype)) for k, v in tensors.items()}, names, config)
+
+
+def full_prompts(bank, dtype=torch.float64):
+    """Every task's full prompt ``prompt_embeddings * (cols[k] @ rows[k])``, computed in ``dtype``."""
+    pe = bank.tensors["prompt_embeddings"].to_torch(dtype=dtype)
+    cols = bank.tensors["prefix_task_cols"].to_torch(dtype=dtype)
+    rows = bank.tensors["prefix_task_rows"].to_torch(dtype=dtype)
+    return pe * torch.matmul(cols, rows)
+
+
+def peft_load(folder, kind="seq2seq"):
+    """``PeftModel.from_pretrained`` on a tiny base model; returns the MPT prompt encoder."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(tiny_base_model(kind), str(folder))
+    return model, model.prompt_encoder["default"]

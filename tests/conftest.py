@@ -52,3 +52,18 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A loopback Hub (tests/hubserver.py) that the client and mptkit talk to (``HF_ENDPOINT``), with
+    a fresh HF cache (``HF_HOME``) and no token or offline setting from the environment."""
+    from hubserver import HubServer
+
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    yield server
+    server.stop()

@@ -29,6 +29,10 @@ from . import atomic, peft
 from . import safetensors as st
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+#: said when an adapter's metadata is exactly what PEFT's save_pretrained writes
+PEFT_METADATA_NOTE = (
+    'no task names or provenance: the metadata is {"format": "pt"} as PEFT\'s save_pretrained writes it, '
+    "and PEFT drops any that mptkit stored (name the tasks with `mptkit rename --names`)")
 
 
 def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
@@ -54,8 +58,9 @@ def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
 
 
 def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
-                      config_file: str | None = None) -> PromptBank:
-    header = st.read_header(str(p))
+                      config_file: str | None = None, header: st.Header | None = None) -> PromptBank:
+    # ``header``: already parsed (mptkit.hub passes a remote file's, read with range requests)
+    header = header or st.read_header(str(p))
     tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.tensors.items()}
     problems = [f"{p}: {x}" for x in check_tensors(tensors, kind)]
     meta = header.metadata or {}
@@ -63,13 +68,16 @@ def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: d
     names, provenance, hints = _decode_meta(meta) if not problems else (None, [], {})
     if config is None and hints:
         config = dict(hints)
-    problems += _config_problems(config, config_file, tensors, names)
+    problems += _config_problems(config, config_file, tensors, names, p)
     if problems:
         raise InvalidBank(problems[0], problems)
     arrays = {k: header.array(k) for k in header.tensors}
     other = {k: v for k, v in meta.items() if k not in ("format", META_TASK_NAMES, META_PROVENANCE, META_CONFIG)}
     source = Source(shown, fmt, str(p), header.file_size)
-    return PromptBank(arrays, names, config, provenance, other, source)
+    notes = []
+    if fmt == "peft-adapter" and meta == {"format": "pt"} and tensors.get("prefix_task_cols", {}).get("shape", [0])[0] > 1:
+        notes.append(PEFT_METADATA_NOTE)
+    return PromptBank(arrays, names, config, provenance, other, source, notes)
 
 
 def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
@@ -85,7 +93,7 @@ def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict |
         except ValueError:
             tensors[k] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
     problems += [f"{p}: {x}" for x in check_tensors(tensors, kind)]
-    problems += _config_problems(config, config_file, tensors, None)
+    problems += _config_problems(config, config_file, tensors, None, p)
     if problems:
         raise InvalidBank(problems[0], problems)
     return PromptBank(arrays, None, config, [], {}, Source(shown, fmt, str(p), p.stat().st_size))
@@ -105,10 +113,16 @@ def _load_folder(p: Path, kind: str | None) -> PromptBank:
         raise InvalidBank(f"{cfg_path}: not UTF-8 text; expected a JSON object") from None
     except RecursionError:
         raise InvalidBank(f"{cfg_path}: the JSON is nested too deeply") from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise InvalidBank(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise InvalidBank(f"{cfg_path}: not valid JSON ({str(e)[:80]})") from None
     except OSError as e:
         raise InvalidBank(f"{cfg_path}: cannot read it ({e.strerror or e})") from None
+    try:  # a \u escape of half a surrogate pair parses, but is no text: it could not be printed or written
+        json.dumps(config, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidBank(f"{cfg_path}: holds a \\u escape of a lone UTF-16 surrogate, which is not text") from None
     if isinstance(config, dict) and config.get("peft_type") not in (None, "MULTITASK_PROMPT_TUNING"):
         raise InvalidBank(
             f"{cfg_path}: field peft_type: expected \"MULTITASK_PROMPT_TUNING\", found {json.dumps(config.get('peft_type'))}"
@@ -121,17 +135,19 @@ def _load_folder(p: Path, kind: str | None) -> PromptBank:
     raise InvalidBank(f"{p}: the adapter folder has no {peft.SAFETENSORS_NAME} or {peft.BIN_NAME}")
 
 
-def _config_problems(config, config_file, tensors, names) -> list[str]:
+def _config_problems(config, config_file, tensors, names, data_file=None) -> list[str]:
     problems = []
     if config_file is not None:
         problems += [f"{config_file}: {x}" for x in check_config(config)]
         if problems:
             return problems
     if isinstance(config, dict):
-        problems += [f"{config_file or 'mptkit.config metadata'}: {x}" for x in config_shape_problems(config, tensors)]
+        where = config_file or f"{data_file}: __metadata__ key '{META_CONFIG}'"
+        problems += [f"{where}: {x}" for x in config_shape_problems(config, tensors)]
     cols = tensors.get("prefix_task_cols", {}).get("shape")
     if names is not None and cols and len(cols) == 3 and len(names) != cols[0]:
-        problems.append(f"__metadata__ key '{META_TASK_NAMES}' lists {len(names)} names but the bank has T={cols[0]} tasks")
+        problems.append(f"{data_file}: __metadata__ key '{META_TASK_NAMES}' lists {len(names)} names "
+                        f"but the bank has T={cols[0]} tasks")
     return problems
 
 
@@ -167,11 +183,14 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
     if os.fspath(path).startswith("hf://"):
         raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
     folder = not is_file_output(target)
-    srcs = [b for b in inputs] + ([bank.source.data_file] if bank.source else [])
-    atomic.check_target(target, folder=folder, force=force, inputs=srcs)
     tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
+    srcs = list(inputs) + ([bank.source.data_file] if bank.source else [])
+    if bank.source and not bank.source.path.startswith("hf://"):
+        srcs.append(bank.source.path)  # an adapter folder, not only the file inside it
+    srcs += sorted({seg.path for a in tensors.values() for seg in a.segments if seg.path})  # every file read
+    atomic.check_target(target, folder=folder, force=force, inputs=srcs)
     if not folder:
-        with atomic.atomic_file(target) as f:
+        with atomic.atomic_file(target, replace=force) as f:
             st.write(f, tensors, metadata_for(bank, with_config=True))
         return target
     if bank.shared_only:
@@ -182,7 +201,7 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
     where = bank.source.path if bank.source else "the bank"
     config = peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
                                   num_tasks=bank.num_tasks, num_ranks=bank.rank, where=where)
-    with atomic.atomic_dir(target) as tmp:
+    with atomic.atomic_dir(target, replace=force) as tmp:
         with open(tmp / peft.SAFETENSORS_NAME, "xb") as f:
             st.write(f, tensors, metadata_for(bank, with_config=False))
         (tmp / peft.CONFIG_NAME).write_text(peft.config_text(config), encoding="utf-8")

@@ -4,6 +4,8 @@ A reader of the output path sees either nothing, the previous version, or the co
 Replacing an existing folder uses Linux's ``renameat2(RENAME_EXCHANGE)`` where available, so even
 the swap leaves no moment without a complete output; elsewhere the old folder is moved aside first.
 Temp names carry the writer's pid; temps left by a killed writer are removed by the next write.
+Without ``replace`` (no --force) the final rename refuses to clobber an output that another process
+created meanwhile (``RENAME_NOREPLACE``), so a run without --force never replaces anything.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(target: Path) -> None:
-    """Remove temps of ``target`` left by writers that no longer run."""
+    """Remove temps of ``target`` left by writers that no longer run. A previous version moved
+    aside (``.old``, where folders cannot be exchanged atomically) by a writer killed before its
+    replacement was in place is put back instead."""
     pat = re.compile(re.escape(f".{target.name}{TMP_MARK}") + r"(\d+)-[0-9a-f]+(\.old)?$")
     try:
         entries = list(target.parent.iterdir())
@@ -47,6 +51,10 @@ def clean_stale_temps(target: Path) -> None:
     for p in entries:
         m = pat.match(p.name)
         if m and not _pid_alive(int(m.group(1))):
+            if m.group(2) and not (target.exists() or target.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.rename(p, target)
+                continue
             with contextlib.suppress(OSError):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
@@ -57,8 +65,10 @@ def check_target(target: Path, *, folder: bool, force: bool, inputs: Iterable[st
     real = os.path.realpath(target)
     for src in inputs:
         rs = os.path.realpath(src)
-        if real == rs or rs.startswith(real + os.sep) or real.startswith(rs + os.sep):
-            raise OutputError(f"{target}: the output is the input {src}; write to another path (inputs are never modified)")
+        how = ("is" if real == rs else "is inside" if real.startswith(rs + os.sep)
+               else "contains" if rs.startswith(real + os.sep) else None)
+        if how:
+            raise OutputError(f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)")
     if target.is_symlink() or target.exists():
         if folder and not target.is_dir():
             raise OutputError(
@@ -100,9 +110,44 @@ def _prepare_parent(target: Path) -> None:
     clean_stale_temps(target)
 
 
+def _exists_error(target: Path) -> OutputError:
+    return OutputError(f"{target}: already exists (another process wrote it meanwhile); pass --force to replace it")
+
+
+def _install(tmp: Path, target: Path, *, replace: bool) -> None:
+    """Move the finished temp ``tmp`` to ``target`` in one rename."""
+    if not replace:
+        try:
+            if _renameat2(tmp, target, RENAME_NOREPLACE):
+                return
+        except FileExistsError:
+            raise _exists_error(target) from None
+        if target.exists() or target.is_symlink():  # no renameat2: a small race remains
+            raise _exists_error(target)
+        os.rename(tmp, target)
+        return
+    for attempt in range(5):  # retried when a concurrent writer creates or swaps target meanwhile
+        try:
+            if tmp.is_dir() and target.is_dir() and not target.is_symlink():
+                if _renameat2(tmp, target, RENAME_EXCHANGE):
+                    shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
+                else:
+                    old = tmp.with_name(tmp.name + ".old")
+                    os.rename(target, old)
+                    os.rename(tmp, target)
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or attempt == 4 or not tmp.exists():
+                raise
+
+
 @contextlib.contextmanager
-def atomic_file(target: Path) -> Iterator:
-    """Yield a binary file object; on clean exit it becomes ``target`` in one rename."""
+def atomic_file(target: Path, *, replace: bool = True) -> Iterator:
+    """Yield a binary file object; on clean exit it becomes ``target`` in one rename (which does
+    not replace an existing ``target`` unless ``replace``)."""
     target = Path(target)
     _prepare_parent(target)
     tmp = _tmp_name(target)
@@ -111,7 +156,7 @@ def atomic_file(target: Path) -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _install(tmp, target, replace=replace)
         _fsync_dir(target.parent)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -123,15 +168,19 @@ def atomic_file(target: Path) -> Iterator:
         raise
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """Linux ``renameat2(a, b, flags)``: RENAME_EXCHANGE swaps two paths atomically,
+    RENAME_NOREPLACE fails with EEXIST instead of replacing ``b``. False where unsupported."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
     except (OSError, AttributeError):
         return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    AT_FDCWD = -100
+    rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), flags)
     if rc == 0:
         return True
     err = ctypes.get_errno()
@@ -141,8 +190,9 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder to fill; on clean exit it replaces ``target`` atomically."""
+def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp folder to fill; on clean exit it replaces ``target`` atomically (or, without
+    ``replace``, becomes ``target`` only if nothing is there)."""
     target = Path(target)
     _prepare_parent(target)
     tmp = _tmp_name(target)
@@ -153,16 +203,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if target.is_dir() and not target.is_symlink():
-            if _exchange(tmp, target):
-                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
-            else:
-                old = tmp.with_name(tmp.name + ".old")
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        _install(tmp, target, replace=replace)
         _fsync_dir(target.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Mapping
@@ -24,6 +25,10 @@ from ..tensor import DTYPES, Array, safetensors_layout_key
 
 #: safetensors' own limit on the header size
 MAX_HEADER_BYTES = 100_000_000
+#: most dimensions a tensor may have here (a bank's have 2 or 3; more would only cost time)
+MAX_DIMS = 8
+#: most problems listed for one header (a hostile header can hold millions of entries)
+MAX_PROBLEMS = 20
 
 
 @dataclass
@@ -41,24 +46,38 @@ class Header:
 
 def sniff(head: bytes) -> str | None:
     """Name what a file that is not safetensors looks like, from its first bytes."""
-    stripped = head.lstrip()
+    stripped = head.removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 byte-order mark, then spaces
     low = stripped[:64].lower()
+    # a real header length has zero high bytes; text has none, so it cannot be mistaken for text
+    texty = len(head) >= 8 and all(c >= 32 or c in b"\t\n\r" for c in head[:8])
     if head.startswith(b"version https://git-lfs"):
         return "a git-lfs pointer file, not the tensor data (fetch the real file with `git lfs pull` or download it again)"
     if low.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         return "an HTML page, not tensor data (an error page saved as a file? download it again)"
     if head.startswith(b"PK\x03\x04"):
         return "a PyTorch checkpoint (zip) under a .safetensors name (rename it to .bin or .pt, or convert it)"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[2:3] != b"\x00":
         return "a Python pickle under a .safetensors name (rename it to .bin or .pt, or convert it)"
-    if stripped.startswith((b"{", b"[")):
+    if stripped.startswith((b"{", b"[")) and (texty or len(head) < 8):
         return "a JSON text file, not a safetensors file"
     return None
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse pipes, sockets and devices before opening them (opening a FIFO waits for a writer;
+    a pipe's size reads as 0 and it cannot be read twice, as lazy tensors need)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise InvalidBank(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidBank(f"{path}: not a regular file (a pipe, socket or device?); save the bank to a file first")
 
 
 def read_header(path: str) -> Header:
     """Parse and check a safetensors header; raise :class:`InvalidBank` with a diagnosis."""
     path = os.fspath(path)
+    check_regular_file(path)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -97,60 +116,109 @@ def read_header(path: str) -> Header:
         obj = json.loads(text)
     except RecursionError:
         raise InvalidBank(f"{path}: the header JSON is nested too deeply") from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise InvalidBank(f"{path}: the header is not valid JSON ({e.msg} at byte {e.pos + 8})") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise InvalidBank(f"{path}: the header is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(obj, dict):
         raise InvalidBank(f"{path}: the header must be a JSON object, found a JSON {type(obj).__name__}")
     meta = obj.pop("__metadata__", None)
     if meta is not None and not isinstance(meta, dict):
         raise InvalidBank(f"{path}: __metadata__ must be a JSON object of strings, found {type(meta).__name__}")
+    try:  # safetensors' JSON parser refuses a \u escape that is half a UTF-16 surrogate pair
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        if meta:
+            json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidBank(f"{path}: the header holds an invalid \\u escape (a lone UTF-16 surrogate); "
+                          "safetensors cannot parse it") from None
     header = Header(path, obj, meta, 8 + n, size)
     problems = layout_problems(header)
+    if len(problems) > MAX_PROBLEMS:
+        problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems like these"]
     if problems:
         raise InvalidBank(f"{path}: {problems[0]}", [f"{path}: {p}" for p in problems])
     return header
 
 
 def layout_problems(header: Header) -> list[str]:
-    """Entries that cannot be read: bad dtype or shape, offsets that disagree with the shape,
-    overlap, or point past the end of the file. (Which tensors a bank needs is the schema's job.)"""
+    """Entries that cannot be read, or that safetensors (and so PEFT) would refuse: bad dtype or
+    shape, offsets that disagree with the shape or point past the end of the file, overlaps, gaps
+    between tensors, bytes after the last tensor. (Which tensors a bank needs is the schema's job.)"""
     problems = []
     data_len = header.file_size - header.data_start
     spans = []
     for name, info in header.tensors.items():
         if not isinstance(info, dict):
-            problems.append(f"tensor '{name}': expected an object with dtype, shape and data_offsets, found {json.dumps(info)[:60]}")
+            problems.append(f"tensor {_nm(name)}: expected an object with dtype, shape and data_offsets, found {_short(info)}")
             continue
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPES:
-            problems.append(f"tensor '{name}': unknown dtype {json.dumps(dtype)[:40]} (expected one of {', '.join(DTYPES)})")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            problems.append(f"tensor {_nm(name)}: unknown dtype {_short(dtype, 40)} (expected one of {', '.join(DTYPES)})")
             continue
         if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            problems.append(f"tensor '{name}': shape must be a list of non-negative integers, found {json.dumps(shape)[:60]}")
+            problems.append(f"tensor {_nm(name)}: shape must be a list of non-negative integers, found {_short(shape)}")
+            continue
+        if len(shape) > MAX_DIMS:
+            problems.append(f"tensor {_nm(name)}: shape has {len(shape)} dimensions; a prompt bank's tensors have 2 or 3")
+            continue
+        if any(s >= 1 << 64 for s in shape):
+            problems.append(f"tensor {_nm(name)}: shape {_short(shape)} has a dimension of 2^64 or more")
             continue
         if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            problems.append(f"tensor '{name}': data_offsets must be two integers [begin, end], found {json.dumps(offs)[:60]}")
+            problems.append(f"tensor {_nm(name)}: data_offsets must be two integers [begin, end], found {_short(offs)}")
             continue
         begin, end = offs
         nbytes = math.prod(shape) * DTYPES[dtype][0]
         if begin < 0 or end < begin:
-            problems.append(f"tensor '{name}': data_offsets {offs} are not an increasing byte range")
+            problems.append(f"tensor {_nm(name)}: data_offsets {_short(offs)} are not an increasing byte range")
         elif end - begin != nbytes:
             problems.append(
-                f"tensor '{name}': data_offsets {offs} hold {end - begin} bytes but {dtype}{shape} needs {nbytes}"
+                f"tensor {_nm(name)}: data_offsets {_short(offs)} hold {_short(end - begin)} bytes but "
+                f"{dtype}{_short(shape)} needs {_short(nbytes)}"
             )
         elif end > data_len:
             problems.append(
-                f"tensor '{name}': data ends at byte {end} of the data section but the file holds only "
+                f"tensor {_nm(name)}: data ends at byte {_short(end)} of the data section but the file holds only "
                 f"{data_len} data bytes (a truncated download?)"
             )
         else:
             spans.append((begin, end, name))
+    if problems:
+        return problems
+    # safetensors requires the tensors to tile the data section exactly, in offset order
     spans.sort()
-    for (b1, e1, n1), (b2, e2, n2) in zip(spans, spans[1:]):
-        if b2 < e1:
-            problems.append(f"tensors '{n1}' and '{n2}' overlap (bytes {b2}-{min(e1, e2)} of the data section)")
+    pos, prev = 0, None
+    for begin, end, name in spans:
+        if begin < pos:
+            problems.append(f"tensors {_nm(prev)} and {_nm(name)} overlap (bytes {begin}-{min(pos, end)} of the data section)")
+        elif begin > pos:
+            problems.append(
+                f"tensor {_nm(name)} starts at byte {begin} of the data section but the data before it ends at "
+                f"byte {pos}; safetensors refuses a gap between tensors"
+            )
+        if end >= pos:
+            pos, prev = end, name
+    if pos < data_len:
+        problems.append(
+            f"the file has {data_len - pos} bytes after the last tensor's data (data section of {data_len} bytes, "
+            f"tensors end at byte {pos}); safetensors refuses bytes no tensor covers"
+        )
     return problems
+
+
+def _nm(name: str) -> str:
+    """A tensor name for a message: quoted, and shortened or escaped when it is long or odd."""
+    return f"'{name}'" if len(name) <= 80 and name.isprintable() else _short(name, 80)
+
+
+def _short(value, limit: int = 60) -> str:
+    """``value`` as JSON, cut to ``limit`` characters (headers can hold anything)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except ValueError:  # an integer too long to print
+        text = "a huge number"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def header_bytes(entries: Mapping[str, tuple[str, tuple]], metadata: Mapping[str, str] | None) -> tuple[bytes, list[str]]:
@@ -177,7 +245,5 @@ def write(f: BinaryIO, tensors: Mapping[str, Array], metadata: Mapping[str, str]
     f.write(head)
     total = len(head)
     for name in order:
-        for piece in tensors[name].iter_bytes():
-            f.write(piece)
-            total += len(piece)
+        total += tensors[name].write_to(f)
     return total

@@ -1,0 +1,497 @@
+"""Editing prompt banks: names, slice, remove, merge, add, rank change.
+
+Every function takes and returns :class:`~mptkit.bank.PromptBank` objects and never touches paths;
+each result carries its sources' provenance plus one entry for the operation (operation, arguments,
+the sources' sha256, mptkit version, and what the operation found: renamed duplicates, per-task
+fit errors). Slice, remove and merge of banks with one dtype, rank and shared prompt only move bytes
+(:meth:`Array.rows`, :meth:`Array.cat`) and never import torch; rank padding, dtype conversion,
+refits, rank reduction and new factors import torch inside the function that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import replace
+from typing import Sequence
+
+from .bank import PromptBank, select_tasks
+from .errors import IncompatibleBanks, UsageError
+from .schema import check
+from .tensor import DTYPE_BY_NAME, FLOAT_DTYPES, Array, torch_dtype_name
+
+#: PEFT's initialisation of fresh task factors: N(0, 0.02)
+RANDOM_STD = 0.02
+
+
+# -- names ---------------------------------------------------------------------------------------
+def check_names(names: Sequence[str], where: str = "task names") -> None:
+    """Raise a :class:`UsageError` unless ``names`` obey ``metadata.schema.json#/$defs/task_names``."""
+    dups = [n for n, c in Counter(names).items() if c > 1]
+    if dups:
+        raise UsageError(f"{where}: {', '.join(map(repr, dups))} given more than once; task names must all be different")
+    problems = check("metadata", list(names), pointer="/$defs/task_names")
+    if problems:
+        raise UsageError(f"{where}: {problems[0]}")
+
+
+def default_names(count: int, start: int = 0) -> list[str]:
+    """Names given to unnamed tasks when a bank must name them all: ``task0``, ``task1``..."""
+    return [f"task{i}" for i in range(start, start + count)]
+
+
+def set_names(bank: PromptBank, names: Sequence[str] | str) -> PromptBank:
+    """Name every task (``["a", "b"]`` or ``"a,b"``), in task order."""
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    _need_tasks(bank)
+    if len(names) != bank.num_tasks:
+        raise UsageError(f"{len(names)} names given for {bank.num_tasks} tasks ({_where(bank)}); give one name per task")
+    check_names(names)
+    return _result(bank, bank.tensors, names, "rename", {"names": names}, [bank])
+
+
+def rename(bank: PromptBank, mapping: dict | Sequence[tuple]) -> PromptBank:
+    """Rename tasks: ``{old: new}`` or ``[(old, new), ...]``, old an index or a name. In a bank that
+    names no tasks, the tasks not renamed are named ``task<index>`` (reported in the provenance)."""
+    pairs = list(mapping.items()) if isinstance(mapping, dict) else [tuple(p) for p in mapping]
+    if not pairs:
+        raise UsageError("nothing to rename: give OLD=NEW pairs or --names a,b,c")
+    _need_tasks(bank)
+    names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
+    seen: dict[int, str] = {}
+    for old, new in pairs:
+        k = bank.task_index(old)
+        if k in seen:
+            raise UsageError(f"task {k} ({bank.names()[k]}) is renamed twice ({seen[k]!r} and {new!r})")
+        seen[k] = new
+        names[k] = new
+    check_names(names)
+    results = {} if bank.task_names else {"named": {str(i): n for i, n in enumerate(names) if i not in seen}}
+    args = {"renames": {bank.names()[k]: new for k, new in seen.items()}}
+    return _result(bank, bank.tensors, names, "rename", args, [bank], results)
+
+
+# -- slice, remove -------------------------------------------------------------------------------
+def selection(bank: PromptBank, tasks) -> list[int]:
+    """Task indices from ``tasks`` (see :func:`select_tasks`); a task listed twice is an error."""
+    idx = select_tasks(bank, tasks)
+    twice = [i for i, c in Counter(idx).items() if c > 1]
+    if twice:
+        k = twice[0]
+        raise UsageError(f"task {k} ({bank.names()[k]}) is listed more than once in the selection {_spec(tasks)}")
+    return idx
+
+
+def slice_tasks(bank: PromptBank, tasks) -> PromptBank:
+    """Keep the selected tasks, in the order given (bytes are copied as they are)."""
+    idx = selection(bank, tasks)
+    names = [bank.task_names[i] for i in idx] if bank.task_names else None
+    args = {"tasks": idx, **({"names": names} if names else {})}
+    return _result(bank, _take(bank, idx), names, "slice", args, [bank])
+
+
+def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
+    """Drop the selected tasks; the others keep their order and bytes."""
+    drop = set(selection(bank, tasks))
+    keep = [i for i in range(bank.num_tasks) if i not in drop]
+    if not keep:
+        raise UsageError(f"removing {_spec(tasks)} would leave no tasks in {_where(bank)} (it has {bank.num_tasks})")
+    names = [bank.task_names[i] for i in keep] if bank.task_names else None
+    args = {"tasks": sorted(drop), **({"names": [bank.task_names[i] for i in sorted(drop)]} if names else {})}
+    return _result(bank, _take(bank, keep), names, "remove", args, [bank])
+
+
+# -- merge ---------------------------------------------------------------------------------------
+def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_duplicates: bool = False,
+          refit: bool = False, max_error: float | None = None) -> PromptBank:
+    """Concatenate the banks' tasks. They must share N and d (and the config's split of N into
+    virtual tokens x submodules where known); different dtypes need ``dtype``; smaller ranks are
+    zero-padded to the largest. The shared prompts must be equal bit for bit, unless ``refit``: then
+    the first bank's shared prompt is kept and the other banks' tasks are re-expressed under it
+    (:func:`weighted_lowrank_fit`), each task's relative error reported; ``max_error`` refuses a
+    larger one. Duplicate names are an error unless ``rename_duplicates`` (suffixes ``-2``, ...)."""
+    banks = list(banks)
+    if not banks:
+        raise UsageError("merge needs at least one bank")
+    out_dtype = _check_compatible(banks, dtype)
+    names, renamed = _merged_names(banks, rename_duplicates)
+    parts, results = _combine(banks, out_dtype, refit, max_error)
+    if renamed:
+        results["renamed"] = renamed
+    args = {"dtype": out_dtype, "rename_duplicates": rename_duplicates, "refit": refit,
+            **({"max_error": max_error} if max_error is not None else {})}
+    first = replace(banks[0], config=next((b.config for b in banks if b.config), None))
+    return _result(first, parts, names, "merge", args, banks, results,
+                   provenance=[e for b in banks for e in b.provenance])
+
+
+def _check_compatible(banks: Sequence[PromptBank], dtype: str | None) -> str:
+    """Same N, d and submodule split; one dtype or ``dtype``. Returns the output dtype."""
+    first, label = banks[0], _labeller(banks)
+    for b in banks:
+        _need_tasks(b)
+    for b in banks[1:]:
+        diffs = []
+        if b.num_tokens != first.num_tokens:
+            diffs.append(f"prompt length N differs ({label(first)} has N={first.num_tokens}, {label(b)} has N={b.num_tokens})")
+        if b.token_dim != first.token_dim:
+            diffs.append(f"hidden size d differs ({label(first)} has d={first.token_dim}, {label(b)} has d={b.token_dim})")
+        if diffs:
+            raise IncompatibleBanks(f"cannot combine {label(b)} with {label(first)}: " + "; ".join(diffs)
+                                    + " (banks for different base models or prompt lengths do not mix)")
+        split_a, split_b = _split(first), _split(b)
+        if split_a and split_b and split_a != split_b:
+            raise IncompatibleBanks(
+                f"cannot combine {label(b)} with {label(first)}: both have N={first.num_tokens} but "
+                f"{label(first)} is {split_a[0]} virtual tokens x {split_a[1]} submodule(s) and {label(b)} is "
+                f"{split_b[0]} x {split_b[1]} (their prompt rows mean different things)")
+    if dtype is not None:
+        return _dtype(dtype)
+    found = {b.dtype for b in banks}
+    if len(found) > 1:
+        listing = ", ".join(f"{label(b)} {b.dtype}" for b in banks)
+        raise IncompatibleBanks(f"the banks have different dtypes ({listing}); give --dtype to convert them to one")
+    return first.dtype
+
+
+def _split(bank: PromptBank):
+    v, s = bank.num_virtual_tokens, bank.num_submodules
+    return (v, s) if v and s else None
+
+
+def _merged_names(banks: Sequence[PromptBank], rename_duplicates: bool):
+    """The merged bank's names (None when no bank names its tasks) and {position: new name}."""
+    if not any(b.task_names for b in banks):
+        return None, {}
+    label = _labeller(banks)
+    names, start = [], 0
+    for b in banks:
+        names += list(b.task_names) if b.task_names else default_names(b.num_tasks, start)
+        start += b.num_tasks
+    counts = Counter(names)
+    dups = [n for n, c in counts.items() if c > 1]
+    if dups and not rename_duplicates:
+        where = {n: [label(b) for b in banks if n in (b.task_names or [])] for n in dups[:3]}
+        listing = "; ".join(f"{n!r} in {', '.join(w) if w else 'two banks'}" for n, w in where.items())
+        raise IncompatibleBanks(f"task names clash: {listing}; rename them first (mptkit rename) or pass --rename-duplicates")
+    renamed, taken = {}, set(names)
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            j = 2
+            while f"{n}-{j}" in taken:
+                j += 1
+            names[i] = f"{n}-{j}"
+            taken.add(names[i])
+            renamed[str(i)] = {"from": n, "to": names[i]}
+        seen.add(names[i])
+    check_names(names, "merged task names")
+    return names, renamed
+
+
+def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error: float | None):
+    """The merged tensors and the refit report. Bytes only when dtype, rank and shared prompt agree."""
+    rank = max(b.rank for b in banks)
+    converted = [_convert(b, out_dtype, rank) for b in banks]
+    pe0 = converted[0]["prompt_embeddings"]
+    base = bytes(pe0.read())
+    differing = [i for i in range(1, len(banks)) if bytes(converted[i]["prompt_embeddings"].read()) != base]
+    results: dict = {}
+    label = _labeller(banks)
+    if differing and not refit:
+        i = differing[0]
+        raise IncompatibleBanks(
+            f"the shared prompts differ: {label(banks[i])}'s prompt_embeddings is not {label(banks[0])}'s "
+            f"({_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
+            "Pass --refit to re-express them under the first bank's shared prompt")
+    if differing:
+        errors = {}
+        for i in differing:
+            cols, rows, errs = _refit(pe0, converted[i], rank)
+            converted[i] = {"prompt_embeddings": pe0, "prefix_task_cols": cols, "prefix_task_rows": rows}
+            offset = sum(b.num_tasks for b in banks[:i])
+            names = banks[i].names()
+            for k, e in enumerate(errs):
+                errors[str(offset + k)] = {"source": label(banks[i]), "task": names[k], "relative_error": e}
+        results["refit"] = errors
+        worst = max(errors.values(), key=lambda x: x["relative_error"])
+        if max_error is not None and worst["relative_error"] > max_error:
+            raise IncompatibleBanks(
+                f"refit error too large: task {worst['task']} of {worst['source']} is re-expressed with relative "
+                f"error {worst['relative_error']:.3g}, above --max-error {max_error:g}; nothing was written")
+    parts = {
+        "prompt_embeddings": pe0,
+        "prefix_task_cols": Array.cat([c["prefix_task_cols"] for c in converted]),
+        "prefix_task_rows": Array.cat([c["prefix_task_rows"] for c in converted]),
+    }
+    return parts, results
+
+
+def _convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
+    """The bank's tensors in ``dtype`` with factors zero-padded to ``rank`` (bytes when neither changes)."""
+    t = dict(bank.tensors)
+    if bank.dtype == dtype and bank.rank == rank:
+        return t
+    import torch
+
+    tdtype = getattr(torch, torch_dtype_name(dtype))
+    pe = t["prompt_embeddings"].to_torch(dtype=tdtype)
+    cols = t["prefix_task_cols"].to_torch(dtype=tdtype)
+    rows = t["prefix_task_rows"].to_torch(dtype=tdtype)
+    pad = rank - cols.shape[2]
+    if pad:
+        cols = torch.cat([cols, cols.new_zeros(cols.shape[0], cols.shape[1], pad)], dim=2)
+        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], pad, rows.shape[2])], dim=1)
+    return {"prompt_embeddings": Array.from_torch(pe), "prefix_task_cols": Array.from_torch(cols),
+            "prefix_task_rows": Array.from_torch(rows)}
+
+
+def _difference(a: Array, b: Array) -> str:
+    """How much two shared prompts differ, in words."""
+    import torch
+
+    x, y = a.to_torch(dtype=torch.float64), b.to_torch(dtype=torch.float64)
+    diff = (x - y).abs()
+    n = int((a.to_torch() != b.to_torch()).sum()) if a.numel else 0
+    rel = float(torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(x).clamp_min(1e-300))
+    return f"{n} of {a.numel} values differ; max abs difference {float(diff.max()):.3g}, relative difference {rel:.3g}"
+
+
+def _refit(pe_new: Array, tensors: dict[str, Array], rank: int):
+    """Re-express every task of ``tensors`` under ``pe_new``: new factors, relative errors."""
+    import torch
+
+    f64 = torch.float64
+    W = pe_new.to_torch(dtype=f64)
+    old = tensors["prompt_embeddings"].to_torch(dtype=f64)
+    cols = tensors["prefix_task_cols"].to_torch(dtype=f64)
+    rows = tensors["prefix_task_rows"].to_torch(dtype=f64)
+    tdtype = getattr(torch, torch_dtype_name(pe_new.dtype))
+    new_cols, new_rows, errors = [], [], []
+    nz = W != 0
+    for k in range(cols.shape[0]):
+        target = old * (cols[k] @ rows[k])
+        ratio = torch.where(nz, target / torch.where(nz, W, 1.0), 0.0)
+        C, R = weighted_lowrank_fit(W, ratio, rank)
+        C, R = C.to(tdtype), R.to(tdtype)
+        errors.append(_relative_error(W, C, R, target))
+        new_cols.append(C)
+        new_rows.append(R)
+    return Array.from_torch(torch.stack(new_cols)), Array.from_torch(torch.stack(new_rows)), errors
+
+
+def _relative_error(W, C, R, target) -> float:
+    import torch
+
+    f64 = torch.float64
+    got = W * (C.to(f64) @ R.to(f64))
+    num = float(torch.linalg.vector_norm(got - target))
+    den = float(torch.linalg.vector_norm(target))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+# -- the weighted low-rank fit -------------------------------------------------------------------
+def weighted_lowrank_fit(W, X, rank: int, *, iterations: int = 100, tol: float = 1e-8):
+    """Rank-``rank`` factors ``C`` (N, r), ``R`` (r, d) minimising ``||W * (C @ R - X)||_F``
+    (float64 torch tensors in and out).
+
+    Starts from the truncated SVD of ``X`` (so the fit is exact whenever ``X`` has rank <= r) and
+    improves it by alternating weighted least squares: with R fixed each row of C is a small r x r
+    solve, and the same for each column of R. Stops when an iteration gains less than ``tol``
+    (relative) or after ``iterations``. Components come out balanced (equal norms in C and R)."""
+    import torch
+
+    N, d = X.shape
+    C, R = X.new_zeros(N, rank), X.new_zeros(rank, d)
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    k = min(rank, S.shape[0])
+    root = S[:k].sqrt()
+    C[:, :k], R[:k] = U[:, :k] * root, root[:, None] * Vh[:k]
+    W2 = W * W
+    W2X = W2 * X
+    scale = float((W2X * X).sum())
+
+    def loss(C, R):
+        return float((W2 * (C @ R - X).square()).sum())
+
+    prev = loss(C, R)
+    for _ in range(iterations):
+        if prev <= scale * 1e-28:
+            break
+        C = _ridge_solve(torch.einsum("ij,aj,bj->iab", W2, R, R), W2X @ R.T)
+        R = _ridge_solve(torch.einsum("ij,ia,ib->jab", W2, C, C), W2X.T @ C).T
+        cur = loss(C, R)
+        if prev - cur <= tol * max(prev, 1e-300):
+            prev = min(prev, cur)
+            break
+        prev = cur
+    return _balance(C, R)
+
+
+def _ridge_solve(A, b):
+    """Solve the batched r x r systems ``A x = b`` with a tiny ridge (rows without weight give 0)."""
+    import torch
+
+    r = A.shape[-1]
+    lam = (A.diagonal(dim1=-2, dim2=-1).mean(-1) * 1e-12).clamp_min(1e-300)
+    eye = torch.eye(r, dtype=A.dtype)
+    return torch.linalg.solve(A + lam[:, None, None] * eye, b.unsqueeze(-1)).squeeze(-1)
+
+
+def _balance(C, R):
+    """Rescale each rank component so that its column of C and row of R have the same norm."""
+    nc, nr = C.norm(dim=0), R.norm(dim=1)
+    ok = (nc > 0) & (nr > 0)
+    s = (nr / nc.where(ok, 1.0)).sqrt().where(ok, 0.0)
+    return C * s, R / s.where(ok, 1.0)[:, None] * ok[:, None]
+
+
+# -- rank ----------------------------------------------------------------------------------------
+def change_rank(bank: PromptBank, rank: int) -> PromptBank:
+    """Change every task's rank. A larger rank zero-pads (exact). A smaller one keeps a task's
+    non-zero components when they are few enough (exact), and otherwise fits the rank-``rank``
+    factors whose full prompt is nearest the original (:func:`weighted_lowrank_fit`; exact when the
+    factor product already has rank <= ``rank``). Per-task relative errors go into the provenance."""
+    _need_tasks(bank)
+    if not isinstance(rank, int) or rank < 1:
+        raise UsageError(f"--rank must be a positive integer, found {rank!r}")
+    args = {"rank": rank, "from_rank": bank.rank}
+    if rank >= bank.rank:
+        tensors = _convert(bank, bank.dtype, rank)
+        results = {"relative_error": {n: 0.0 for n in bank.names()}}
+        return _result(bank, tensors, bank.task_names, "rank", args, [bank], results)
+    import torch
+
+    f64 = torch.float64
+    tdtype = getattr(torch, torch_dtype_name(bank.dtype))
+    W = bank.tensors["prompt_embeddings"].to_torch(dtype=f64)
+    cols_all = bank.tensors["prefix_task_cols"].to_torch()
+    rows_all = bank.tensors["prefix_task_rows"].to_torch()
+    new_cols, new_rows, errors = [], [], {}
+    for k, name in enumerate(bank.names()):
+        cols, rows = cols_all[k], rows_all[k]
+        live = [a for a in range(bank.rank) if cols[:, a].any() and rows[a].any()]
+        if all(a < rank for a in live):  # the dropped components are zero: keep the first ones as they are
+            C, R = cols[:, :rank], rows[:rank]
+            errors[name] = 0.0
+        elif len(live) <= rank:  # few enough non-zero components: keep those, zeros after them
+            C, R = cols.new_zeros(cols.shape[0], rank), rows.new_zeros(rank, rows.shape[1])
+            C[:, : len(live)], R[: len(live)] = cols[:, live], rows[live]
+            errors[name] = 0.0
+        else:
+            c64, r64 = cols.to(f64), rows.to(f64)
+            C, R = weighted_lowrank_fit(W, c64 @ r64, rank)
+            C, R = C.to(tdtype), R.to(tdtype)
+            errors[name] = _relative_error(W, C, R, W * (c64 @ r64))
+        new_cols.append(C)
+        new_rows.append(R)
+    tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
+               "prefix_task_cols": Array.from_torch(torch.stack(new_cols)),
+               "prefix_task_rows": Array.from_torch(torch.stack(new_rows))}
+    return _result(bank, tensors, bank.task_names, "rank", args, [bank], {"relative_error": errors})
+
+
+# -- add -----------------------------------------------------------------------------------------
+def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int | None = None,
+             source: PromptBank | None = None, source_task: int | str | None = None,
+             refit: bool = False, max_error: float | None = None) -> PromptBank:
+    """Append one task named ``name``. Its factors come from ``init``: ``"average"`` (the mean of
+    the bank's cols and of its rows, as PEFT's AVERAGE_SOURCE_TASKS computes them), ``"exact:K"``
+    (a copy of task K), ``"random"`` (PEFT's N(0, 0.02); ``seed`` makes it reproducible), or from
+    ``source``'s task ``source_task`` under the same shared-prompt rules as :func:`merge` (its
+    dtype follows this bank's)."""
+    _need_tasks(bank)
+    if (init is None) == (source is None):
+        raise UsageError("give exactly one of --init (average, exact:K, random) and --from OTHER[:TASK]")
+    if seed is not None and init != "random":
+        raise UsageError("--seed applies only to --init random")
+    names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
+    if name in names:
+        raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {_where(bank)}")
+    names.append(name)
+    check_names(names)
+    results: dict = {} if bank.task_names else {"named": {str(i): n for i, n in enumerate(names[:-1])}}
+    if source is not None:
+        if source_task is None:
+            if source.num_tasks != 1:
+                raise UsageError(f"{_where(source)} has {source.num_tasks} tasks; name one: --from {_where(source)}:TASK")
+            source_task = 0
+        k = source.task_index(source_task)
+        single = replace(source, tensors=_take(source, [k]), task_names=None)
+        _check_compatible([bank, single], bank.dtype)
+        parts, found = _combine([bank, single], bank.dtype, refit, max_error)
+        results.update(found)
+        origin = os.path.basename(os.path.normpath(source.source.path)) if source.source else "a bank in memory"
+        args = {"name": name, "from": origin, "task": source.names()[k], "refit": refit}
+        return _result(bank, parts, names, "add", args, [bank, source], results)
+    kind, _, ref = init.partition(":")
+    if kind == "exact" and ref:
+        k = bank.task_index(ref)
+        one = _take(bank, [k])
+        tensors = {"prompt_embeddings": one["prompt_embeddings"],
+                   "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], one["prefix_task_cols"]]),
+                   "prefix_task_rows": Array.cat([bank.tensors["prefix_task_rows"], one["prefix_task_rows"]])}
+        return _result(bank, tensors, names, "add", {"name": name, "init": f"exact:{k}"}, [bank], results)
+    if init not in ("average", "random"):
+        raise UsageError(f"--init must be average, exact:K or random, found {init!r}")
+    import torch
+
+    cols = bank.tensors["prefix_task_cols"].to_torch()
+    rows = bank.tensors["prefix_task_rows"].to_torch()
+    args = {"name": name, "init": init}
+    if init == "average":
+        new_c, new_r = cols.mean(0, keepdim=True), rows.mean(0, keepdim=True)
+    else:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        args["seed"] = results["seed"] = seed
+        g = torch.Generator().manual_seed(seed)
+        new_c = torch.normal(0.0, RANDOM_STD, size=(1, *cols.shape[1:]), generator=g).to(cols.dtype)
+        new_r = torch.normal(0.0, RANDOM_STD, size=(1, *rows.shape[1:]), generator=g).to(rows.dtype)
+    tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
+               "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], Array.from_torch(new_c)]),
+               "prefix_task_rows": Array.cat([bank.tensors["prefix_task_rows"], Array.from_torch(new_r)])}
+    return _result(bank, tensors, names, "add", args, [bank], results)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _take(bank: PromptBank, idx: list[int]) -> dict[str, Array]:
+    return {"prompt_embeddings": bank.tensors["prompt_embeddings"],
+            "prefix_task_cols": bank.tensors["prefix_task_cols"].rows(idx),
+            "prefix_task_rows": bank.tensors["prefix_task_rows"].rows(idx)}
+
+
+def _result(bank: PromptBank, tensors, names, operation: str, args: dict, sources, results: dict | None = None,
+            provenance: list | None = None) -> PromptBank:
+    """A new bank (no source: it lives in memory) with one more provenance entry."""
+    entry = bank.provenance_entry(operation, args, sources)
+    if results:
+        entry["results"] = results
+    prov = list(bank.provenance if provenance is None else provenance) + [entry]
+    return bank.with_tensors(dict(tensors), list(names) if names else None, provenance=prov, source=None)
+
+
+def _labeller(banks: Sequence[PromptBank]):
+    """How messages name each of several banks: its path, else its position."""
+    labels = {id(b): b.source.path if b.source else f"bank {i + 1}" for i, b in enumerate(banks)}
+    return lambda b: labels.get(id(b), _where(b))
+
+
+def _need_tasks(bank: PromptBank) -> None:
+    if bank.shared_only:
+        raise UsageError(f"{_where(bank)} holds only the shared prompt (no tasks to edit)")
+
+
+def _dtype(name: str) -> str:
+    d = DTYPE_BY_NAME.get(name, name)
+    if d not in FLOAT_DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_BY_NAME)}")
+    return d
+
+
+def _where(bank: PromptBank) -> str:
+    return bank.source.path if bank.source else "the bank"
+
+
+def _spec(tasks) -> str:
+    return repr(tasks) if isinstance(tasks, str) else repr(",".join(map(str, tasks)))

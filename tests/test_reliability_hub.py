@@ -1,0 +1,162 @@
+"""Hub faults (issue 7, item 6), against the loopback server of tests/hubserver.py.
+
+While the bank's files download (``pull``, and any command reading an ``hf://`` reference) the
+server truncates bodies, announces a wrong Content-Length, sends garbage, answers 500/503 or drops
+the connection; while a bank uploads (``push``) it fails the same ways. Each time: one clear
+sentence, exit 2, no output written, the local input unchanged, the remote repo unchanged; and no
+poisoned cache: a later pull (online, and offline from the cache) yields exactly the served bytes.
+Names with ``..`` in a listing are refused by every command. (tests/test_hub.py covers faults on the
+repo lookup and pull's own messages.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bankutil import sha256_tree
+from relutil import TMP_MARK
+
+DOWNLOAD_FAULTS = [
+    ("truncate", {"keep": 100}),
+    ("truncate", {"keep": 0}),
+    ("content_length", {"delta": 10}),
+    ("content_length", {"delta": -10}),
+    ("garbage", {}),
+    ("garbage", {"body": b"{\"error\": \"not the file\"}"}),
+    ("status", {"code": 500}),
+    ("status", {"code": 503}),
+    ("drop", {}),
+]
+FAULT_IDS = [f"{k}-{'-'.join(str(v)[:8] for v in o.values()) or 'x'}" for k, o in DOWNLOAD_FAULTS]
+
+
+@pytest.fixture
+def served(hub, cli, peft_banks):
+    """owner/bank on the server (pushed by mptkit); ``{name: bytes}`` as served."""
+    r = cli("push", peft_banks("seq2seq"), "owner/bank")
+    assert r.exit_code == 0, r.output
+    hub.clear()
+    return hub.files("owner/bank")
+
+
+def _one_error(r) -> str:
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert "Traceback" not in r.output and "internal error" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mptkit: error: "), r.stderr
+    return lines[0]
+
+
+def _bank_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name in ("adapter_config.json", "adapter_model.safetensors")}
+
+
+def _no_temps(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if TMP_MARK in p.name]
+
+
+def _reading_commands(out_dir: Path) -> dict[str, list[str]]:
+    ref = "hf://owner/bank"
+    return {
+        "pull -o": ["pull", "owner/bank", "-o", str(out_dir / "pulled")],
+        "derive hf://": ["derive", ref, "--mode", "exact", "--task", "0", "-o", str(out_dir / "d.safetensors")],
+        "slice hf://": ["slice", ref, "--tasks", "0", "-o", str(out_dir / "s")],
+        "validate hf://": ["validate", ref],
+    }
+
+
+@pytest.mark.parametrize("kind,options", DOWNLOAD_FAULTS, ids=FAULT_IDS)
+def test_download_faults_leave_no_output_and_no_poisoned_cache(hub, cli, served, tmp_path, monkeypatch, kind,
+                                                               options):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for what, argv in _reading_commands(out_dir).items():
+        hub.fault(kind, path=r"/resolve/.*adapter_model\.safetensors$", method="GET", times=None, **options)
+        msg = _one_error(cli(*argv))
+        assert "owner/bank" in msg, (what, msg)
+        assert sorted(os.listdir(out_dir)) == [] and _no_temps(tmp_path), what
+        hub.clear()
+    # the cache is not poisoned: offline it serves nothing or the right bytes, online the right bytes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cli("pull", "owner/bank", "-o", out_dir / "offline")
+    if r.exit_code == 0:
+        assert _bank_files(out_dir / "offline") == {k: served[k] for k in _bank_files(out_dir / "offline")}
+    else:
+        _one_error(r)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    r = cli("pull", "owner/bank", "-o", out_dir / "good")
+    assert r.exit_code == 0, r.output
+    assert _bank_files(out_dir / "good") == {k: served[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
+    for what, argv in _reading_commands(tmp_path / "again").items():
+        (tmp_path / "again").mkdir(exist_ok=True)
+        assert cli(*argv).exit_code == 0, what
+
+
+@pytest.mark.parametrize("kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {}),
+                                          ("truncate", {"keep": 10})], ids=["500", "garbage", "drop", "truncate"])
+def test_config_download_faults(hub, cli, served, tmp_path, kind, options):
+    """The same for adapter_config.json (small, JSON: garbage there must not become a config)."""
+    hub.fault(kind, path=r"/resolve/.*adapter_config\.json$", method="GET", times=None, **options)
+    _one_error(cli("pull", "owner/bank", "-o", tmp_path / "o"))
+    assert not (tmp_path / "o").exists() and _no_temps(tmp_path)
+    hub.clear()
+    assert cli("pull", "owner/bank", "-o", tmp_path / "o").exit_code == 0
+    assert _bank_files(tmp_path / "o")["adapter_config.json"] == served["adapter_config.json"]
+
+
+@pytest.mark.parametrize("kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {})],
+                         ids=["500", "garbage", "drop"])
+@pytest.mark.parametrize("endpoint", ["/commit/", "/preupload/", "/api/repos/create"])
+def test_push_faults_change_nothing(hub, cli, peft_banks, tmp_path, endpoint, kind, options):
+    """An upload that fails leaves the remote repo as it was and the local bank unchanged."""
+    src = peft_banks("causal")
+    assert cli("push", peft_banks("seq2seq"), "owner/pushed").exit_code == 0
+    remote = hub.files("owner/pushed")
+    before = sha256_tree(src)
+    hub.fault(kind, path=endpoint, method="POST", times=None, **options)
+    msg = _one_error(cli("push", src, "owner/pushed"))
+    assert "owner/pushed" in msg
+    assert hub.files("owner/pushed") == remote and sha256_tree(src) == before
+    hub.clear()
+    assert cli("push", src, "owner/pushed").exit_code == 0
+    assert hub.files("owner/pushed")["adapter_model.safetensors"] == (src / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["../evil.safetensors", "a/../../evil.safetensors", "/etc/evil.safetensors"])
+def test_escaping_names_are_refused_by_every_command(hub, cli, tmp_path, name, monkeypatch):
+    from bankutil import random_bank
+
+    data = random_bank(tmp_path / "b.safetensors", T=2).read_bytes()
+    hub.commit("owner/evil", {name: data})
+    work = tmp_path / "deep" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for argv in (["derive", "hf://owner/evil", "--mode", "exact", "--task", "0", "-o", "d.safetensors"],
+                 ["slice", "hf://owner/evil", "--tasks", "0", "-o", "s.safetensors"],
+                 ["merge", "hf://owner/evil", "hf://owner/evil", "-o", "m.safetensors"],
+                 ["validate", "hf://owner/evil"], ["inspect", "--values", "hf://owner/evil"],
+                 ["pull", "owner/evil", "-o", "p"]):
+        msg = _one_error(cli(*argv))
+        assert "escape" in msg, (argv, msg)
+    assert os.listdir(work) == [] and not (tmp_path / "deep" / "evil.safetensors").exists()
+    assert not [q for q in hub.requests if "/resolve/" in q.path]
+
+
+def test_a_failed_download_then_a_good_one_reads_the_right_values(hub, cli, served, tmp_path):
+    """After a truncated download, the tensors read through hf:// are the served ones, value for value."""
+    import mptkit
+    from bankutil import load_tensors
+
+    hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", keep=500, times=None)
+    with pytest.raises(mptkit.MptkitError):
+        mptkit.load("hf://owner/bank")
+    hub.clear()
+    bank = mptkit.load("hf://owner/bank")
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "adapter_model.safetensors").write_bytes(served["adapter_model.safetensors"])
+    want = load_tensors(tmp_path / "ref")
+    for k, a in bank.tensors.items():
+        assert bytes(a.read()) == want[k].contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
