@@ -90,6 +90,9 @@ class PromptBank:
     source: Source | None = None
     #: notes for the user from reading (e.g. names PEFT dropped); printed by inspect/validate
     notes: list[str] = field(default_factory=list)
+    #: tensors an adapter folder holds beside the bank (a task head saved by PEFT's
+    #: modules_to_save); carried unchanged into adapter-folder outputs
+    extras: dict[str, Array] = field(default_factory=dict)
 
     # -- shapes -------------------------------------------------------------------------------
     @property

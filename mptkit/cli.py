@@ -321,9 +321,14 @@ def export(src, task, dtype, task_type, num_virtual_tokens, num_transformer_subm
 
 
 # -- editing: rename, slice, remove, merge, add, rank, similarity (issue 4) ----------------------
-def _save_edit(bank, output, force, sources, as_json) -> None:
-    """Write an edited bank and say what was written and what the operation found."""
+def _save_edit(bank, output, force, sources, as_json, config) -> None:
+    """Write an edited bank and say what was written and what the operation found. ``config``:
+    the --task-type/--num-virtual-tokens/... options, for a folder output from a bare file."""
     from .formats import save
+
+    fields = _config_fields(**config)
+    if fields:
+        bank.config = {**(bank.config or {}), **fields}
 
     inputs = [p for b in sources if b.source for p in (b.source.data_file, b.source.path)  # folder too
               if not p.startswith("hf://")]
@@ -354,9 +359,10 @@ def _save_edit(bank, output, force, sources, as_json) -> None:
 @click.argument("src")
 @click.argument("pairs", nargs=-1, metavar="[OLD=NEW]...")
 @click.option("--names", help="Name every task, in order: a,b,c.")
+@config_options
 @output_options
 @json_option
-def rename(src, pairs, names, output, force, as_json):
+def rename(src, pairs, names, output, force, as_json, **config):
     """Rename tasks (OLD is an index or a name), or name them all with --names."""
     from . import edit
     from .errors import UsageError
@@ -369,7 +375,7 @@ def rename(src, pairs, names, output, force, as_json):
         raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
     bank = load(src)
     out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
-    _save_edit(out, output, force, [bank], as_json)
+    _save_edit(out, output, force, [bank], as_json, config)
 
 
 _TASKS_HELP = "Tasks: indices, ranges and names, e.g. 0,3,5-7 or sst2,mnli."
@@ -378,29 +384,31 @@ _TASKS_HELP = "Tasks: indices, ranges and names, e.g. 0,3,5-7 or sst2,mnli."
 @main.command("slice")
 @click.argument("src")
 @click.option("--tasks", required=True, help=_TASKS_HELP + " Kept in the order given.")
+@config_options
 @output_options
 @json_option
-def slice_(src, tasks, output, force, as_json):
+def slice_(src, tasks, output, force, as_json, **config):
     """Keep only the listed tasks (their bytes are copied unchanged)."""
     from . import edit
     from .formats import load
 
     bank = load(src)
-    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json)
+    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config)
 
 
 @main.command()
 @click.argument("src")
 @click.option("--tasks", required=True, help=_TASKS_HELP)
+@config_options
 @output_options
 @json_option
-def remove(src, tasks, output, force, as_json):
+def remove(src, tasks, output, force, as_json, **config):
     """Drop the listed tasks (the others' bytes are copied unchanged)."""
     from . import edit
     from .formats import load
 
     bank = load(src)
-    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json)
+    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config)
 
 
 _DTYPE_CHOICE = click.Choice(["float32", "bfloat16", "float16", "float64"])
@@ -412,9 +420,10 @@ _DTYPE_CHOICE = click.Choice(["float32", "bfloat16", "float16", "float64"])
 @click.option("--rename-duplicates", is_flag=True, help="Suffix clashing task names (-2, -3...) instead of failing.")
 @click.option("--refit", is_flag=True, help="Re-express the tasks of banks whose shared prompt differs from the first's.")
 @click.option("--max-error", type=float, help="With --refit: fail if a task's relative error exceeds this.")
+@config_options
 @output_options
 @json_option
-def merge(banks, dtype, rename_duplicates, refit, max_error, output, force, as_json):
+def merge(banks, dtype, rename_duplicates, refit, max_error, output, force, as_json, **config):
     """Concatenate the tasks of two or more banks (same N and d; ranks are zero-padded)."""
     from . import edit
     from .errors import UsageError
@@ -426,7 +435,7 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, output, force, as_j
         raise UsageError("--max-error applies only with --refit")
     loaded = [load(b) for b in banks]
     out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error)
-    _save_edit(out, output, force, loaded, as_json)
+    _save_edit(out, output, force, loaded, as_json, config)
 
 
 @main.command()
@@ -437,9 +446,10 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, output, force, as_j
 @click.option("--from", "from_", metavar="OTHER[:TASK]", help="Copy a task of another bank (same shared prompt).")
 @click.option("--refit", is_flag=True, help="With --from: re-express the task if the shared prompts differ.")
 @click.option("--max-error", type=float, help="With --refit: fail if the relative error exceeds this.")
+@config_options
 @output_options
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, output, force, as_json):
+def add(src, name, init, seed, from_, refit, max_error, output, force, as_json, **config):
     """Append one task, initialised from the bank itself or taken from another bank."""
     from . import edit
     from .errors import UsageError
@@ -456,7 +466,7 @@ def add(src, name, init, seed, from_, refit, max_error, output, force, as_json):
         other = load(other_path)
     out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
                         max_error=max_error)
-    _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json)
+    _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json, config)
 
 
 def _split_task_ref(ref: str):
@@ -472,15 +482,16 @@ def _split_task_ref(ref: str):
 @main.command()
 @click.argument("src")
 @click.option("--rank", "rank_", type=click.IntRange(min=1), required=True, help="The new rank r.")
+@config_options
 @output_options
 @json_option
-def rank(src, rank_, output, force, as_json):
+def rank(src, rank_, output, force, as_json, **config):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from . import edit
     from .formats import load
 
     bank = load(src)
-    _save_edit(edit.change_rank(bank, rank_), output, force, [bank], as_json)
+    _save_edit(edit.change_rank(bank, rank_), output, force, [bank], as_json, config)
 
 
 @main.command()

@@ -20,8 +20,6 @@ from .errors import IncompatibleBanks, UsageError
 from .schema import check
 from .tensor import DTYPE_BY_NAME, FLOAT_DTYPES, Array, torch_dtype_name
 
-#: PEFT's initialisation of fresh task factors: N(0, 0.02)
-RANDOM_STD = 0.02
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -434,23 +432,20 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         return _result(bank, tensors, names, "add", {"name": name, "init": f"exact:{k}"}, [bank], results)
     if init not in ("average", "random"):
         raise UsageError(f"--init must be average, exact:K or random, found {init!r}")
-    import torch
+    from .derive import fresh_factors, mean_over_tasks
 
-    cols = bank.tensors["prefix_task_cols"].to_torch()
-    rows = bank.tensors["prefix_task_rows"].to_torch()
+    cols, rows = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     args = {"name": name, "init": init}
-    if init == "average":
-        new_c, new_r = cols.mean(0, keepdim=True), rows.mean(0, keepdim=True)
+    if init == "average":  # the same float64 mean as `derive --mode average`
+        new_c, new_r = mean_over_tasks(cols, cols.dtype), mean_over_tasks(rows, rows.dtype)
     else:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         args["seed"] = results["seed"] = seed
-        g = torch.Generator().manual_seed(seed)
-        new_c = torch.normal(0.0, RANDOM_STD, size=(1, *cols.shape[1:]), generator=g).to(cols.dtype)
-        new_r = torch.normal(0.0, RANDOM_STD, size=(1, *rows.shape[1:]), generator=g).to(rows.dtype)
+        new_c, new_r = fresh_factors(1, bank.num_tokens, bank.rank, bank.token_dim, seed, bank.dtype)
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
-               "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], Array.from_torch(new_c)]),
-               "prefix_task_rows": Array.cat([bank.tensors["prefix_task_rows"], Array.from_torch(new_r)])}
+               "prefix_task_cols": Array.cat([cols, new_c]),
+               "prefix_task_rows": Array.cat([rows, new_r])}
     return _result(bank, tensors, names, "add", args, [bank], results)
 
 

@@ -310,9 +310,38 @@ def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = N
                 local.append(hf_hub_download(ref.repo_id, name, revision=commit, cache_dir=cache_dir(),
                                              endpoint=endpoint(), token=token, library_name="mptkit",
                                              library_version=__version__))
+            _check_blob(local[-1], ref, name)
     _remember_ref(ref.repo_id, ref.revision or "main", commit)
     snapshot = local[0][: len(local[0]) - len(files[0])].rstrip("/\\")
     return Fetched(ref, commit, os.path.join(snapshot, rel) if rel else snapshot, files)
+
+
+def _check_blob(local: str, ref: HubRef, name: str) -> None:
+    """The HF cache names each blob by the Hub's etag: the sha256 of an LFS file, the git blob sha1
+    of any other. A blob whose bytes do not match (a server or proxy that sent other bytes of the
+    right size) is removed, so that it is not served from the cache ever after."""
+    import hashlib
+
+    from .bank import file_sha256
+
+    real = os.path.realpath(local)
+    etag = os.path.basename(real)
+    if os.path.basename(os.path.dirname(real)) != "blobs" or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
+        return  # not the cache layout we know: nothing to compare with
+    if len(etag) == 64:
+        got = file_sha256(real)
+    else:
+        h = hashlib.sha1(b"blob %d\0" % os.path.getsize(real))
+        with open(real, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        got = h.hexdigest()
+    if got != etag:
+        for p in (real, local):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        raise HubError(f"{ref}: the download of {name} is corrupt (its checksum {got[:12]} differs from the Hub's "
+                       f"{etag[:12]}); it was removed from the cache, so the next try downloads it again")
 
 
 def resolve(ref: str) -> str:

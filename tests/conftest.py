@@ -16,6 +16,11 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from bankutil import save_peft_bank  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests are deterministic: the same examples on every run and machine, no example database.
+settings.register_profile("mptkit", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile("mptkit")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_BANK = ROOT / "examples" / "bank"

@@ -273,14 +273,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(max(declared, 0)))
         self.end_headers()
-        sent = 0
+        # Record before writing: the client may return (and the test read the log) as soon as the
+        # last byte arrives, before this thread gets to run again.
+        req.status, req.sent = resp.status, (len(body) if method != "HEAD" else 0)
         if method != "HEAD" and body:
             try:
                 self.wfile.write(body)
-                sent = len(body)
             except OSError:
-                pass
-        req.status, req.sent = resp.status, sent
+                req.sent = 0  # the client went away; what it received is unknown
         self.close_connection = True
 
     def _read_json(self, body: bytes):

@@ -185,3 +185,22 @@ def medium_bank(path: Path, *, N: int = 64, d: int = 1024, T: int = 4, r: int = 
     mptkit.save(mptkit.load(flat), path)
     flat.unlink()
     return path
+
+
+def write_seconds(src, out, *, force: bool = True, runs: int = 3) -> float:
+    """How long a forked writer takes from creating its temp to exiting (the window a kill must
+    hit), the median of ``runs`` uninterrupted writes of ``src`` to ``out``."""
+    times = []
+    for _ in range(runs):
+        pid = fork_save(src, out, force=force)
+        prefix = f".{Path(out).name}{TMP_MARK}{pid}-"
+        start = None
+        while True:
+            if start is None and any(n.startswith(prefix) for n in os.listdir(Path(out).parent)):
+                start = time.monotonic()
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.0005)
+        times.append(time.monotonic() - (start or time.monotonic()))
+    return sorted(times)[len(times) // 2]

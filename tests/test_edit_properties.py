@@ -139,7 +139,7 @@ def test_refit_after_a_per_token_rescale_recovers_every_prompt(pair, data):
     eps = torch.finfo(dtype).eps
     for k in range(b.num_tasks):
         rel = float(torch.linalg.vector_norm(got[k] - want[k]) / torch.linalg.vector_norm(want[k]).clamp_min(1e-30))
-        assert rel <= 8 * eps, (k, rel)
+        assert rel <= 64 * eps, (k, rel)  # a few ALS steps of float rounding
     assert torch.equal(prompts(merged)[: a.num_tasks], prompts(a))
 
 

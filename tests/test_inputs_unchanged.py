@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from bankutil import random_bank, save_peft_bank, sha256_tree
-from relutil import READ_ONLY_COMMANDS, writing_commands, writing_labels
+from relutil import READ_ONLY_COMMANDS, writing_commands
 
 INPUT_KINDS = ["peft-safetensors", "peft-bin", "bare-safetensors", "pickle-pt"]
-#: commands tested elsewhere against their own server (tests/test_reliability_hub.py)
+#: commands that talk to a Hub: checked by test_hub_commands_leave_inputs_unchanged
 HUB_COMMANDS = {"pull", "push"}
 
 
@@ -100,7 +100,7 @@ def _invocations(kind: str, src: Path, out_dir: Path) -> dict[str, tuple[int, li
 
 
 def test_every_command_is_covered():
-    """A new command must be added to this file's tables (or to the hub's test)."""
+    """A new command must be added to this file's tables."""
     from mptkit.cli import main
 
     covered = {argv[0] for argv in _read_only("S", Path("O")).values()}
@@ -142,3 +142,21 @@ def test_inputs_unchanged_in_a_real_process(inputs, tmp_path):
         assert r.returncode in (0, 2) and "Traceback" not in r.stderr
     assert json.loads(run_mptkit("validate", "--json", src).stdout)["valid"]
     assert _snapshot(root) == before
+
+
+def test_hub_commands_leave_inputs_unchanged(hub, cli, inputs, tmp_path):
+    """push reads a local bank (every kind of input); pull reads a remote one: neither changes."""
+    root, paths = inputs
+    before = _snapshot(root)
+    for kind, src in paths.items():
+        extra = [] if kind.startswith("peft") else ["--task-type", "CAUSAL_LM", "--num-virtual-tokens", "6"]
+        r = cli("push", src, f"owner/{kind}", *extra)
+        assert r.exit_code == 0, (kind, r.output)
+        assert _snapshot(root) == before, f"push changed {src}"
+        remote = hub.files(f"owner/{kind}")
+        assert cli("pull", f"owner/{kind}", "-o", tmp_path / kind).exit_code == 0
+        assert cli("pull", f"owner/{kind}").exit_code == 0
+        assert hub.files(f"owner/{kind}") == remote
+    r = cli("push", paths["bare-safetensors"], "owner/x")  # refused: no config for the folder it must write
+    assert r.exit_code == 2 and _snapshot(root) == before
+    assert HUB_COMMANDS <= set(__import__("mptkit.cli", fromlist=["main"]).main.commands)

@@ -62,6 +62,7 @@ def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: d
     # ``header``: already parsed (mptkit.hub passes a remote file's, read with range requests)
     header = header or st.read_header(str(p))
     tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.tensors.items()}
+    heads, notes = _set_aside_heads(tensors, config_file)
     problems = [f"{p}: {x}" for x in check_tensors(tensors, kind)]
     meta = header.metadata or {}
     problems += [f"{p}: {x}" for x in check_metadata(meta)]
@@ -71,13 +72,13 @@ def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: d
     problems += _config_problems(config, config_file, tensors, names, p)
     if problems:
         raise InvalidBank(problems[0], problems)
-    arrays = {k: header.array(k) for k in header.tensors}
+    arrays = {k: header.array(k) for k in tensors}
+    extras = {k: header.array(k) for k in heads}
     other = {k: v for k, v in meta.items() if k not in ("format", META_TASK_NAMES, META_PROVENANCE, META_CONFIG)}
     source = Source(shown, fmt, str(p), header.file_size)
-    notes = []
     if fmt == "peft-adapter" and meta == {"format": "pt"} and tensors.get("prefix_task_cols", {}).get("shape", [0])[0] > 1:
         notes.append(PEFT_METADATA_NOTE)
-    return PromptBank(arrays, names, config, provenance, other, source, notes)
+    return PromptBank(arrays, names, config, provenance, other, source, notes, extras)
 
 
 def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
@@ -92,11 +93,28 @@ def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict |
             tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
         except ValueError:
             tensors[k] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    heads, notes = _set_aside_heads(tensors, config_file)
+    extras = {k: arrays.pop(k) for k in heads if k in arrays}
     problems += [f"{p}: {x}" for x in check_tensors(tensors, kind)]
     problems += _config_problems(config, config_file, tensors, None, p)
     if problems:
         raise InvalidBank(problems[0], problems)
-    return PromptBank(arrays, None, config, [], {}, Source(shown, fmt, str(p), p.stat().st_size))
+    return PromptBank(arrays, None, config, [], {}, Source(shown, fmt, str(p), p.stat().st_size), notes, extras)
+
+
+def _set_aside_heads(tensors: dict, config_file) -> tuple[list[str], list[str]]:
+    """PEFT saves the task head of classification and QA adapters (``modules_to_save``) beside the
+    prompt bank, as ``base_model.*`` tensors, and needs it back to load the adapter. It is not part
+    of the bank: take those names out of ``tensors`` (in place) so the bank is checked alone, and
+    return them with a note. The head travels unchanged into adapter-folder outputs."""
+    heads = sorted(k for k in tensors if k.startswith("base_model.")) if config_file is not None else []
+    for k in heads:
+        del tensors[k]
+    if not heads:
+        return [], []
+    shown = ", ".join(heads[:4]) + (f", ... ({len(heads)} in all)" if len(heads) > 4 else "")
+    return heads, [f"the adapter also holds a task head saved by PEFT's modules_to_save ({shown}); it is not part "
+                   "of the prompt bank: adapter-folder outputs carry it unchanged, .safetensors outputs leave it out"]
 
 
 def _load_folder(p: Path, kind: str | None) -> PromptBank:
@@ -203,6 +221,6 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
                                   num_tasks=bank.num_tasks, num_ranks=bank.rank, where=where)
     with atomic.atomic_dir(target, replace=force) as tmp:
         with open(tmp / peft.SAFETENSORS_NAME, "xb") as f:
-            st.write(f, tensors, metadata_for(bank, with_config=False))
+            st.write(f, {**tensors, **bank.extras}, metadata_for(bank, with_config=False))
         (tmp / peft.CONFIG_NAME).write_text(peft.config_text(config), encoding="utf-8")
     return target
