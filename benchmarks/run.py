@@ -33,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
+TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+RSS_FILE = Path(tempfile.gettempdir()) / f"mptkit-bench-rss-{os.getpid()}"
 
 
 def make_bank(path: Path, T: int, N: int, r: int, d: int, seed: int) -> None:
@@ -58,17 +60,21 @@ def make_bank(path: Path, T: int, N: int, r: int, d: int, seed: int) -> None:
 
 
 def run_once(argv: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one whole process."""
+    """(wall seconds, peak RSS in MB) of one whole process. Peak RSS comes from GNU time where it
+    is installed: a child forked by this (larger) Python process would otherwise report this
+    process's RSS at fork time as its own peak."""
+    timed = ([TIME, "-f", "%M", "-o", str(RSS_FILE)] if TIME else []) + argv
     t = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p = subprocess.Popen(timed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
     err = p.stderr.read().decode(errors="replace")
     p.stderr.close()
-    if p.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({p.returncode}): {' '.join(argv)}\n{err}")
-    return wall, usage.ru_maxrss / 1024
+    if code != 0:
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(argv)}\n{err}")
+    rss_kb = int(RSS_FILE.read_text().split()[-1]) if TIME else usage.ru_maxrss
+    return wall, rss_kb / 1024
 
 
 NAIVE = {
@@ -132,7 +138,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per command (default 5, quick 3)")
     ap.add_argument("--dir", default=None, help="where to put the synthetic banks (default: a temp dir)")
     ap.add_argument("--skip-runtime", action="store_true", help="leave out the runtime module's table")
+    ap.add_argument("--make", nargs=6, metavar=("PATH", "T", "N", "r", "d", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make:
+        make_bank(Path(args.make[0]), *map(int, args.make[1:]))
+        return
     repeat = args.repeat or (3 if args.quick else 5)
     if args.quick:
         T, N, r, d = 250, 100, 32, 1024
@@ -143,12 +153,9 @@ def main() -> None:
     env = dict(os.environ, MPTKIT_CACHE=str(work / "cache"), PYTHONWARNINGS="ignore")
     big, half_a, half_b = work / "bank.safetensors", work / "a.safetensors", work / "b.safetensors"
     print(f"making synthetic banks in {work} ...", file=sys.stderr)
-    if not big.exists():
-        make_bank(big, T, N, r, d, 0)
-    if not half_a.exists():
-        make_bank(half_a, T // 2, N, r, d, 1)
-    if not half_b.exists():
-        make_bank(half_b, T // 2, N, r, d, 2)
+    for path, t, seed in ((big, T, 0), (half_a, T // 2, 1), (half_b, T // 2, 2)):
+        if not path.exists():  # in a child, so that this process never imports torch
+            subprocess.run([PY, __file__, "--make", str(path), str(t), str(N), str(r), str(d), str(seed)], check=True)
     # merge needs the same shared prompt in both halves: copy a's prompt_embeddings bytes into b
     ha, hb = task_ranges(str(half_a), [])[-1], task_ranges(str(half_b), [])[-1]
     with open(half_a, "rb") as fa, open(half_b, "r+b") as fb:
