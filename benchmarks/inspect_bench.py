@@ -14,11 +14,9 @@ says whether `mptkit inspect` imported torch (``python -X importtime``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,29 +27,11 @@ PY = sys.executable
 
 
 def make_bank(path: Path, T: int, N: int, r: int, d: int, seed: int = 0) -> int:
-    """Stream a random F32 bank to ``path`` (tensors in safetensors' order); returns its size."""
-    import torch
+    """Stream a random F32 bank to ``path`` (benchmarks/run.py's generator); returns its size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import make_bank as write
 
-    shapes = {"prefix_task_cols": (T, N, r), "prefix_task_rows": (T, r, d), "prompt_embeddings": (N, d)}
-    header, pos = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in shapes.items():
-        n = 4
-        for s in shape:
-            n *= s
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + n]}
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    g = torch.Generator().manual_seed(seed)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for shape in shapes.values():
-            row = 4
-            for s in shape[1:]:
-                row *= s
-            per = max(1, (32 << 20) // row)  # ~32 MB at a time
-            for lo in range(0, shape[0], per):
-                f.write((torch.randn((min(per, shape[0] - lo), *shape[1:]), generator=g) * 0.1).numpy().tobytes())
+    write(path, T, N, r, d, seed)
     return path.stat().st_size
 
 

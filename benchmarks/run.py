@@ -115,6 +115,17 @@ def task_ranges(path: str, tasks: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join (offset, length) ranges that continue each other."""
+    out: list[tuple[int, int]] = []
+    for off, ln in ranges:
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + ln)
+        else:
+            out.append((off, ln))
+    return out
+
+
 def bench(label: str, argv: list[str], env: dict, repeat: int, cleanup: Path | None) -> dict:
     def clean():
         if cleanup is not None:
@@ -163,7 +174,7 @@ def main() -> None:
         fb.write(os.pread(fa.fileno(), ha[1], ha[0]))
 
     src, a, b = str(big), str(half_a), str(half_b)
-    out_file, out_dir = work / "out.safetensors", work / "out"
+    out_file = work / "out.safetensors"
     k, few = T // 2, [3, T // 3, T - 5]
     mpt = [PY, "-m", "mptkit"]
     rows = []
@@ -174,6 +185,7 @@ def main() -> None:
             rows.append((op, bench(label, argv, env, repeat, cleanup)))
 
     def copy_cmd(srcs: list[str], ranges: dict) -> list[str]:
+        ranges = {p: _coalesce(rs) for p, rs in ranges.items()}
         code = ("import os\nwith open(%r, 'wb') as o:\n" % str(out_file)
                 + "".join("    f = os.open(%r, os.O_RDONLY)\n" % p
                           + "".join("    o.write(os.pread(f, %d, %d))\n" % (ln, off) for off, ln in ranges[p])
@@ -209,8 +221,8 @@ def main() -> None:
     print(f"\nbank: T={T}, N={N}, r={r}, d={d}, F32, {size:.2f} GB; merge: two banks of T={T // 2} "
           f"({half_a.stat().st_size / 1e9:.2f} GB each); median of {repeat} runs after a warm-up; "
           f"peak RSS is the largest of all runs\n")
-    print(f"| operation | method | wall (s) | first run (s) | peak RSS (MB) | vs naive |")
-    print(f"|---|---|---:|---:|---:|---:|")
+    print("| operation | method | wall (s) | first run (s) | peak RSS (MB) | vs naive |")
+    print("|---|---|---:|---:|---:|---:|")
     naive_wall = {op: r["wall"] for op, r in rows if r["label"].startswith("naive")}
     for op, r in rows:
         ratio = naive_wall.get(op, 0) / r["wall"] if r["wall"] else 0

@@ -30,7 +30,7 @@ MODES = ("average", "exact", "shared")
 OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
 #: PEFT's MultitaskPromptEmbedding draws fresh factors from N(0, INIT_STD)
 INIT_STD = 0.02
-#: bytes of float64 working memory per chunk of tasks when averaging
+#: bytes of source data read at a time when averaging
 AVERAGE_CHUNK_BYTES = 8 * CHUNK_BYTES
 
 
@@ -141,17 +141,25 @@ def cast(arr: Array, dtype: str) -> Array:
 
 
 def mean_over_tasks(arr: Array, dtype: str) -> Array:
-    """The mean along dim 0, keeping it (``(1, ...)``): float64 sums over chunks of tasks of at most
-    :data:`AVERAGE_CHUNK_BYTES` (as float64), divided by T, rounded once to ``dtype``."""
+    """The mean along dim 0, keeping it (``(1, ...)``), rounded once to ``dtype``.
+
+    Tasks are read in chunks of at most :data:`AVERAGE_CHUNK_BYTES` into one reused buffer, and
+    each task is added in place to a float64 accumulator of one task's size (the conversion
+    happens inside the add, so the float64 working set is that accumulator alone, and it stays in
+    cache); the sum is divided by T once."""
     import torch
 
-    T = arr.shape[0]
-    row64 = max(1, arr.row_nbytes // arr.itemsize * 8)
-    step = max(1, AVERAGE_CHUNK_BYTES // row64)
+    T, row = arr.shape[0], arr.row_nbytes
+    step = max(1, min(T, AVERAGE_CHUNK_BYTES // max(row, 1)))
+    src = getattr(torch, torch_dtype_name(arr.dtype))
     acc = torch.zeros(arr.shape[1:], dtype=torch.float64)
+    buf = bytearray(step * row)
     for lo in range(0, T, step):
-        chunk = arr.rows(range(lo, min(T, lo + step))).to_torch()
-        acc += chunk.to(torch.float64).sum(0)
+        hi = min(T, lo + step)
+        n = arr.rows(range(lo, hi)).read_into(buf)
+        chunk = torch.frombuffer(buf, dtype=torch.uint8, count=n).view(src).view(hi - lo, *arr.shape[1:])
+        for t in range(hi - lo):
+            acc.add_(chunk[t])
         del chunk
     mean = (acc / T).to(getattr(torch, torch_dtype_name(dtype)))
     return Array.from_torch(mean.unsqueeze(0))

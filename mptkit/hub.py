@@ -15,7 +15,6 @@ folder (``adapter_config.json`` + ``adapter_model.safetensors`` or ``.bin``) or 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import posixpath
 import re
@@ -423,7 +422,7 @@ def remote_summary(ref: str, *, token: str | None = None) -> dict:
         with _errors(cfg_ref, f"download {files[0]}"):
             local = hf_hub_download(r.repo_id, files[0], revision=commit, cache_dir=cache_dir(), endpoint=endpoint(),
                                     token=token, library_name="mptkit", library_version=__version__)
-        config, config_file = _read_config(local, str(cfg_ref)), str(cfg_ref)
+        config, config_file = peft.read_config(local, str(cfg_ref)), str(cfg_ref)
     with _errors(at, "read the safetensors header"):
         meta = api.parse_safetensors_file_metadata(r.repo_id, weights, revision=commit)
         tensors = {k: {"dtype": t.dtype, "shape": list(t.shape) if isinstance(t.shape, (list, tuple)) else t.shape,
@@ -450,19 +449,6 @@ def remote_summary(ref: str, *, token: str | None = None) -> dict:
                    "downloaded": "safetensors header and adapter_config.json only"}
     s["notes"].append(REMOTE_NOTE)
     return s
-
-
-def _read_config(local: str, shown: str):
-    try:
-        return json.loads(Path(local).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidBank(f"{shown}: not UTF-8 text; expected a JSON object") from None
-    except RecursionError:
-        raise InvalidBank(f"{shown}: the JSON is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise InvalidBank(f"{shown}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except ValueError as e:
-        raise InvalidBank(f"{shown}: not valid JSON ({str(e)[:80]})") from None
 
 
 # -- model card ----------------------------------------------------------------------------------

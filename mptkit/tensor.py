@@ -224,11 +224,37 @@ class Array:
             s = self.segments[0]
             return s.buffer[s.offset : s.offset + s.length]
         buf = bytearray(self.nbytes)
-        pos = 0
-        for piece in self.iter_bytes():
-            buf[pos : pos + len(piece)] = piece
-            pos += len(piece)
+        self.read_into(buf)
         return buf
+
+    def read_into(self, buf) -> int:
+        """Fill the start of the writable buffer ``buf`` with the bytes (read straight into it, no
+        intermediate copies); returns how many bytes were written."""
+        out = memoryview(buf).cast("B")
+        if len(out) < self.nbytes:
+            raise ValueError(f"buffer of {len(out)} bytes is smaller than {self!r} ({self.nbytes} bytes)")
+        handles: dict[str, int] = {}
+        pos = 0
+        try:
+            for seg in self.segments:
+                if seg.buffer is not None:
+                    out[pos : pos + seg.length] = seg.buffer[seg.offset : seg.offset + seg.length]
+                    pos += seg.length
+                    continue
+                fd = handles.get(seg.path)
+                if fd is None:
+                    fd = handles[seg.path] = _open_input(seg.path)
+                done = 0
+                while done < seg.length:
+                    n = os.preadv(fd, [out[pos + done : pos + seg.length]], seg.offset + done)
+                    if n <= 0:
+                        raise _changed(seg.path)
+                    done += n
+                pos += seg.length
+        finally:
+            for fd in handles.values():
+                os.close(fd)
+        return pos
 
     def to_torch(self, device=None, dtype=None):
         """A torch tensor holding a copy of the data (torch is imported here)."""

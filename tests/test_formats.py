@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from bankutil import DTYPES, random_bank, sha256_tree, tiny_base_model, write_bank
+from bankutil import DTYPES, random_bank, sha256_tree, tiny_base_model
 from mptkit import load, save
 from mptkit.errors import InvalidBank, OutputError
 from mptkit.formats import safetensors as stf

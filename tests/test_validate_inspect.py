@@ -210,7 +210,7 @@ def test_truncated_downloads(cli, tmp_path, real_bank):
     h = 8 + n
     cuts = {1: "the file is only 1 bytes", 7: "the file is only 7 bytes",
             8: f"the header length field says {n} bytes but only 0 bytes follow it (a truncated download",
-            9: f"but only 1 bytes follow it (a truncated download", h // 2: "(a truncated download",
+            9: "but only 1 bytes follow it (a truncated download", h // 2: "(a truncated download",
             h - 1: f"the header length field says {n} bytes but only {n - 1} bytes follow it",
             h: "data ends at byte", h + 10: "(a truncated download?)", len(real_bank) - 1: "(a truncated download?)"}
     for cut, words in cuts.items():

@@ -125,22 +125,7 @@ def _load_folder(p: Path, kind: str | None) -> PromptBank:
         raise InvalidBank(
             f"{p}: not a PEFT adapter folder: {peft.CONFIG_NAME} is missing (found: {', '.join(found) or 'nothing'})"
         )
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidBank(f"{cfg_path}: not UTF-8 text; expected a JSON object") from None
-    except RecursionError:
-        raise InvalidBank(f"{cfg_path}: the JSON is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise InvalidBank(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise InvalidBank(f"{cfg_path}: not valid JSON ({str(e)[:80]})") from None
-    except OSError as e:
-        raise InvalidBank(f"{cfg_path}: cannot read it ({e.strerror or e})") from None
-    try:  # a \u escape of half a surrogate pair parses, but is no text: it could not be printed or written
-        json.dumps(config, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidBank(f"{cfg_path}: holds a \\u escape of a lone UTF-16 surrogate, which is not text") from None
+    config = peft.read_config(cfg_path)
     if isinstance(config, dict) and config.get("peft_type") not in (None, "MULTITASK_PROMPT_TUNING"):
         raise InvalidBank(
             f"{cfg_path}: field peft_type: expected \"MULTITASK_PROMPT_TUNING\", found {json.dumps(config.get('peft_type'))}"
