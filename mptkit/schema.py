@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,10 +28,11 @@ META_CONFIG = "mptkit.config"
 
 def schema_dir() -> Path:
     """The folder holding the schema files: inside the installed package (wheel), else the
-    repository's top-level ``schemas/`` (editable install or source checkout)."""
-    packaged = resources.files("mptkit") / "schemas"
+    repository's top-level ``schemas/`` (editable install or source checkout). A plain path next to
+    this module: importlib.resources would cost ~6 ms of start-up and a zipped install has no folder."""
+    packaged = Path(__file__).parent / "schemas"
     if packaged.is_dir():
-        return Path(str(packaged))
+        return packaged
     return Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -41,16 +41,38 @@ def load_schema(kind: str) -> dict:
     return json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
-def _validator(kind: str, pointer: str = ""):
+def documents() -> dict[str, dict]:
+    """Every schema file's contents, by the URI its ``$id`` gives it."""
+    return {_BASE + fname: load_schema(k) for k, fname in SCHEMA_FILES.items()}
+
+
+def schema_ref(kind: str, pointer: str = "") -> str:
+    return _BASE + SCHEMA_FILES[kind] + ("#" + pointer if pointer else "")
+
+
+def make_validator(docs: dict[str, dict], ref: str):
+    """A validator of ``ref`` with an ``iter_errors(instance)`` yielding jsonschema-like errors: the
+    small interpreter in :mod:`mptkit._jsonschema_subset` (jsonschema takes ~60 ms to import) when
+    every keyword of ``docs`` is one it knows, else jsonschema itself, so that a keyword added to a
+    schema later is never skipped."""
+    from . import _jsonschema_subset as subset
+
+    if subset.unsupported(docs) is None:
+        return subset.Validator(docs, ref)
+    return jsonschema_validator(docs, ref)
+
+
+def jsonschema_validator(docs: dict[str, dict], ref: str):
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 
-    registry = Registry().with_resources(
-        (_BASE + fname, Resource.from_contents(load_schema(k))) for k, fname in SCHEMA_FILES.items()
-    )
-    schema: Any = {"$ref": _BASE + SCHEMA_FILES[kind] + ("#" + pointer if pointer else "")}
-    return Draft202012Validator(schema, registry=registry)
+    registry = Registry().with_resources((uri, Resource.from_contents(doc)) for uri, doc in docs.items())
+    return Draft202012Validator({"$ref": ref}, registry=registry)
+
+
+@lru_cache(maxsize=None)
+def _validator(kind: str, pointer: str = ""):
+    return make_validator(documents(), schema_ref(kind, pointer))
 
 
 def _where(path) -> str:
@@ -200,7 +222,7 @@ def config_shape_problems(config: Mapping[str, Any], tensors: Mapping[str, Any])
     """Config numbers equal to the tensor shapes (tensors of the wrong rank are skipped: the schema
     reports those)."""
     shp = {k: list(v["shape"]) for k, v in tensors.items() if isinstance(v, Mapping) and isinstance(v.get("shape"), list)}
-    pe, cols, rows = shp.get("prompt_embeddings"), shp.get("prefix_task_cols"), shp.get("prefix_task_rows")
+    pe, cols = shp.get("prompt_embeddings"), shp.get("prefix_task_cols")
     pe = pe if pe and len(pe) == 2 else None
     cols = cols if cols and len(cols) == 3 else None
     problems = []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from importlib import metadata as _md
+from pathlib import Path
 from typing import Mapping
 
-from ..errors import UsageError
+from ..errors import InvalidBank, UsageError
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -42,9 +42,11 @@ HINT_FIELDS = ("task_type", "num_virtual_tokens", "num_transformer_submodules", 
 
 
 def peft_version() -> str | None:
+    from importlib import metadata  # here, not at the top: ~20 ms that inspect and validate never need
+
     try:
-        return _md.version("peft")
-    except _md.PackageNotFoundError:
+        return metadata.version("peft")
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -102,3 +104,26 @@ def complete_config(config: Mapping | None, *, num_tokens: int, token_dim: int, 
 def config_text(config: Mapping) -> str:
     """adapter_config.json as PEFT writes it (indent 2, sorted keys, no trailing newline)."""
     return json.dumps(dict(config), indent=2, sort_keys=True)
+
+
+def read_config(path: str | Path, shown: str | None = None):
+    """Parse an adapter_config.json (any JSON value; the schema judges it), or a clear InvalidBank.
+    ``shown`` names the file in messages (an hf:// reference, say)."""
+    shown = shown or str(path)
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidBank(f"{shown}: not UTF-8 text; expected a JSON object") from None
+    except RecursionError:
+        raise InvalidBank(f"{shown}: the JSON is nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise InvalidBank(f"{shown}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise InvalidBank(f"{shown}: not valid JSON ({str(e)[:80]})") from None
+    except OSError as e:
+        raise InvalidBank(f"{shown}: cannot read it ({e.strerror or e})") from None
+    try:  # a \u escape of half a surrogate pair parses, but is no text: it could not be printed or written
+        json.dumps(config, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidBank(f"{shown}: holds a \\u escape of a lone UTF-16 surrogate, which is not text") from None
+    return config
