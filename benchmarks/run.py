@@ -2,7 +2,7 @@
 copy limit, in the same run.
 
     python benchmarks/run.py            # a 2 GB bank (T=2000, N=100, r=32, d=8192, F32) + two 1 GB banks
-    python benchmarks/run.py --quick    # CI-sized: ~130 MB banks
+    python benchmarks/run.py --quick    # CI-sized: ~35 MB banks
 
 For every operation the table gives the median wall time and the largest peak RSS over --repeat
 runs (after one warm-up run, so the page cache is warm), for:
@@ -145,7 +145,7 @@ def bench(label: str, argv: list[str], env: dict, repeat: int, cleanup: Path | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="CI-sized banks (~130 MB) instead of 2 GB")
+    ap.add_argument("--quick", action="store_true", help="CI-sized banks (~35 MB) instead of 2 GB")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per command (default 5, quick 3)")
     ap.add_argument("--dir", default=None, help="where to put the synthetic banks (default: a temp dir)")
     ap.add_argument("--skip-runtime", action="store_true", help="leave out the runtime module's table")
