@@ -351,13 +351,20 @@ class _Handler(BaseHTTPRequestHandler):
                 return _json(400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []})
         return _json(200, {"errors": [], "warnings": []})
 
-    def _repo_info(self, repo_id: str, rev: str, req: Request) -> Response:
+    def _repo_commit(self, repo_id: str, rev: str, req: Request):
+        """(repo, commit), or (repo, a 404 Response) for a missing repo or revision."""
         repo = self._repo(repo_id, req)
         if repo is None:
-            return self._not_found(repo_id)
+            return None, self._not_found(repo_id)
         commit = repo.resolve(rev)
         if commit is None:
-            return _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            return repo, _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return repo, commit
+
+    def _repo_info(self, repo_id: str, rev: str, req: Request) -> Response:
+        repo, commit = self._repo_commit(repo_id, rev, req)
+        if isinstance(commit, Response):
+            return commit
         blobs = req.query.get("blobs", ["false"])[0].lower() in ("1", "true")
         siblings = [{"rfilename": p, **({"size": len(d), "blobId": git_blob_sha1(d)} if blobs else {})}
                     for p, d in sorted(commit.files.items())]
@@ -367,12 +374,9 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _tree(self, repo_id: str, rev: str, sub: str, req: Request) -> Response:
-        repo = self._repo(repo_id, req)
-        if repo is None:
-            return self._not_found(repo_id)
-        commit = repo.resolve(rev)
-        if commit is None:
-            return _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        repo, commit = self._repo_commit(repo_id, rev, req)
+        if isinstance(commit, Response):
+            return commit
         recursive = req.query.get("recursive", ["false"])[0].lower() in ("1", "true")
         prefix = f"{sub.strip('/')}/" if sub.strip("/") else ""
         if prefix and not any(p.startswith(prefix) for p in commit.files):
@@ -394,12 +398,9 @@ class _Handler(BaseHTTPRequestHandler):
         return _json(200, entries)
 
     def _resolve(self, repo_id: str, rev: str, filename: str, req: Request) -> Response:
-        repo = self._repo(repo_id, req)
-        if repo is None:
-            return self._not_found(repo_id)
-        commit = repo.resolve(rev)
-        if commit is None:
-            return _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        repo, commit = self._repo_commit(repo_id, rev, req)
+        if isinstance(commit, Response):
+            return commit
         data = commit.files.get(filename)
         headers = {"X-Repo-Commit": commit.sha, "Accept-Ranges": "bytes"}
         if data is None:
