@@ -60,6 +60,8 @@ def main(ctx, debug):
     output path is a PEFT adapter folder.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if debug:
+        os.environ[_DEBUG_ENV] = "1"  # library code (hub transfers) keeps its logs too
 
 
 def json_option(f):

@@ -167,8 +167,12 @@ def _errors(ref: HubRef | str, doing: str):
 
     rev = ref.revision if isinstance(ref, HubRef) else None
     repo = ref.repo_id if isinstance(ref, HubRef) else str(ref)
+    # the client logs each retry of a failing transfer ("Error while downloading ... Trying to
+    # resume"); mptkit says what failed in one sentence (MPTKIT_DEBUG=1 / --debug keeps the log)
+    quiet = _quiet_logger("huggingface_hub") if os.environ.get("MPTKIT_DEBUG") != "1" else contextlib.nullcontext()
     try:
-        yield
+        with quiet:
+            yield
     except MptkitError:
         raise
     except he.OfflineModeIsEnabled as e:

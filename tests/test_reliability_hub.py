@@ -213,3 +213,17 @@ def test_same_size_garbage_is_caught_and_not_cached(hub, cli, served, tmp_path):
 
         shutil.rmtree(tmp_path / "b")
         shutil.rmtree(os.environ["HF_HOME"])  # start the next round from an empty cache
+
+
+def test_a_failing_download_prints_one_sentence_in_a_real_process(hub, served, tmp_path):
+    """In a real process the client's own retry log ("Error while downloading ... Trying to
+    resume", once per retry) would reach stderr beside mptkit's sentence; it is held back."""
+    from bankutil import run_mptkit
+
+    hub.fault("truncate", path=r"adapter_model\.safetensors$", method="GET", times=None)
+    r = run_mptkit("pull", "owner/bank", "-o", tmp_path / "out", env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mptkit: error: ") and "adapter_model.safetensors" in lines[0], \
+        r.stderr
+    assert not (tmp_path / "out").exists()
