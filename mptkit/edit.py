@@ -21,7 +21,6 @@ from .schema import check
 from .tensor import DTYPE_BY_NAME, FLOAT_DTYPES, Array, torch_dtype_name
 
 
-
 # -- names ---------------------------------------------------------------------------------------
 def check_names(names: Sequence[str], where: str = "task names") -> None:
     """Raise a :class:`UsageError` unless ``names`` obey ``metadata.schema.json#/$defs/task_names``."""

@@ -40,6 +40,8 @@ class PromptTuningAdapter:
     prompt: Array
     config: dict
     provenance: list[dict] = field(default_factory=list)
+    #: a task head PEFT saved beside the bank (modules_to_save), written back unchanged
+    extras: dict[str, Array] = field(default_factory=dict)
 
 
 def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
@@ -84,7 +86,7 @@ def export(bank: PromptBank, task: int | str, *, dtype: str | None = None, confi
     if dtype:
         args["dtype"] = dtype
     entry = bank.provenance_entry("export", args)
-    return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry])
+    return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras))
 
 
 def save_adapter(adapter: PromptTuningAdapter, path: str | os.PathLike, *, force: bool = False,
@@ -103,7 +105,7 @@ def save_adapter(adapter: PromptTuningAdapter, path: str | os.PathLike, *, force
         meta[META_PROVENANCE] = json.dumps(adapter.provenance, ensure_ascii=False, sort_keys=True)
     with atomic.atomic_dir(target, replace=force) as tmp:
         with open(tmp / peft.SAFETENSORS_NAME, "xb") as f:
-            st.write(f, {"prompt_embeddings": adapter.prompt}, meta)
+            st.write(f, {"prompt_embeddings": adapter.prompt, **adapter.extras}, meta)
         (tmp / peft.CONFIG_NAME).write_text(peft.config_text(adapter.config), encoding="utf-8")
     return target
 

@@ -55,3 +55,18 @@ def test_derived_start_from_a_classification_bank_matches_peft(tmp_path, cli):
         prompt_tuning_init_task=1)).prompt_encoder["default"]
     for name in ("embedding.weight", "prefix_task_cols", "prefix_task_rows"):
         assert torch.equal(ours.state_dict()[name], theirs.state_dict()[name]), name
+
+
+def test_export_of_a_classification_bank_keeps_the_head_and_peft_logits(tmp_path, cli):
+    src = _seq_cls_bank(tmp_path / "cls")
+    out = tmp_path / "task2-prompt"
+    r = cli("export", src, "--task", "2", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    ids = torch.randint(3, 50, (2, 7))
+    mpt = PeftModel.from_pretrained(_base(), str(src)).eval()
+    plain = PeftModel.from_pretrained(_base(), str(out)).eval()
+    assert plain.peft_config["default"].peft_type == "PROMPT_TUNING"
+    with torch.no_grad():
+        want = mpt(input_ids=ids, task_ids=torch.tensor([2, 2])).logits
+        got = plain(input_ids=ids).logits
+    assert torch.equal(got, want)
