@@ -239,7 +239,7 @@ def test_from_reference_parsing(tmp_path):
 def test_readme_edit_section_runs(cli, example_bank, tmp_path):
     """The commands shown in the README's editing section work on examples/bank."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("<!-- section:edit -->", 1)[1].split("<!-- section:", 1)[0]
+    section = readme.split("\n## Editing banks\n", 1)[1].split("\n## ", 1)[0]
     commands = [c for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", section, re.S)
                 for c in textwrap.dedent(block).splitlines() if c.startswith("mptkit ")]
     assert len(commands) >= 7
