@@ -160,6 +160,17 @@ class PromptBank:
         return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
 
 
+def input_paths(*banks: "PromptBank | None") -> list[str]:
+    """The local files and folders ``banks`` were read from: where no output may land."""
+    out: list[str] = []
+    for b in banks:
+        if b is not None and b.source is not None:
+            out.append(b.source.data_file)
+            if not b.source.path.startswith("hf://"):
+                out.append(b.source.path)  # an adapter folder, not only the file inside it
+    return out
+
+
 _RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
 
 

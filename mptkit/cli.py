@@ -232,11 +232,11 @@ def _check_output(bank, output, force, fields, src) -> None:
     folder whose config cannot be completed."""
     from pathlib import Path
 
+    from .bank import input_paths
     from .formats import atomic, is_file_output, peft
 
     folder = not is_file_output(output)
-    inputs = [src, bank.source.data_file] if bank.source and not src.startswith("hf://") else []
-    atomic.check_target(Path(output), folder=folder, force=force, inputs=inputs)
+    atomic.check_target(Path(output), folder=folder, force=force, inputs=input_paths(bank))
     if folder:
         peft.complete_config({**(bank.config or {}), **fields}, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
                              num_tasks=1, num_ranks=1, where=bank.source.path if bank.source else src)
@@ -270,7 +270,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, task_type, num_vi
     bank = load(src)
     _check_output(bank, output, force, fields, src)
     out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=fields)
-    path = save(out, output, force=force, inputs=(src,) if not src.startswith("hf://") else ())
+    path = save(out, output, force=force)  # out keeps the source: save protects it
     entry = out.provenance[-1]
     if as_json:
         emit_json({"output": str(path), "mode": mode, "arguments": entry["arguments"], "dtype": out.dtype,
@@ -301,14 +301,14 @@ def export(src, task, dtype, task_type, num_virtual_tokens, num_transformer_subm
     \b
       mptkit export examples/bank --task 1 -o task1-prompt/
     """
+    from .bank import input_paths
     from .export import export as run, save_adapter
     from .formats import load
 
     fields = _config_fields(task_type, num_virtual_tokens, num_transformer_submodules, base_model)
     bank = load(src)
     adapter = run(bank, task, dtype=dtype, config=fields)
-    inputs = (src, bank.source.data_file) if bank.source and not src.startswith("hf://") else ()
-    path = save_adapter(adapter, output, force=force, inputs=inputs)
+    path = save_adapter(adapter, output, force=force, inputs=input_paths(bank))
     entry = adapter.provenance[-1]
     cfg = adapter.config
     if as_json:
@@ -326,15 +326,14 @@ def export(src, task, dtype, task_type, num_virtual_tokens, num_transformer_subm
 def _save_edit(bank, output, force, sources, as_json, config) -> None:
     """Write an edited bank and say what was written and what the operation found. ``config``:
     the --task-type/--num-virtual-tokens/... options, for a folder output from a bare file."""
+    from .bank import input_paths
     from .formats import save
 
     fields = _config_fields(**config)
     if fields:
         bank.config = {**(bank.config or {}), **fields}
 
-    inputs = [p for b in sources if b.source for p in (b.source.data_file, b.source.path)  # folder too
-              if not p.startswith("hf://")]
-    save(bank, output, force=force, inputs=inputs)
+    save(bank, output, force=force, inputs=input_paths(*sources))
     results = (bank.provenance[-1].get("results") or {}) if bank.provenance else {}
     if as_json:
         emit_json({"output": str(output), "num_tasks": bank.num_tasks, "task_names": bank.task_names,
@@ -504,14 +503,14 @@ def rank(src, rank_, output, force, as_json, **config):
 @json_option
 def similarity(src, tasks, plot, force, as_json):
     """Cosine similarity between the tasks' full prompts (which source task is nearest?)."""
+    from .bank import input_paths
     from .formats import load
     from .similarity import plot_heatmap, similarity as run
 
     bank = load(src)
     result = run(bank, tasks)
     if plot:
-        inputs = [p for p in (src, bank.source.data_file if bank.source else src) if not p.startswith("hf://")]
-        plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=inputs)
+        plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
     if as_json:
         emit_json(result)
         return

@@ -13,7 +13,7 @@ import errno
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .errors import InvalidBank
 
@@ -161,45 +161,18 @@ class Array:
                 break
         return out
 
-    def iter_bytes(self, chunk: int = CHUNK_BYTES) -> Iterator[bytes | memoryview]:
-        """The array's bytes in order, at most ``chunk`` bytes at a time."""
-        handles: dict[str, int] = {}
-        try:
-            for seg in self.segments:
-                if seg.buffer is not None:
-                    for lo in range(0, seg.length, chunk):
-                        yield seg.buffer[seg.offset + lo : seg.offset + min(seg.length, lo + chunk)]
-                    continue
-                fd = handles.get(seg.path)
-                if fd is None:
-                    fd = handles[seg.path] = _open_input(seg.path)
-                for lo in range(0, seg.length, chunk):
-                    n = min(chunk, seg.length - lo)
-                    data = os.pread(fd, n, seg.offset + lo)
-                    if len(data) != n:
-                        raise _changed(seg.path)
-                    yield data
-        finally:
-            for fd in handles.values():
-                os.close(fd)
-
     def write_to(self, f) -> int:
         """Write the bytes to the binary file ``f``; file-to-file ranges go through the kernel
         (``os.copy_file_range``) without passing through Python, where the OS allows it."""
         f.flush()
         out_fd = f.fileno()
-        total = 0
-        handles: dict[str, int] = {}
-        try:
+        with _Inputs() as inputs:
             for seg in self.segments:
                 if seg.buffer is not None:
                     f.write(seg.buffer[seg.offset : seg.offset + seg.length])
                     f.flush()
-                    total += seg.length
                     continue
-                fd = handles.get(seg.path)
-                if fd is None:
-                    fd = handles[seg.path] = _open_input(seg.path)
+                fd = inputs.fd(seg.path)
                 try:
                     done = _copy_range(fd, out_fd, seg.offset, seg.length)
                 except EOFError:
@@ -212,11 +185,7 @@ class Array:
                             raise _changed(seg.path)
                         f.write(data)
                     f.flush()
-                total += seg.length
-        finally:
-            for fd in handles.values():
-                os.close(fd)
-        return total
+        return self.nbytes
 
     def read(self) -> bytes | memoryview:
         """All bytes (one buffer)."""
@@ -233,17 +202,14 @@ class Array:
         out = memoryview(buf).cast("B")
         if len(out) < self.nbytes:
             raise ValueError(f"buffer of {len(out)} bytes is smaller than {self!r} ({self.nbytes} bytes)")
-        handles: dict[str, int] = {}
         pos = 0
-        try:
+        with _Inputs() as inputs:
             for seg in self.segments:
                 if seg.buffer is not None:
                     out[pos : pos + seg.length] = seg.buffer[seg.offset : seg.offset + seg.length]
                     pos += seg.length
                     continue
-                fd = handles.get(seg.path)
-                if fd is None:
-                    fd = handles[seg.path] = _open_input(seg.path)
+                fd = inputs.fd(seg.path)
                 done = 0
                 while done < seg.length:
                     n = os.preadv(fd, [out[pos + done : pos + seg.length]], seg.offset + done)
@@ -251,9 +217,6 @@ class Array:
                         raise _changed(seg.path)
                     done += n
                 pos += seg.length
-        finally:
-            for fd in handles.values():
-                os.close(fd)
         return pos
 
     def to_torch(self, device=None, dtype=None):
@@ -273,11 +236,27 @@ class Array:
         return t
 
 
-def _open_input(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
+class _Inputs:
+    """The source files an operation reads, each opened once and all closed at the end."""
+
+    def __init__(self):
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> "_Inputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+
+    def fd(self, path: str) -> int:
+        if path not in self._fds:
+            try:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise InvalidBank(
+                    f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
+        return self._fds[path]
 
 
 def _changed(path: str) -> InvalidBank:

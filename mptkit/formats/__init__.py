@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ..bank import KEYS, PromptBank, Source
+from ..bank import KEYS, PromptBank, Source, input_paths
 from ..errors import InvalidBank, OutputError
 from ..schema import (
     META_CONFIG,
@@ -187,9 +187,7 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
         raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
     folder = not is_file_output(target)
     tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
-    srcs = list(inputs) + ([bank.source.data_file] if bank.source else [])
-    if bank.source and not bank.source.path.startswith("hf://"):
-        srcs.append(bank.source.path)  # an adapter folder, not only the file inside it
+    srcs = [*inputs, *input_paths(bank)]
     srcs += sorted({seg.path for a in tensors.values() for seg in a.segments if seg.path})  # every file read
     atomic.check_target(target, folder=folder, force=force, inputs=srcs)
     if not folder:
