@@ -122,6 +122,11 @@ class PromptBank:
         return self.tensors["prompt_embeddings"].dtype
 
     @property
+    def where(self) -> str:
+        """What messages call this bank: the path it was read from, else "the bank"."""
+        return self.source.path if self.source else "the bank"
+
+    @property
     def num_submodules(self) -> int | None:
         from .schema import num_submodules
 
@@ -178,7 +183,7 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
     """Task indices from ``"0,3,5-7"``, names (``"sst2,mnli"``), or a list of indices/names, in the
     order given. Unknown or out-of-range entries are a :class:`UsageError` that lists the tasks."""
     if bank.shared_only:
-        raise UsageError(f"{_where(bank)} holds only the shared prompt (no tasks) to select from")
+        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks) to select from")
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     if not items or any(i == "" for i in items):
         raise UsageError(f"empty task selection {spec!r}; give indices (0,3,5-7) or names")
@@ -188,25 +193,21 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
         if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
             idx = int(item)
             if not 0 <= idx < T:
-                raise UsageError(f"task {idx} is out of range: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task {idx} is out of range: {bank.where} has {T} tasks ({_task_list(bank)})")
             out.append(idx)
             continue
         m = _RANGE.match(item) if allow_ranges else None
         if m:
             a, b = int(m.group(1)), int(m.group(2))
             if a > b or b >= T:
-                raise UsageError(f"task range {item} does not fit: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task range {item} does not fit: {bank.where} has {T} tasks ({_task_list(bank)})")
             out.extend(range(a, b + 1))
             continue
         if item in names:
             out.append(names.index(item))
             continue
-        raise UsageError(f"unknown task {item!r}: {_where(bank)} has {T} tasks ({_task_list(bank)})")
+        raise UsageError(f"unknown task {item!r}: {bank.where} has {T} tasks ({_task_list(bank)})")
     return out
-
-
-def _where(bank: PromptBank) -> str:
-    return bank.source.path if bank.source else "the bank"
 
 
 def _task_list(bank: PromptBank) -> str:

@@ -92,7 +92,7 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
 def average(bank: PromptBank, dtype: str | None = None) -> PromptBank:
     """The mean of each factor over all tasks (a one-task bank, unnamed)."""
     if bank.shared_only:
-        raise UsageError(f"{_where(bank)} holds only the shared prompt: there are no task factors to average")
+        raise UsageError(f"{bank.where} holds only the shared prompt: there are no task factors to average")
     dtype = dtype or bank.dtype
     tensors = {
         "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype),
@@ -180,7 +180,3 @@ def fresh_factors(num_tasks: int, num_tokens: int, rank: int, token_dim: int, se
 def _result(bank: PromptBank, tensors: dict, names, args: dict) -> PromptBank:
     entry = bank.provenance_entry("derive", args)
     return bank.with_tensors(tensors, names, provenance=[*bank.provenance, entry])
-
-
-def _where(bank: PromptBank) -> str:
-    return bank.source.path if bank.source else "the bank"

@@ -42,7 +42,7 @@ def set_names(bank: PromptBank, names: Sequence[str] | str) -> PromptBank:
     names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     _need_tasks(bank)
     if len(names) != bank.num_tasks:
-        raise UsageError(f"{len(names)} names given for {bank.num_tasks} tasks ({_where(bank)}); give one name per task")
+        raise UsageError(f"{len(names)} names given for {bank.num_tasks} tasks ({bank.where}); give one name per task")
     check_names(names)
     return _result(bank, bank.tensors, names, "rename", {"names": names}, [bank])
 
@@ -92,7 +92,7 @@ def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
     drop = set(selection(bank, tasks))
     keep = [i for i in range(bank.num_tasks) if i not in drop]
     if not keep:
-        raise UsageError(f"removing {_spec(tasks)} would leave no tasks in {_where(bank)} (it has {bank.num_tasks})")
+        raise UsageError(f"removing {_spec(tasks)} would leave no tasks in {bank.where} (it has {bank.num_tasks})")
     names = [bank.task_names[i] for i in keep] if bank.task_names else None
     args = {"tasks": sorted(drop), **({"names": [bank.task_names[i] for i in sorted(drop)]} if names else {})}
     return _result(bank, _take(bank, keep), names, "remove", args, [bank])
@@ -404,14 +404,14 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         raise UsageError("--seed applies only to --init random")
     names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
     if name in names:
-        raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {_where(bank)}")
+        raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {bank.where}")
     names.append(name)
     check_names(names)
     results: dict = {} if bank.task_names else {"named": {str(i): n for i, n in enumerate(names[:-1])}}
     if source is not None:
         if source_task is None:
             if source.num_tasks != 1:
-                raise UsageError(f"{_where(source)} has {source.num_tasks} tasks; name one: --from {_where(source)}:TASK")
+                raise UsageError(f"{source.where} has {source.num_tasks} tasks; name one: --from {source.where}:TASK")
             source_task = 0
         k = source.task_index(source_task)
         single = replace(source, tensors=_take(source, [k]), task_names=None)
@@ -468,12 +468,12 @@ def _result(bank: PromptBank, tensors, names, operation: str, args: dict, source
 def _labeller(banks: Sequence[PromptBank]):
     """How messages name each of several banks: its path, else its position."""
     labels = {id(b): b.source.path if b.source else f"bank {i + 1}" for i, b in enumerate(banks)}
-    return lambda b: labels.get(id(b), _where(b))
+    return lambda b: labels.get(id(b), b.where)
 
 
 def _need_tasks(bank: PromptBank) -> None:
     if bank.shared_only:
-        raise UsageError(f"{_where(bank)} holds only the shared prompt (no tasks to edit)")
+        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to edit)")
 
 
 def _dtype(name: str) -> str:
@@ -481,10 +481,6 @@ def _dtype(name: str) -> str:
     if d not in FLOAT_DTYPES:
         raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_BY_NAME)}")
     return d
-
-
-def _where(bank: PromptBank) -> str:
-    return bank.source.path if bank.source else "the bank"
 
 
 def _spec(tasks) -> str:

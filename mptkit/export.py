@@ -67,13 +67,13 @@ def export(bank: PromptBank, task: int | str, *, dtype: str | None = None, confi
     import torch
 
     if bank.shared_only:
-        raise UsageError(f"{_where(bank)} holds only the shared prompt: there is no task to export")
+        raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     cfg = {**(bank.config or {}), **{k2: v for k2, v in (config or {}).items() if v is not None}}
     full = peft.complete_config(cfg, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
-                                num_tasks=bank.num_tasks, num_ranks=bank.rank, where=_where(bank))
+                                num_tasks=bank.num_tasks, num_ranks=bank.rank, where=bank.where)
     for key in MPT_ONLY_FIELDS:
         full.pop(key, None)
     full["peft_type"] = "PROMPT_TUNING"
@@ -108,7 +108,3 @@ def save_adapter(adapter: PromptTuningAdapter, path: str | os.PathLike, *, force
             st.write(f, {"prompt_embeddings": adapter.prompt, **adapter.extras}, meta)
         (tmp / peft.CONFIG_NAME).write_text(peft.config_text(adapter.config), encoding="utf-8")
     return target
-
-
-def _where(bank: PromptBank) -> str:
-    return bank.source.path if bank.source else "the bank"

@@ -602,7 +602,7 @@ def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
 
     folder = _pristine(bank)
     if folder is None:
-        where = bank.source.path if bank.source else "the bank"
+        where = bank.where
         if bank.shared_only:
             raise UsageError(f"{where} holds only the shared prompt; an adapter repo needs task factors "
                              "(push a full bank, or add tasks with `mptkit derive --mode shared --num-tasks`)")

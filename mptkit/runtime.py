@@ -71,7 +71,7 @@ class TaskPrompts(nn.Module):
 
             bank = load(bank)
         if bank.shared_only:
-            where = bank.source.path if bank.source else "the bank"
+            where = bank.where
             raise UsageError(f"{where} holds only the shared prompt; serving prompts needs task factors")
         dtype = dtype or torch.get_default_dtype()
         t = {k: a.to_torch(device, dtype) for k, a in bank.tensors.items()}

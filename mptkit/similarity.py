@@ -20,7 +20,7 @@ def similarity(bank: PromptBank, tasks=None) -> dict:
     from .edit import selection
 
     if bank.shared_only:
-        raise UsageError(f"{bank.source.path if bank.source else 'the bank'} holds only the shared prompt (no tasks to compare)")
+        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
     idx = selection(bank, tasks) if tasks is not None else list(range(bank.num_tasks))
     pe = bank.tensors["prompt_embeddings"].to_torch(dtype=torch.float64)
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]

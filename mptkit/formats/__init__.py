@@ -199,7 +199,7 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
             f"{target}: an adapter folder needs task factors, but this bank holds only the shared prompt "
             "(write a .safetensors file, or give --num-tasks to add fresh factors)"
         )
-    where = bank.source.path if bank.source else "the bank"
+    where = bank.where
     config = peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
                                   num_tasks=bank.num_tasks, num_ranks=bank.rank, where=where)
     with atomic.atomic_dir(target, replace=force) as tmp:
