@@ -159,9 +159,15 @@ class TaskPrompts(nn.Module):
             out = self.prompts(task_ids)
             return out.expand(indices.shape[0], -1, -1).contiguous() if out.shape[0] != indices.shape[0] else out
         emb = self.embedding(indices)
+        products, inverse, _ = self._distinct_products(task_ids)
+        return emb * products.index_select(0, inverse)
+
+    def _distinct_products(self, task_ids: torch.Tensor):
+        """``cols[k] @ rows[k]`` for each distinct task of the batch, once: (products (U, N, d),
+        inverse (B,) mapping rows to them, the distinct ids (U,))."""
         uniq, inverse = torch.unique(task_ids, return_inverse=True)
         products = torch.matmul(self.prefix_task_cols.index_select(0, uniq), self.prefix_task_rows.index_select(0, uniq))
-        return emb * products.index_select(0, inverse)
+        return products, inverse, uniq
 
     def prompts(self, task_ids) -> torch.Tensor:
         """(B, N, d) prompts for ``task_ids`` (B,), each distinct task computed once."""
@@ -170,8 +176,7 @@ class TaskPrompts(nn.Module):
         task_ids = task_ids.to(self.prefix_task_cols.device).reshape(-1)
         if self._cached is not None and not (torch.is_grad_enabled() and self._trainable()):
             return self._cached.index_select(0, task_ids)
-        uniq, inverse = torch.unique(task_ids, return_inverse=True)
-        products = torch.matmul(self.prefix_task_cols.index_select(0, uniq), self.prefix_task_rows.index_select(0, uniq))
+        products, inverse, uniq = self._distinct_products(task_ids)
         full = products * self.embedding.weight  # PEFT's product (elementwise, so the order is free)
         if uniq.shape[0] == task_ids.shape[0] and torch.equal(uniq, task_ids):
             return full
