@@ -158,11 +158,6 @@ def check(kind: str, instance: Any, subject: str = "field", pointer: str = "") -
     return [_describe(e, subject) for e in errors]
 
 
-def tensor_header(header: Mapping[str, Any]) -> dict:
-    """The tensor entries of a safetensors header (``__metadata__`` removed)."""
-    return {k: v for k, v in header.items() if k != "__metadata__"}
-
-
 def schema_kind(tensors: Mapping[str, Any]) -> str:
     """Which schema a set of tensors is meant to match: a shared-only dict or a bank."""
     return "shared" if set(tensors) == {"prompt_embeddings"} else "bank"
