@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import InvalidBank, UsageError
 from .tensor import Array
 
@@ -156,6 +156,15 @@ class PromptBank:
                 cfg["num_ranks"] = out.rank
         return out
 
+    def with_config(self, config: "dict | None") -> "PromptBank":
+        """This bank with the user's adapter_config.json ``config`` fields set (task_type,
+        num_virtual_tokens, num_transformer_submodules, base_model_name_or_path; checked by
+        :func:`mptkit.options.config_fields`), for outputs from a source that carries no config."""
+        from .options import config_fields
+
+        fields = config_fields(config)
+        return replace(self, config={**(self.config or {}), **fields}) if fields else self
+
     def provenance_entry(self, operation: str, arguments: dict, sources: Sequence["PromptBank"] = ()) -> dict:
         """One provenance record for an operation on ``sources`` (self when empty)."""
         srcs = []
@@ -179,9 +188,11 @@ def input_paths(*banks: "PromptBank | None") -> list[str]:
 _RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
 
 
-def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges: bool = True) -> list[int]:
+def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges: bool = True,
+                 unique: bool = False) -> list[int]:
     """Task indices from ``"0,3,5-7"``, names (``"sst2,mnli"``), or a list of indices/names, in the
-    order given. Unknown or out-of-range entries are a :class:`UsageError` that lists the tasks."""
+    order given. Unknown or out-of-range entries are a :class:`UsageError` that lists the tasks;
+    with ``unique``, so is a task selected twice."""
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt (no tasks) to select from")
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
@@ -207,6 +218,11 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
             out.append(names.index(item))
             continue
         raise UsageError(f"unknown task {item!r}: {bank.where} has {T} tasks ({_task_list(bank)})")
+    if unique and len(set(out)) != len(out):
+        seen: set[int] = set()
+        k = next(i for i in out if i in seen or seen.add(i))
+        shown = spec if isinstance(spec, str) else ",".join(map(str, spec))
+        raise UsageError(f"task {k} ({bank.names()[k]}) is listed more than once in the selection {shown!r}")
     return out
 
 

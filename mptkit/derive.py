@@ -19,19 +19,12 @@ source:
 
 from __future__ import annotations
 
-import secrets
-
 from .bank import PromptBank, select_tasks
 from .errors import UsageError
-from .tensor import CHUNK_BYTES, DTYPE_BY_NAME, Array, torch_dtype_name
+from .numerics import cast, draw_seed, fresh_factors, mean_over_tasks
+from .options import storage_dtype
 
 MODES = ("average", "exact", "shared")
-#: the --dtype choices
-OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
-#: PEFT's MultitaskPromptEmbedding draws fresh factors from N(0, INIT_STD)
-INIT_STD = 0.02
-#: bytes of source data read at a time when averaging
-AVERAGE_CHUNK_BYTES = 8 * CHUNK_BYTES
 
 
 def derive(bank: PromptBank, mode: str, *, task: int | str | None = None, num_tasks: int | None = None,
@@ -40,21 +33,19 @@ def derive(bank: PromptBank, mode: str, *, task: int | str | None = None, num_ta
     """A new bank from ``bank`` by ``mode`` ("average", "exact" or "shared"); see the module doc.
 
     ``task`` (exact only) is a 0-based index or a task name. ``num_tasks``/``num_ranks``/``seed``
-    (shared only) add fresh factors. ``dtype`` ("float32", "bfloat16", "float16") casts the output;
+    (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit.options.DTYPES`) casts the output;
     by default it keeps the source's dtype. ``config`` holds adapter_config.json fields to set on
     the output (task_type, num_virtual_tokens, ...), for sources that carry none.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if dtype is not None and dtype not in OUTPUT_DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
     if mode != "exact" and task is not None:
         raise UsageError(f"a task (--task) applies to mode exact only, not to mode {mode}")
     if mode != "shared":
         for name, value in (("--num-tasks", num_tasks), ("--num-ranks", num_ranks), ("--seed", seed)):
             if value is not None:
                 raise UsageError(f"{name} applies to mode shared only (mode {mode} gives one task)")
-    out_dtype = DTYPE_BY_NAME[dtype] if dtype else bank.dtype
+    out_dtype = storage_dtype(dtype, bank.dtype)
     if mode == "exact":
         out = exact(bank, task, out_dtype)
     elif mode == "average":
@@ -63,9 +54,7 @@ def derive(bank: PromptBank, mode: str, *, task: int | str | None = None, num_ta
         out = shared(bank, out_dtype, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed)
     if dtype is not None:
         out.provenance[-1]["arguments"]["dtype"] = dtype
-    if config:
-        out.config = {**(out.config or {}), **{k: v for k, v in config.items() if v is not None}}
-    return out
+    return out.with_config(config)
 
 
 def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) -> PromptBank:
@@ -119,7 +108,7 @@ def shared(bank: PromptBank, dtype: str | None = None, *, num_tasks: int | None 
         if r < 1:
             raise UsageError(f"--num-ranks must be at least 1, found {r}")
         if seed is None:
-            seed = secrets.randbits(63)
+            seed = draw_seed()
         tensors["prefix_task_cols"], tensors["prefix_task_rows"] = fresh_factors(
             num_tasks, bank.num_tokens, r, bank.token_dim, seed, dtype)
         args.update(num_tasks=num_tasks, num_ranks=r, seed=seed)
@@ -128,52 +117,6 @@ def shared(bank: PromptBank, dtype: str | None = None, *, num_tasks: int | None 
         for key in ("num_tasks", "num_ranks"):
             out.config.pop(key, None)
     return out
-
-
-# -- arithmetic (torch imported here, and only here) ----------------------------------------------
-def cast(arr: Array, dtype: str) -> Array:
-    """``arr`` in ``dtype`` (the same handle when it already is)."""
-    if arr.dtype == dtype:
-        return arr
-    import torch
-
-    return Array.from_torch(arr.to_torch().to(getattr(torch, torch_dtype_name(dtype))))
-
-
-def mean_over_tasks(arr: Array, dtype: str) -> Array:
-    """The mean along dim 0, keeping it (``(1, ...)``), rounded once to ``dtype``.
-
-    Tasks are read in chunks of at most :data:`AVERAGE_CHUNK_BYTES` into one reused buffer, and
-    each task is added in place to a float64 accumulator of one task's size (the conversion
-    happens inside the add, so the float64 working set is that accumulator alone, and it stays in
-    cache); the sum is divided by T once."""
-    import torch
-
-    T, row = arr.shape[0], arr.row_nbytes
-    step = max(1, min(T, AVERAGE_CHUNK_BYTES // max(row, 1)))
-    src = getattr(torch, torch_dtype_name(arr.dtype))
-    acc = torch.zeros(arr.shape[1:], dtype=torch.float64)
-    buf = bytearray(step * row)
-    for lo in range(0, T, step):
-        hi = min(T, lo + step)
-        n = arr.rows(range(lo, hi)).read_into(buf)
-        chunk = torch.frombuffer(buf, dtype=torch.uint8, count=n).view(src).view(hi - lo, *arr.shape[1:])
-        for t in range(hi - lo):
-            acc.add_(chunk[t])
-        del chunk
-    mean = (acc / T).to(getattr(torch, torch_dtype_name(dtype)))
-    return Array.from_torch(mean.unsqueeze(0))
-
-
-def fresh_factors(num_tasks: int, num_tokens: int, rank: int, token_dim: int, seed: int, dtype: str):
-    """(cols, rows) drawn as PEFT draws them: ``torch.normal(0, 0.02)``, cols then rows, in float32,
-    from a generator seeded with ``seed``; then cast to ``dtype``."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    cols = torch.normal(0.0, INIT_STD, size=(num_tasks, num_tokens, rank), generator=g)
-    rows = torch.normal(0.0, INIT_STD, size=(num_tasks, rank, token_dim), generator=g)
-    return cast(Array.from_torch(cols), dtype), cast(Array.from_torch(rows), dtype)
 
 
 # -- helpers ------------------------------------------------------------------------------------

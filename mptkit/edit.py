@@ -18,7 +18,9 @@ from typing import Sequence
 from .bank import PromptBank, select_tasks
 from .errors import IncompatibleBanks, UsageError
 from .schema import check
-from .tensor import DTYPE_BY_NAME, FLOAT_DTYPES, Array, torch_dtype_name
+from . import numerics
+from .options import storage_dtype
+from .tensor import Array
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -69,19 +71,9 @@ def rename(bank: PromptBank, mapping: dict | Sequence[tuple]) -> PromptBank:
 
 
 # -- slice, remove -------------------------------------------------------------------------------
-def selection(bank: PromptBank, tasks) -> list[int]:
-    """Task indices from ``tasks`` (see :func:`select_tasks`); a task listed twice is an error."""
-    idx = select_tasks(bank, tasks)
-    twice = [i for i, c in Counter(idx).items() if c > 1]
-    if twice:
-        k = twice[0]
-        raise UsageError(f"task {k} ({bank.names()[k]}) is listed more than once in the selection {_spec(tasks)}")
-    return idx
-
-
 def slice_tasks(bank: PromptBank, tasks) -> PromptBank:
     """Keep the selected tasks, in the order given (bytes are copied as they are)."""
-    idx = selection(bank, tasks)
+    idx = select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[i] for i in idx] if bank.task_names else None
     args = {"tasks": idx, **({"names": names} if names else {})}
     return _result(bank, _take(bank, idx), names, "slice", args, [bank])
@@ -89,7 +81,7 @@ def slice_tasks(bank: PromptBank, tasks) -> PromptBank:
 
 def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
     """Drop the selected tasks; the others keep their order and bytes."""
-    drop = set(selection(bank, tasks))
+    drop = set(select_tasks(bank, tasks, unique=True))
     keep = [i for i in range(bank.num_tasks) if i not in drop]
     if not keep:
         raise UsageError(f"removing {_spec(tasks)} would leave no tasks in {bank.where} (it has {bank.num_tasks})")
@@ -105,11 +97,10 @@ def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_dupli
     virtual tokens x submodules where known); different dtypes need ``dtype``; smaller ranks are
     zero-padded to the largest. The shared prompts must be equal bit for bit, unless ``refit``: then
     the first bank's shared prompt is kept and the other banks' tasks are re-expressed under it
-    (:func:`weighted_lowrank_fit`), each task's relative error reported; ``max_error`` refuses a
+    (:func:`mptkit.numerics.weighted_lowrank_fit`), each task's relative error reported; ``max_error`` refuses a
     larger one. Duplicate names are an error unless ``rename_duplicates`` (suffixes ``-2``, ...)."""
     banks = list(banks)
-    if not banks:
-        raise UsageError("merge needs at least one bank")
+    check_merge_options(len(banks), refit=refit, max_error=max_error)
     out_dtype = _check_compatible(banks, dtype)
     names, renamed = _merged_names(banks, rename_duplicates)
     parts, results = _combine(banks, out_dtype, refit, max_error)
@@ -120,6 +111,14 @@ def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_dupli
     first = replace(banks[0], config=next((b.config for b in banks if b.config), None))
     return _result(first, parts, names, "merge", args, banks, results,
                    provenance=[e for b in banks for e in b.provenance])
+
+
+def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float | None = None) -> None:
+    """The rules :func:`merge`'s options obey, checkable before any bank is read."""
+    if num_banks < 2:
+        raise UsageError(f"merge needs at least two banks, found {num_banks}")
+    if max_error is not None and not refit:
+        raise UsageError("--max-error applies only with --refit")
 
 
 def _check_compatible(banks: Sequence[PromptBank], dtype: str | None) -> str:
@@ -143,7 +142,7 @@ def _check_compatible(banks: Sequence[PromptBank], dtype: str | None) -> str:
                 f"{label(first)} is {split_a[0]} virtual tokens x {split_a[1]} submodule(s) and {label(b)} is "
                 f"{split_b[0]} x {split_b[1]} (their prompt rows mean different things)")
     if dtype is not None:
-        return _dtype(dtype)
+        return storage_dtype(dtype)
     found = {b.dtype for b in banks}
     if len(found) > 1:
         listing = ", ".join(f"{label(b)} {b.dtype}" for b in banks)
@@ -199,7 +198,7 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
         i = differing[0]
         raise IncompatibleBanks(
             f"the shared prompts differ: {label(banks[i])}'s prompt_embeddings is not {label(banks[0])}'s "
-            f"({_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
+            f"({numerics.describe_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
             "Pass --refit to re-express them under the first bank's shared prompt")
     if differing:
         errors = {}
@@ -229,29 +228,10 @@ def _convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
     t = dict(bank.tensors)
     if bank.dtype == dtype and bank.rank == rank:
         return t
-    import torch
-
-    tdtype = getattr(torch, torch_dtype_name(dtype))
-    pe = t["prompt_embeddings"].to_torch(dtype=tdtype)
-    cols = t["prefix_task_cols"].to_torch(dtype=tdtype)
-    rows = t["prefix_task_rows"].to_torch(dtype=tdtype)
-    pad = rank - cols.shape[2]
-    if pad:
-        cols = torch.cat([cols, cols.new_zeros(cols.shape[0], cols.shape[1], pad)], dim=2)
-        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], pad, rows.shape[2])], dim=1)
-    return {"prompt_embeddings": Array.from_torch(pe), "prefix_task_cols": Array.from_torch(cols),
+    tdtype = numerics.torch_dtype(dtype)
+    cols, rows = numerics.pad_rank(t["prefix_task_cols"].to_torch(dtype=tdtype), t["prefix_task_rows"].to_torch(dtype=tdtype), rank)
+    return {"prompt_embeddings": numerics.cast(t["prompt_embeddings"], dtype), "prefix_task_cols": Array.from_torch(cols),
             "prefix_task_rows": Array.from_torch(rows)}
-
-
-def _difference(a: Array, b: Array) -> str:
-    """How much two shared prompts differ, in words."""
-    import torch
-
-    x, y = a.to_torch(dtype=torch.float64), b.to_torch(dtype=torch.float64)
-    diff = (x - y).abs()
-    n = int((a.to_torch() != b.to_torch()).sum()) if a.numel else 0
-    rel = float(torch.linalg.vector_norm(x - y) / torch.linalg.vector_norm(x).clamp_min(1e-300))
-    return f"{n} of {a.numel} values differ; max abs difference {float(diff.max()):.3g}, relative difference {rel:.3g}"
 
 
 def _refit(pe_new: Array, tensors: dict[str, Array], rank: int):
@@ -263,91 +243,25 @@ def _refit(pe_new: Array, tensors: dict[str, Array], rank: int):
     old = tensors["prompt_embeddings"].to_torch(dtype=f64)
     cols = tensors["prefix_task_cols"].to_torch(dtype=f64)
     rows = tensors["prefix_task_rows"].to_torch(dtype=f64)
-    tdtype = getattr(torch, torch_dtype_name(pe_new.dtype))
+    tdtype = numerics.torch_dtype(pe_new.dtype)
     new_cols, new_rows, errors = [], [], []
     nz = W != 0
     for k in range(cols.shape[0]):
-        target = old * (cols[k] @ rows[k])
+        target = numerics.task_prompts(old, cols[k], rows[k])
         ratio = torch.where(nz, target / torch.where(nz, W, 1.0), 0.0)
-        C, R = weighted_lowrank_fit(W, ratio, rank)
+        C, R = numerics.weighted_lowrank_fit(W, ratio, rank)
         C, R = C.to(tdtype), R.to(tdtype)
-        errors.append(_relative_error(W, C, R, target))
+        errors.append(numerics.relative_error(W, C, R, target))
         new_cols.append(C)
         new_rows.append(R)
     return Array.from_torch(torch.stack(new_cols)), Array.from_torch(torch.stack(new_rows)), errors
-
-
-def _relative_error(W, C, R, target) -> float:
-    import torch
-
-    f64 = torch.float64
-    got = W * (C.to(f64) @ R.to(f64))
-    num = float(torch.linalg.vector_norm(got - target))
-    den = float(torch.linalg.vector_norm(target))
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
-
-
-# -- the weighted low-rank fit -------------------------------------------------------------------
-def weighted_lowrank_fit(W, X, rank: int, *, iterations: int = 100, tol: float = 1e-8):
-    """Rank-``rank`` factors ``C`` (N, r), ``R`` (r, d) minimising ``||W * (C @ R - X)||_F``
-    (float64 torch tensors in and out).
-
-    Starts from the truncated SVD of ``X`` (so the fit is exact whenever ``X`` has rank <= r) and
-    improves it by alternating weighted least squares: with R fixed each row of C is a small r x r
-    solve, and the same for each column of R. Stops when an iteration gains less than ``tol``
-    (relative) or after ``iterations``. Components come out balanced (equal norms in C and R)."""
-    import torch
-
-    N, d = X.shape
-    C, R = X.new_zeros(N, rank), X.new_zeros(rank, d)
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    k = min(rank, S.shape[0])
-    root = S[:k].sqrt()
-    C[:, :k], R[:k] = U[:, :k] * root, root[:, None] * Vh[:k]
-    W2 = W * W
-    W2X = W2 * X
-    scale = float((W2X * X).sum())
-
-    def loss(C, R):
-        return float((W2 * (C @ R - X).square()).sum())
-
-    prev = loss(C, R)
-    for _ in range(iterations):
-        if prev <= scale * 1e-28:
-            break
-        C = _ridge_solve(torch.einsum("ij,aj,bj->iab", W2, R, R), W2X @ R.T)
-        R = _ridge_solve(torch.einsum("ij,ia,ib->jab", W2, C, C), W2X.T @ C).T
-        cur = loss(C, R)
-        if prev - cur <= tol * max(prev, 1e-300):
-            prev = min(prev, cur)
-            break
-        prev = cur
-    return _balance(C, R)
-
-
-def _ridge_solve(A, b):
-    """Solve the batched r x r systems ``A x = b`` with a tiny ridge (rows without weight give 0)."""
-    import torch
-
-    r = A.shape[-1]
-    lam = (A.diagonal(dim1=-2, dim2=-1).mean(-1) * 1e-12).clamp_min(1e-300)
-    eye = torch.eye(r, dtype=A.dtype)
-    return torch.linalg.solve(A + lam[:, None, None] * eye, b.unsqueeze(-1)).squeeze(-1)
-
-
-def _balance(C, R):
-    """Rescale each rank component so that its column of C and row of R have the same norm."""
-    nc, nr = C.norm(dim=0), R.norm(dim=1)
-    ok = (nc > 0) & (nr > 0)
-    s = (nr / nc.where(ok, 1.0)).sqrt().where(ok, 0.0)
-    return C * s, R / s.where(ok, 1.0)[:, None] * ok[:, None]
 
 
 # -- rank ----------------------------------------------------------------------------------------
 def change_rank(bank: PromptBank, rank: int) -> PromptBank:
     """Change every task's rank. A larger rank zero-pads (exact). A smaller one keeps a task's
     non-zero components when they are few enough (exact), and otherwise fits the rank-``rank``
-    factors whose full prompt is nearest the original (:func:`weighted_lowrank_fit`; exact when the
+    factors whose full prompt is nearest the original (:func:`mptkit.numerics.weighted_lowrank_fit`; exact when the
     factor product already has rank <= ``rank``). Per-task relative errors go into the provenance."""
     _need_tasks(bank)
     if not isinstance(rank, int) or rank < 1:
@@ -360,7 +274,7 @@ def change_rank(bank: PromptBank, rank: int) -> PromptBank:
     import torch
 
     f64 = torch.float64
-    tdtype = getattr(torch, torch_dtype_name(bank.dtype))
+    tdtype = numerics.torch_dtype(bank.dtype)
     W = bank.tensors["prompt_embeddings"].to_torch(dtype=f64)
     cols_all = bank.tensors["prefix_task_cols"].to_torch()
     rows_all = bank.tensors["prefix_task_rows"].to_torch()
@@ -377,9 +291,9 @@ def change_rank(bank: PromptBank, rank: int) -> PromptBank:
             errors[name] = 0.0
         else:
             c64, r64 = cols.to(f64), rows.to(f64)
-            C, R = weighted_lowrank_fit(W, c64 @ r64, rank)
+            C, R = numerics.weighted_lowrank_fit(W, c64 @ r64, rank)
             C, R = C.to(tdtype), R.to(tdtype)
-            errors[name] = _relative_error(W, C, R, W * (c64 @ r64))
+            errors[name] = numerics.relative_error(W, C, R, numerics.task_prompts(W, c64, r64))
         new_cols.append(C)
         new_rows.append(R)
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
@@ -398,10 +312,7 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
     ``source``'s task ``source_task`` under the same shared-prompt rules as :func:`merge` (its
     dtype follows this bank's)."""
     _need_tasks(bank)
-    if (init is None) == (source is None):
-        raise UsageError("give exactly one of --init (average, exact:K, random) and --from OTHER[:TASK]")
-    if seed is not None and init != "random":
-        raise UsageError("--seed applies only to --init random")
+    check_add_options(init=init, source=source, seed=seed, refit=refit, max_error=max_error)
     names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
     if name in names:
         raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {bank.where}")
@@ -431,21 +342,31 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         return _result(bank, tensors, names, "add", {"name": name, "init": f"exact:{k}"}, [bank], results)
     if init not in ("average", "random"):
         raise UsageError(f"--init must be average, exact:K or random, found {init!r}")
-    from .derive import fresh_factors, mean_over_tasks
-
     cols, rows = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     args = {"name": name, "init": init}
     if init == "average":  # the same float64 mean as `derive --mode average`
-        new_c, new_r = mean_over_tasks(cols, cols.dtype), mean_over_tasks(rows, rows.dtype)
+        new_c, new_r = numerics.mean_over_tasks(cols, cols.dtype), numerics.mean_over_tasks(rows, rows.dtype)
     else:
         if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little")
+            seed = numerics.draw_seed()
         args["seed"] = results["seed"] = seed
-        new_c, new_r = fresh_factors(1, bank.num_tokens, bank.rank, bank.token_dim, seed, bank.dtype)
+        new_c, new_r = numerics.fresh_factors(1, bank.num_tokens, bank.rank, bank.token_dim, seed, bank.dtype)
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
                "prefix_task_cols": Array.cat([cols, new_c]),
                "prefix_task_rows": Array.cat([rows, new_r])}
     return _result(bank, tensors, names, "add", args, [bank], results)
+
+
+def check_add_options(*, init=None, source=None, seed=None, refit: bool = False, max_error: float | None = None) -> None:
+    """The rules :func:`add_task`'s options obey, checkable before any bank is read."""
+    if (init is None) == (source is None):
+        raise UsageError("give exactly one of --init (average, exact:K, random) and --from OTHER[:TASK]")
+    if seed is not None and init != "random":
+        raise UsageError("--seed applies only to --init random")
+    if (refit or max_error is not None) and source is None:
+        raise UsageError("--refit and --max-error apply only with --from")
+    if max_error is not None and not refit:
+        raise UsageError("--max-error applies only with --refit")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -474,13 +395,6 @@ def _labeller(banks: Sequence[PromptBank]):
 def _need_tasks(bank: PromptBank) -> None:
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to edit)")
-
-
-def _dtype(name: str) -> str:
-    d = DTYPE_BY_NAME.get(name, name)
-    if d not in FLOAT_DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPE_BY_NAME)}")
-    return d
 
 
 def _spec(tasks) -> str:

@@ -21,16 +21,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import numerics
 from .bank import PromptBank, select_tasks
 from .errors import OutputError, UsageError
 from .formats import atomic, peft
 from .formats import safetensors as st
 from .schema import META_PROVENANCE
-from .tensor import DTYPE_BY_NAME, Array, torch_dtype_name
+from .options import storage_dtype
+from .tensor import Array
 
 #: adapter_config.json fields of MULTITASK_PROMPT_TUNING that PROMPT_TUNING does not have
 MPT_ONLY_FIELDS = ("num_ranks", "num_tasks", "prompt_tuning_init_state_dict_path", "prompt_tuning_init_task")
-OUTPUT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -55,31 +56,26 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
     pe = bank.tensors["prompt_embeddings"].to_torch(device, dtype)
     cols = bank.tensors["prefix_task_cols"].rows([k]).to_torch(device, dtype)
     rows = bank.tensors["prefix_task_rows"].rows([k]).to_torch(device, dtype)
-    prompt = pe.unsqueeze(0)  # (1, N, d), as PEFT's embedding(indices) for one row
-    prompt *= torch.matmul(cols, rows)
-    return prompt[0]
+    return numerics.task_prompts(pe.unsqueeze(0), cols, rows)[0]  # pe (1, N, d): PEFT's embedding(indices)
 
 
 def export(bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None) -> PromptTuningAdapter:
-    """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` ("float32",
-    "bfloat16", "float16") is the stored dtype (default float32). ``config`` sets adapter_config.json
+    """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
+    :data:`mptkit.options.DTYPES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
     fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
-    import torch
 
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
-    if dtype is not None and dtype not in OUTPUT_DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; expected one of {', '.join(OUTPUT_DTYPES)}")
+    stored = storage_dtype(dtype, "F32")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
-    cfg = {**(bank.config or {}), **{k2: v for k2, v in (config or {}).items() if v is not None}}
-    full = peft.complete_config(cfg, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
+    bank = bank.with_config(config)
+    full = peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
                                 num_tasks=bank.num_tasks, num_ranks=bank.rank, where=bank.where)
     for key in MPT_ONLY_FIELDS:
         full.pop(key, None)
     full["peft_type"] = "PROMPT_TUNING"
     full.setdefault("prompt_tuning_init_text", None)
-    stored = DTYPE_BY_NAME[dtype or "float32"]
-    prompt = task_prompt(bank, k).to(getattr(torch, torch_dtype_name(stored)))
+    prompt = task_prompt(bank, k).to(numerics.torch_dtype(stored))
     args = {"task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]

@@ -1,12 +1,9 @@
-"""What ``inspect`` and ``validate`` report about a bank."""
+"""What ``inspect`` and ``validate`` report about a bank: header facts and value statistics."""
 
 from __future__ import annotations
 
-import os
-
+from . import numerics
 from .bank import PromptBank
-from .errors import MptkitError
-from .formats import load
 
 
 def summary(bank: PromptBank) -> dict:
@@ -64,7 +61,7 @@ def value_stats(bank: PromptBank, chunk_tasks: int = 64) -> dict:
         idx = list(range(lo, min(lo + chunk_tasks, bank.num_tasks)))
         cols = cols_a.rows(idx).to_torch().double()
         rows = rows_a.rows(idx).to_torch().double()
-        full = pe.unsqueeze(0) * torch.matmul(cols, rows)
+        full = numerics.task_prompts(pe, cols, rows)
         for j, k in enumerate(idx):
             nc = int((~torch.isfinite(cols[j])).sum())
             nr = int((~torch.isfinite(rows[j])).sum())
@@ -83,27 +80,3 @@ def value_stats(bank: PromptBank, chunk_tasks: int = 64) -> dict:
     out["nonfinite"]["prefix_task_cols"] = bad_cols
     out["nonfinite"]["prefix_task_rows"] = bad_rows
     return out
-
-
-def validate(path: str, values: bool = False) -> dict:
-    """``{"path", "valid", "problems", ...}`` for one path; never raises for a bad bank."""
-    try:
-        bank = load(path)
-    except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
-        return {"path": os.fspath(path), "valid": False, "problems": e.problems}
-    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"]}
-    if values:
-        stats = value_stats(bank)
-        for name, n in stats["nonfinite"].items():
-            if n:
-                report["problems"].append(f"{path}: tensor '{name}' holds {n} NaN/Inf values")
-        for t in stats["tasks"]:
-            if t["nonfinite_cols"] or t["nonfinite_rows"] or t["nonfinite_prompt"]:
-                report["problems"].append(
-                    f"{path}: task {t['task']} ({t['name']}) has non-finite values: "
-                    f"{t['nonfinite_cols']} in prefix_task_cols, {t['nonfinite_rows']} in prefix_task_rows, "
-                    f"{t['nonfinite_prompt']} in its full prompt"
-                )
-        report["valid"] = not report["problems"]
-        report["nonfinite"] = stats["nonfinite"]
-    return report

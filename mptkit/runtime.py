@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .bank import PromptBank
+from .numerics import task_prompts
 from .errors import UsageError
 
 
@@ -67,7 +68,7 @@ class TaskPrompts(nn.Module):
         derived one). ``dtype`` defaults to torch's default dtype (float32), which is what PEFT's
         prompt encoder holds whatever the file's dtype; ``cached=True`` calls :meth:`cache`."""
         if not isinstance(bank, PromptBank):
-            from .formats import load
+            from .io import load
 
             bank = load(bank)
         if bank.shared_only:
@@ -128,7 +129,7 @@ class TaskPrompts(nn.Module):
     def cache(self) -> "TaskPrompts":
         """Materialise every task's full prompt (T, N, d) for serving: a batch becomes one gather.
         Call again after changing the parameters; :meth:`uncache` frees it."""
-        self._cached = self.embedding.weight.unsqueeze(0) * torch.matmul(self.prefix_task_cols, self.prefix_task_rows)
+        self._cached = task_prompts(self.embedding.weight, self.prefix_task_cols, self.prefix_task_rows)
         return self
 
     def uncache(self) -> "TaskPrompts":

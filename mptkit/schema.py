@@ -51,18 +51,8 @@ def schema_ref(kind: str, pointer: str = "") -> str:
 
 
 def make_validator(docs: dict[str, dict], ref: str):
-    """A validator of ``ref`` with an ``iter_errors(instance)`` yielding jsonschema-like errors: the
-    small interpreter in :mod:`mptkit._jsonschema_subset` (jsonschema takes ~60 ms to import) when
-    every keyword of ``docs`` is one it knows, else jsonschema itself, so that a keyword added to a
-    schema later is never skipped."""
-    from . import _jsonschema_subset as subset
-
-    if subset.unsupported(docs) is None:
-        return subset.Validator(docs, ref)
-    return jsonschema_validator(docs, ref)
-
-
-def jsonschema_validator(docs: dict[str, dict], ref: str):
+    """A jsonschema (Draft 2020-12) validator of ``ref`` resolving ``$ref`` among ``docs``
+    (jsonschema is imported here, when something is validated)."""
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 

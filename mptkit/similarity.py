@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from .bank import PromptBank
+from . import numerics
+from .bank import PromptBank, select_tasks
 from .errors import UsageError
 
 #: full prompts held in memory at once (float64), in bytes
@@ -17,11 +18,9 @@ def similarity(bank: PromptBank, tasks=None) -> dict:
     the selected tasks (all by default). A task whose prompt is all zeros has no cosine (None)."""
     import torch
 
-    from .edit import selection
-
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
-    idx = selection(bank, tasks) if tasks is not None else list(range(bank.num_tasks))
+    idx = select_tasks(bank, tasks, unique=True) if tasks is not None else list(range(bank.num_tasks))
     pe = bank.tensors["prompt_embeddings"].to_torch(dtype=torch.float64)
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     step = max(1, _CHUNK_BYTES // max(1, pe.numel() * 8))
@@ -30,7 +29,7 @@ def similarity(bank: PromptBank, tasks=None) -> dict:
     def prompts(ks):
         c = cols_a.rows(ks).to_torch(dtype=torch.float64)
         r = rows_a.rows(ks).to_torch(dtype=torch.float64)
-        return (pe * torch.matmul(c, r)).reshape(len(ks), -1)
+        return numerics.task_prompts(pe, c, r).reshape(len(ks), -1)
 
     gram = torch.zeros(len(idx), len(idx), dtype=torch.float64)
     pos = 0

@@ -11,8 +11,9 @@ import torch
 from bankutil import DTYPES, load_tensors, peft_model, random_bank, run_mptkit, sha256_tree, tiny_base_model
 
 import mptkit
-from mptkit import derive as derive_mod
-from mptkit.derive import derive, fresh_factors
+from mptkit import numerics
+from mptkit.derive import derive
+from mptkit.numerics import fresh_factors
 from mptkit.errors import UsageError
 
 INIT = {"exact": "EXACT_SOURCE_TASK", "average": "AVERAGE_SOURCE_TASKS", "shared": "ONLY_SOURCE_SHARED"}
@@ -109,7 +110,7 @@ def test_average_streams_in_chunks(tmp_path, monkeypatch):
     """Chunks of one task at a time give the same result as one chunk."""
     src = mptkit.load(random_bank(tmp_path / "src.safetensors", T=9, N=6, r=3, d=10, dtype=torch.bfloat16))
     whole = derive(src, "average")
-    monkeypatch.setattr(derive_mod, "AVERAGE_CHUNK_BYTES", 1)
+    monkeypatch.setattr(numerics, "AVERAGE_CHUNK_BYTES", 1)
     chunked = derive(src, "average")
     for key in ("prefix_task_cols", "prefix_task_rows"):
         assert bytes(whole.tensors[key].read()) == bytes(chunked.tensors[key].read())

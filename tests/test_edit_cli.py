@@ -225,7 +225,7 @@ def test_peft_round_trip_drops_names_and_mptkit_says_so(banks, cli, tmp_path):
 
 
 def test_from_reference_parsing(tmp_path):
-    from mptkit.cli import _split_task_ref
+    from mptkit.cli.edit import split_task_ref as _split_task_ref
 
     odd = tmp_path / "a:b"
     odd.mkdir()

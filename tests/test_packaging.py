@@ -41,7 +41,7 @@ def test_wheel_carries_every_schema_and_the_metadata(wheel):
         for s in schemas:
             assert f"mptkit/schemas/{s.name}" in names
             assert z.read(f"mptkit/schemas/{s.name}") == s.read_bytes()
-        assert {"mptkit/__init__.py", "mptkit/__main__.py", "mptkit/cli.py", "mptkit/formats/safetensors.py"} <= names
+        assert {"mptkit/__init__.py", "mptkit/__main__.py", "mptkit/cli/__init__.py", "mptkit/hub/__init__.py", "mptkit/formats/safetensors.py"} <= names
         assert not any(n.startswith(("tests/", "examples/")) for n in names)
         dist = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(z.read(dist))
@@ -66,7 +66,7 @@ def test_installed_wheel_finds_its_schemas_from_anywhere(wheel, tmp_path, exampl
     shutil.copytree(example_bank, bank)
     env = dict(os.environ, PYTHONPATH=str(site))
     code = (
-        "import mptkit, mptkit.schema as s, mptkit.info as i\n"
+        "import mptkit, mptkit.schema as s, mptkit.io as i\n"
         "print(mptkit.__file__)\n"
         "print(s.schema_dir())\n"
         "print(i.validate('bank')['valid'])\n"

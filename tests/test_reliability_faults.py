@@ -253,7 +253,7 @@ def test_hardlinked_output_is_replaced_not_written_through(cli, tmp_path):
 @pytest.mark.parametrize("change", ["truncated", "deleted"])
 def test_input_changing_while_read(cli, src, tmp_path, monkeypatch, label, change):
     """The input shrinks or disappears between reading its header and reading its data."""
-    import mptkit.formats as formats
+    import mptkit.io as formats
 
     victim = tmp_path / "bank"
     shutil.copytree(src, victim)

@@ -169,7 +169,7 @@ READERS = {
     "formats.pickle.read": lambda p: __import__("mptkit.formats.pickle", fromlist=["read"]).read(
         str(p / "adapter_model.bin" if Path(p).is_dir() else p)),
     "TaskPrompts.from_bank": lambda p: __import__("mptkit.runtime", fromlist=["TaskPrompts"]).TaskPrompts.from_bank(p),
-    "info.validate --values": lambda p: _raise_invalid(__import__("mptkit.info", fromlist=["validate"]).validate(p, values=True)),
+    "info.validate --values": lambda p: _raise_invalid(__import__("mptkit.io", fromlist=["validate"]).validate(p, values=True)),
 }
 
 

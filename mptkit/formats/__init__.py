@@ -1,10 +1,10 @@
 """Reading and writing prompt banks.
 
-``load(path)`` takes a ``.safetensors`` file, a PEFT adapter folder, a ``.bin``/``.pt``/``.pth``
-pickle (weights only) or an ``hf://owner/repo[@rev][/path]`` reference and returns a
-:class:`~mptkit.bank.PromptBank` whose tensors are still on disk. ``save(bank, path)`` writes a
-bare state dict (path ending in ``.safetensors``) or a PEFT adapter folder (any other path),
-atomically.
+``read(path)`` takes a local ``.safetensors`` file, a PEFT adapter folder or a
+``.bin``/``.pt``/``.pth`` pickle (weights only) and returns a :class:`~mptkit.bank.PromptBank`
+whose tensors are still on disk. ``save(bank, path)`` writes a bare state dict (path ending in
+``.safetensors``) or a PEFT adapter folder (any other path), atomically. This package knows only
+local files: ``hf://`` references are resolved above it (:mod:`mptkit.io`, :mod:`mptkit.hub`).
 """
 
 from __future__ import annotations
@@ -35,18 +35,12 @@ PEFT_METADATA_NOTE = (
     "and PEFT drops any that mptkit stored (name the tasks with `mptkit rename --names`)")
 
 
-def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
-    """Read a bank (headers only; tensor data stays on disk). Every problem found is listed in
-    the raised :class:`InvalidBank`'s ``problems``. ``kind`` forces a schema ("bank", "task",
-    "shared"); by default a file holding only ``prompt_embeddings`` is checked as shared-only."""
+def read(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
+    """Read a bank from a local path (headers only; tensor data stays on disk). Every problem found
+    is listed in the raised :class:`InvalidBank`'s ``problems``. ``kind`` forces a schema ("bank",
+    "task", "shared"); by default a file holding only ``prompt_embeddings`` is checked as
+    shared-only. (:func:`mptkit.load` also takes ``hf://`` references.)"""
     name = os.fspath(path)
-    if name.startswith("hf://"):
-        from ..hub import resolve
-
-        local = resolve(name)
-        bank = load(local, kind=kind)
-        bank.source.path = name
-        return bank
     p = Path(name)
     if p.is_dir():
         return _load_folder(p, kind)
@@ -58,9 +52,15 @@ def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
 
 
 def _load_safetensors(p: Path, shown: str, fmt: str, kind: str | None, config: dict | None = None,
-                      config_file: str | None = None, header: st.Header | None = None) -> PromptBank:
-    # ``header``: already parsed (mptkit.hub passes a remote file's, read with range requests)
-    header = header or st.read_header(str(p))
+                      config_file: str | None = None) -> PromptBank:
+    return from_header(st.read_header(str(p)), shown=shown, fmt=fmt, kind=kind, config=config, config_file=config_file)
+
+
+def from_header(header: st.Header, *, shown: str, fmt: str, kind: str | None = None, config: dict | None = None,
+                config_file: str | None = None) -> PromptBank:
+    """A bank from a parsed safetensors header (a local file's, or a remote one read with range
+    requests by :mod:`mptkit.hub`), checked against the schemas and ``config``."""
+    p = header.path
     tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.tensors.items()}
     heads, notes = _set_aside_heads(tensors, config_file)
     problems = [f"{p}: {x}" for x in check_tensors(tensors, kind)]
@@ -179,17 +179,34 @@ def metadata_for(bank: PromptBank, *, with_config: bool) -> dict[str, str]:
     return meta
 
 
-def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> Path:
-    """Write ``bank`` to ``path``: a bare ``.safetensors`` state dict, or else a PEFT adapter folder.
-    ``inputs`` are paths that must not be overwritten (the sources). Returns the path written."""
+def _target(bank: PromptBank, path, force: bool, inputs) -> tuple[Path, bool]:
+    """The output path and whether it is a folder, after refusing what must never be written."""
     target = Path(path)
     if os.fspath(path).startswith("hf://"):
         raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
     folder = not is_file_output(target)
-    tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
     srcs = [*inputs, *input_paths(bank)]
-    srcs += sorted({seg.path for a in tensors.values() for seg in a.segments if seg.path})  # every file read
+    srcs += sorted({seg.path for a in bank.tensors.values() for seg in a.segments if seg.path})  # every file read
     atomic.check_target(target, folder=folder, force=force, inputs=srcs)
+    return target, folder
+
+
+def check_output(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> None:
+    """Refuse an output that :func:`save` would refuse, before any work is done: a Hub reference,
+    an existing output without ``force``, an input (``inputs``, or a file ``bank`` reads), a file
+    where a folder is wanted (and the reverse), or a folder whose adapter config cannot be completed
+    from ``bank.config``."""
+    _, folder = _target(bank, path, force, inputs)
+    if folder:
+        peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,
+                             num_tasks=max(bank.num_tasks, 1), num_ranks=bank.rank or 1, where=bank.where)
+
+
+def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> Path:
+    """Write ``bank`` to ``path``: a bare ``.safetensors`` state dict, or else a PEFT adapter folder.
+    ``inputs`` are paths that must not be overwritten (the sources). Returns the path written."""
+    target, folder = _target(bank, path, force, inputs)
+    tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
     if not folder:
         with atomic.atomic_file(target, replace=force) as f:
             st.write(f, tensors, metadata_for(bank, with_config=True))

@@ -1,0 +1,177 @@
+"""The editing commands: ``rename``, ``slice``, ``remove``, ``merge``, ``add``, ``rank``, ``similarity``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .app import (config_options, dtype_option, echo_lines, emit_json, force_option, json_option, main,
+                  output_options, tasks_option)
+
+
+def _save_edit(bank, output, force, sources, as_json, config) -> None:
+    """Write an edited bank (with the --task-type/... ``config`` fields, for a folder output from a
+    bare file) and say what was written and what the operation found."""
+    from ..bank import input_paths
+    from ..io import save
+    from ..render import edit_report
+
+    bank = bank.with_config(config)
+    save(bank, output, force=force, inputs=input_paths(*sources))
+    if as_json:
+        results = (bank.provenance[-1].get("results") or {}) if bank.provenance else {}
+        emit_json({"output": str(output), "num_tasks": bank.num_tasks, "task_names": bank.task_names,
+                   "rank": bank.rank, "dtype": bank.dtype, **results})
+        return
+    echo_lines(edit_report(bank, output))
+
+
+@main.command()
+@click.argument("src")
+@click.argument("pairs", nargs=-1, metavar="[OLD=NEW]...")
+@click.option("--names", help="Name every task, in order: a,b,c.")
+@config_options
+@output_options
+@json_option
+def rename(src, pairs, names, config, output, force, as_json):
+    """Rename tasks (OLD is an index or a name), or name them all with --names."""
+    from .. import edit
+    from ..errors import UsageError
+    from ..io import load
+
+    if bool(pairs) == bool(names):
+        raise UsageError("give OLD=NEW pairs or --names a,b,c (one of the two)")
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
+    bank = load(src)
+    out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
+    _save_edit(out, output, force, [bank], as_json, config)
+
+
+@main.command("slice")
+@click.argument("src")
+@tasks_option("Kept in the order given.")
+@config_options
+@output_options
+@json_option
+def slice_(src, tasks, config, output, force, as_json):
+    """Keep only the listed tasks (their bytes are copied unchanged)."""
+    from .. import edit
+    from ..io import load
+
+    bank = load(src)
+    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config)
+
+
+@main.command()
+@click.argument("src")
+@tasks_option()
+@config_options
+@output_options
+@json_option
+def remove(src, tasks, config, output, force, as_json):
+    """Drop the listed tasks (the others' bytes are copied unchanged)."""
+    from .. import edit
+    from ..io import load
+
+    bank = load(src)
+    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config)
+
+
+@main.command()
+@click.argument("banks", nargs=-1, required=True, metavar="A B [C ...]")
+@dtype_option("Convert every bank to this dtype (needed when they differ).")
+@click.option("--rename-duplicates", is_flag=True, help="Suffix clashing task names (-2, -3...) instead of failing.")
+@click.option("--refit", is_flag=True, help="Re-express the tasks of banks whose shared prompt differs from the first's.")
+@click.option("--max-error", type=float, help="With --refit: fail if a task's relative error exceeds this.")
+@config_options
+@output_options
+@json_option
+def merge(banks, dtype, rename_duplicates, refit, max_error, config, output, force, as_json):
+    """Concatenate the tasks of two or more banks (same N and d; ranks are zero-padded)."""
+    from .. import edit
+    from ..io import load
+
+    edit.check_merge_options(len(banks), refit=refit, max_error=max_error)  # before loading anything
+    loaded = [load(b) for b in banks]
+    out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error)
+    _save_edit(out, output, force, loaded, as_json, config)
+
+
+@main.command()
+@click.argument("src")
+@click.option("--name", required=True, help="The new task's name.")
+@click.option("--init", help="average | exact:K | random: how to make the new task's factors.")
+@click.option("--seed", type=int, help="With --init random: the random seed (recorded in the provenance).")
+@click.option("--from", "from_", metavar="OTHER[:TASK]", help="Copy a task of another bank (same shared prompt).")
+@click.option("--refit", is_flag=True, help="With --from: re-express the task if the shared prompts differ.")
+@click.option("--max-error", type=float, help="With --refit: fail if the relative error exceeds this.")
+@config_options
+@output_options
+@json_option
+def add(src, name, init, seed, from_, refit, max_error, config, output, force, as_json):
+    """Append one task, initialised from the bank itself or taken from another bank."""
+    from .. import edit
+    from ..io import load
+
+    edit.check_add_options(init=init, source=from_, seed=seed, refit=refit, max_error=max_error)
+    bank = load(src)
+    other, task = None, None
+    if from_:
+        other_path, task = split_task_ref(from_)
+        other = load(other_path)
+    out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
+                        max_error=max_error)
+    _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json, config)
+
+
+def split_task_ref(ref: str):
+    """``OTHER[:TASK]`` -> (OTHER, TASK or None); a path that exists, or hf://..., keeps its colons."""
+    if os.path.exists(ref):
+        return ref, None
+    path, sep, task = ref.rpartition(":")
+    if not sep or not task or "/" in task or os.sep in task or path in ("", "hf"):
+        return ref, None
+    return path, task
+
+
+@main.command()
+@click.argument("src")
+@click.option("--rank", "rank_", type=click.IntRange(min=1), required=True, help="The new rank r.")
+@config_options
+@output_options
+@json_option
+def rank(src, rank_, config, output, force, as_json):
+    """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
+    from .. import edit
+    from ..io import load
+
+    bank = load(src)
+    _save_edit(edit.change_rank(bank, rank_), output, force, [bank], as_json, config)
+
+
+@main.command()
+@click.argument("src")
+@tasks_option("Default: all.", required=False)
+@click.option("--plot", type=click.Path(), help="Also draw a heatmap to this image (needs matplotlib).")
+@force_option
+@json_option
+def similarity(src, tasks, plot, force, as_json):
+    """Cosine similarity between the tasks' full prompts (which source task is nearest?)."""
+    from ..bank import input_paths
+    from ..io import load
+    from ..render import similarity_table
+    from ..similarity import plot_heatmap, similarity as run
+
+    bank = load(src)
+    result = run(bank, tasks)
+    if plot:
+        plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
+    if as_json:
+        emit_json(result)
+        return
+    echo_lines(similarity_table(result))
+    if plot:
+        click.echo(f"wrote {plot}")

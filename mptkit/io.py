@@ -1,0 +1,52 @@
+"""Where banks come from and go to: :func:`load` reads a local path (:mod:`mptkit.formats`) or an
+``hf://`` reference (:mod:`mptkit.hub`), :func:`save` writes a local path, :func:`validate` says
+whether a path holds a valid bank without raising."""
+
+from __future__ import annotations
+
+import os
+
+from .bank import PromptBank
+from .errors import MptkitError
+from .formats import read, save
+from .info import summary, value_stats
+
+__all__ = ["load", "save", "validate"]
+
+
+def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
+    """A :class:`PromptBank` from a ``.safetensors`` file, a PEFT adapter folder, a ``.bin``/``.pt``
+    pickle (weights only) or ``hf://owner/repo[@revision][/path]``; tensors stay on disk until read.
+    ``kind`` forces a schema ("bank", "task", "shared")."""
+    name = os.fspath(path)
+    if name.startswith("hf://"):
+        from .hub import resolve
+
+        bank = read(resolve(name), kind=kind)
+        bank.source.path = name
+        return bank
+    return read(name, kind=kind)
+
+
+def validate(path: str | os.PathLike, values: bool = False) -> dict:
+    """``{"path", "valid", "problems", ...}`` for one path; never raises for a bad bank."""
+    try:
+        bank = load(path)
+    except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
+        return {"path": os.fspath(path), "valid": False, "problems": e.problems}
+    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"]}
+    if values:
+        stats = value_stats(bank)
+        for name, n in stats["nonfinite"].items():
+            if n:
+                report["problems"].append(f"{path}: tensor '{name}' holds {n} NaN/Inf values")
+        for t in stats["tasks"]:
+            if t["nonfinite_cols"] or t["nonfinite_rows"] or t["nonfinite_prompt"]:
+                report["problems"].append(
+                    f"{path}: task {t['task']} ({t['name']}) has non-finite values: "
+                    f"{t['nonfinite_cols']} in prefix_task_cols, {t['nonfinite_rows']} in prefix_task_rows, "
+                    f"{t['nonfinite_prompt']} in its full prompt"
+                )
+        report["valid"] = not report["problems"]
+        report["nonfinite"] = stats["nonfinite"]
+    return report

@@ -1,0 +1,124 @@
+"""The house: data flows one way (cli -> operations -> io -> hub -> formats -> bank -> numerics,
+schema, tensor, errors), so no module imports one above it and there is no import circle; and no
+module grows past about 400 lines.
+
+Every import of every module counts, also those inside functions (a lazy import is still an arrow).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mptkit"
+
+#: every module, lowest first: a module may import only modules listed before it
+LAYERS = [
+    "mptkit._version",
+    "mptkit.errors",
+    "mptkit.text",
+    "mptkit.tensor",
+    "mptkit.schema",
+    "mptkit.options",
+    "mptkit.numerics",
+    "mptkit.bank",
+    "mptkit.info",
+    "mptkit.formats.safetensors",
+    "mptkit.formats.atomic",
+    "mptkit.formats.peft",
+    "mptkit.formats.pickle",
+    "mptkit.formats.checkpoints",
+    "mptkit.formats.tables",
+    "mptkit.formats",
+    "mptkit.hub.refs",
+    "mptkit.hub.client",
+    "mptkit.hub.http",
+    "mptkit.hub.cache",
+    "mptkit.hub.remote",
+    "mptkit.hub.transfer",
+    "mptkit.hub.card",
+    "mptkit.hub.push",
+    "mptkit.hub",
+    "mptkit.io",
+    "mptkit.progress",
+    "mptkit.fit",
+    "mptkit.derive",
+    "mptkit.edit",
+    "mptkit.export",
+    "mptkit.similarity",
+    "mptkit.convert",
+    "mptkit.decompose",
+    "mptkit.runtime",
+    "mptkit.render",
+    "mptkit.cli.app",
+    "mptkit.cli.read",
+    "mptkit.cli.derive",
+    "mptkit.cli.edit",
+    "mptkit.cli.convert",
+    "mptkit.cli.hub",
+    "mptkit.cli",
+    "mptkit.__main__",
+    "mptkit",
+]
+MAX_LINES = 420
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The mptkit modules ``name`` imports (``from . import x`` counts x when x is a module)."""
+    modules = _modules()
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "mptkit"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "mptkit":
+                continue
+            submodules = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules}
+            out |= submodules
+            if len(submodules) < len(node.names):  # names taken from the module itself
+                out.add(target)
+    out.discard(name)
+    return out
+
+
+def test_every_module_has_a_place_in_the_layers():
+    missing = sorted(set(_modules()) - set(LAYERS))
+    assert not missing, f"add these modules to LAYERS in tests/test_architecture.py: {missing}"
+
+
+def test_no_module_imports_upwards_so_there_is_no_circle():
+    rank = {m: i for i, m in enumerate(LAYERS)}
+    upward = []
+    for name, path in _modules().items():
+        for target in _imports(name, path):
+            if target in rank and rank[target] >= rank[name]:
+                upward.append(f"{name} imports {target}")
+    assert not upward, "imports that point up the layers (or form a circle):\n" + "\n".join(sorted(upward))
+
+
+def test_the_check_sees_lazy_imports(tmp_path):
+    """The checker itself can fail: an import inside a function is found."""
+    probe = PACKAGE / "formats" / "__init__.py"
+    assert "mptkit.formats.pickle" in _imports("mptkit.formats", probe)  # imported inside _load_pickle
+
+
+def test_no_module_is_much_over_400_lines():
+    long = {n: len(p.read_text(encoding="utf-8").splitlines()) for n, p in _modules().items()}
+    over = {n: k for n, k in long.items() if k > MAX_LINES}
+    assert not over, f"modules over {MAX_LINES} lines (split them by job): {over}"
