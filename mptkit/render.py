@@ -5,6 +5,8 @@ Text that came from a file or a server goes through :func:`printable`."""
 
 from __future__ import annotations
 
+from .text import clean as printable
+
 
 def size(n: int | None) -> str:
     if n is None:
@@ -14,11 +16,6 @@ def size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return str(n)
-
-
-def printable(text: str) -> str:
-    """Text from a file, with control characters escaped (no terminal escape sequences, one line)."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def summary_text(s: dict) -> str:

@@ -12,6 +12,7 @@ import click
 
 from .._version import __version__
 from ..errors import MptkitError
+from ..text import clean
 
 _DEBUG_ENV = "MPTKIT_DEBUG"
 
@@ -26,16 +27,15 @@ class _Group(click.Group):
             if _debug(ctx):
                 raise
             for line in e.problems:
-                click.echo(f"mptkit: error: {line}", err=True)
+                click.echo(clean(f"mptkit: error: {line}"), err=True)
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
         except Exception as e:  # a bug, not the user's mistake: still no traceback by default
             if _debug(ctx):
                 raise
-            click.echo(
-                f"mptkit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True
-            )
+            click.echo(clean(f"mptkit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)"),
+                       err=True)
             ctx.exit(1)
 
     def list_commands(self, ctx):
