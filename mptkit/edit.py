@@ -18,7 +18,7 @@ from typing import Sequence
 from .bank import PromptBank, select_tasks
 from .errors import IncompatibleBanks, UsageError
 from .schema import check
-from . import numerics
+from . import fit, numerics
 from .options import storage_dtype
 from .tensor import Array
 
@@ -92,33 +92,37 @@ def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
 
 # -- merge ---------------------------------------------------------------------------------------
 def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_duplicates: bool = False,
-          refit: bool = False, max_error: float | None = None) -> PromptBank:
+          refit: bool = False, max_error: float | None = None, rank: int | str | None = None) -> PromptBank:
     """Concatenate the banks' tasks. They must share N and d (and the config's split of N into
     virtual tokens x submodules where known); different dtypes need ``dtype``; smaller ranks are
     zero-padded to the largest. The shared prompts must be equal bit for bit, unless ``refit``: then
     the first bank's shared prompt is kept and the other banks' tasks are re-expressed under it
-    (:func:`mptkit.numerics.weighted_lowrank_fit`), each task's relative error reported; ``max_error`` refuses a
-    larger one. Duplicate names are an error unless ``rename_duplicates`` (suffixes ``-2``, ...)."""
+    (:mod:`mptkit.fit`), each task's relative error reported; ``max_error`` refuses a larger one, and
+    with ``rank="auto"`` each re-expressed task gets its smallest rank within ``max_error``. ``rank`` R
+    sets the output rank (at least every bank's). Duplicate names are an error unless
+    ``rename_duplicates`` (suffixes ``-2``, ...)."""
     banks = list(banks)
-    check_merge_options(len(banks), refit=refit, max_error=max_error)
+    check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank)
     out_dtype = _check_compatible(banks, dtype)
     names, renamed = _merged_names(banks, rename_duplicates)
-    parts, results = _combine(banks, out_dtype, refit, max_error)
+    parts, results = _combine(banks, out_dtype, refit, max_error, check_rank(rank, max_error) if rank is not None else None)
     if renamed:
         results["renamed"] = renamed
     args = {"dtype": out_dtype, "rename_duplicates": rename_duplicates, "refit": refit,
-            **({"max_error": max_error} if max_error is not None else {})}
+            **({"max_error": max_error} if max_error is not None else {}), **({"rank": rank} if rank is not None else {})}
     first = replace(banks[0], config=next((b.config for b in banks if b.config), None))
     return _result(first, parts, names, "merge", args, banks, results,
                    provenance=[e for b in banks for e in b.provenance])
 
 
-def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float | None = None) -> None:
+def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float | None = None, rank=None) -> None:
     """The rules :func:`merge`'s options obey, checkable before any bank is read."""
     if num_banks < 2:
         raise UsageError(f"merge needs at least two banks, found {num_banks}")
     if max_error is not None and not refit:
         raise UsageError("--max-error applies only with --refit")
+    if rank is not None and check_rank(rank, max_error) == "auto" and not refit:
+        raise UsageError("--rank auto applies only with --refit (it picks the rank of each re-expressed task)")
 
 
 def _check_compatible(banks: Sequence[PromptBank], dtype: str | None) -> str:
@@ -185,10 +189,18 @@ def _merged_names(banks: Sequence[PromptBank], rename_duplicates: bool):
     return names, renamed
 
 
-def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error: float | None):
-    """The merged tensors and the refit report. Bytes only when dtype, rank and shared prompt agree."""
-    rank = max(b.rank for b in banks)
-    converted = [_convert(b, out_dtype, rank) for b in banks]
+def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error: float | None, rank=None):
+    """The merged tensors and the refit report. Bytes only when dtype, rank and shared prompt agree.
+    ``rank``: the output rank (default the largest; "auto": each refit task's smallest rank within
+    ``max_error``, the output rank then being the largest of all)."""
+    own = max(b.rank for b in banks)
+    if rank not in (None, "auto"):
+        if rank < own:
+            big = max(banks, key=lambda b: b.rank)
+            raise UsageError(f"--rank {rank} is below the rank of {_labeller(banks)(big)} ({big.rank}); lower it first "
+                             f"with `mptkit rank` (which reports each task's error)")
+        own = rank
+    converted = [_convert(b, out_dtype, own) for b in banks]
     pe0 = converted[0]["prompt_embeddings"]
     base = bytes(pe0.read())
     differing = [i for i in range(1, len(banks)) if bytes(converted[i]["prompt_embeddings"].read()) != base]
@@ -201,26 +213,31 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
             f"({numerics.describe_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
             "Pass --refit to re-express them under the first bank's shared prompt")
     if differing:
-        errors = {}
+        errors, found = {}, []
         for i in differing:
-            cols, rows, errs = _refit(pe0, converted[i], rank)
+            cols, rows, ranks, errs = _refit(pe0, converted[i], (own if rank != "auto" else "auto", max_error))
             converted[i] = {"prompt_embeddings": pe0, "prefix_task_cols": cols, "prefix_task_rows": rows}
             offset = sum(b.num_tasks for b in banks[:i])
             names = banks[i].names()
             for k, e in enumerate(errs):
-                errors[str(offset + k)] = {"source": label(banks[i]), "task": names[k], "relative_error": e}
+                errors[str(offset + k)] = {"source": label(banks[i]), "task": names[k], "relative_error": e,
+                                           **({"rank": ranks[k]} if rank == "auto" else {})}
+                found.append((label(banks[i]), names[k], e))
         results["refit"] = errors
-        worst = max(errors.values(), key=lambda x: x["relative_error"])
-        if max_error is not None and worst["relative_error"] > max_error:
-            raise IncompatibleBanks(
-                f"refit error too large: task {worst['task']} of {worst['source']} is re-expressed with relative "
-                f"error {worst['relative_error']:.3g}, above --max-error {max_error:g}; nothing was written")
+        _check_errors(found, max_error, "refit")
+    out_rank = max(c["prefix_task_cols"].shape[2] for c in converted)
+    converted = [c if c["prefix_task_cols"].shape[2] == out_rank else _pad(c, out_rank) for c in converted]
     parts = {
         "prompt_embeddings": pe0,
         "prefix_task_cols": Array.cat([c["prefix_task_cols"] for c in converted]),
         "prefix_task_rows": Array.cat([c["prefix_task_rows"] for c in converted]),
     }
     return parts, results
+
+
+def _pad(tensors: dict[str, Array], rank: int) -> dict[str, Array]:
+    cols, rows = numerics.pad_rank(tensors["prefix_task_cols"].to_torch(), tensors["prefix_task_rows"].to_torch(), rank)
+    return {**tensors, "prefix_task_cols": Array.from_torch(cols), "prefix_task_rows": Array.from_torch(rows)}
 
 
 def _convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
@@ -234,85 +251,79 @@ def _convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
             "prefix_task_rows": Array.from_torch(rows)}
 
 
-def _refit(pe_new: Array, tensors: dict[str, Array], rank: int):
-    """Re-express every task of ``tensors`` under ``pe_new``: new factors, relative errors."""
-    import torch
-
-    f64 = torch.float64
-    W = pe_new.to_torch(dtype=f64)
-    old = tensors["prompt_embeddings"].to_torch(dtype=f64)
-    cols = tensors["prefix_task_cols"].to_torch(dtype=f64)
-    rows = tensors["prefix_task_rows"].to_torch(dtype=f64)
-    tdtype = numerics.torch_dtype(pe_new.dtype)
-    new_cols, new_rows, errors = [], [], []
-    nz = W != 0
-    for k in range(cols.shape[0]):
-        target = numerics.task_prompts(old, cols[k], rows[k])
-        ratio = torch.where(nz, target / torch.where(nz, W, 1.0), 0.0)
-        C, R = numerics.weighted_lowrank_fit(W, ratio, rank)
-        C, R = C.to(tdtype), R.to(tdtype)
-        errors.append(numerics.relative_error(W, C, R, target))
-        new_cols.append(C)
-        new_rows.append(R)
-    return Array.from_torch(torch.stack(new_cols)), Array.from_torch(torch.stack(new_rows)), errors
+def _refit(pe_new: Array, tensors: dict[str, Array], rank):
+    """Re-express every task of ``tensors`` under ``pe_new``: new factors, ranks, relative errors."""
+    cols, rows, ranks, errors = fit.refit(pe_new, tensors["prompt_embeddings"], tensors["prefix_task_cols"],
+                                          tensors["prefix_task_rows"], rank[0], max_error=rank[1])
+    return Array.from_torch(cols), Array.from_torch(rows), ranks, errors
 
 
 # -- rank ----------------------------------------------------------------------------------------
-def change_rank(bank: PromptBank, rank: int) -> PromptBank:
+def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = None) -> PromptBank:
     """Change every task's rank. A larger rank zero-pads (exact). A smaller one keeps a task's
     non-zero components when they are few enough (exact), and otherwise fits the rank-``rank``
-    factors whose full prompt is nearest the original (:func:`mptkit.numerics.weighted_lowrank_fit`; exact when the
-    factor product already has rank <= ``rank``). Per-task relative errors go into the provenance."""
+    factors whose full prompt is nearest the original (:mod:`mptkit.fit`; exact when the factor
+    product already has rank <= ``rank``). ``rank="auto"`` gives each task its smallest rank whose
+    relative error is at most ``max_error`` (the output rank is the largest of those); with a
+    number, ``max_error`` refuses a larger error. Per-task errors (and ranks) go into the provenance."""
     _need_tasks(bank)
-    if not isinstance(rank, int) or rank < 1:
-        raise UsageError(f"--rank must be a positive integer, found {rank!r}")
-    args = {"rank": rank, "from_rank": bank.rank}
-    if rank >= bank.rank:
+    rank = check_rank(rank, max_error, bank)
+    args = {"rank": rank, "from_rank": bank.rank, **({"max_error": max_error} if max_error is not None else {})}
+    names = bank.names()
+    if rank != "auto" and rank >= bank.rank:
         tensors = _convert(bank, bank.dtype, rank)
-        results = {"relative_error": {n: 0.0 for n in bank.names()}}
+        results = {"relative_error": {n: 0.0 for n in names}}
         return _result(bank, tensors, bank.task_names, "rank", args, [bank], results)
-    import torch
-
-    f64 = torch.float64
-    tdtype = numerics.torch_dtype(bank.dtype)
-    W = bank.tensors["prompt_embeddings"].to_torch(dtype=f64)
-    cols_all = bank.tensors["prefix_task_cols"].to_torch()
-    rows_all = bank.tensors["prefix_task_rows"].to_torch()
-    new_cols, new_rows, errors = [], [], {}
-    for k, name in enumerate(bank.names()):
-        cols, rows = cols_all[k], rows_all[k]
-        live = [a for a in range(bank.rank) if cols[:, a].any() and rows[a].any()]
-        if all(a < rank for a in live):  # the dropped components are zero: keep the first ones as they are
-            C, R = cols[:, :rank], rows[:rank]
-            errors[name] = 0.0
-        elif len(live) <= rank:  # few enough non-zero components: keep those, zeros after them
-            C, R = cols.new_zeros(cols.shape[0], rank), rows.new_zeros(rank, rows.shape[1])
-            C[:, : len(live)], R[: len(live)] = cols[:, live], rows[live]
-            errors[name] = 0.0
-        else:
-            c64, r64 = cols.to(f64), rows.to(f64)
-            C, R = numerics.weighted_lowrank_fit(W, c64 @ r64, rank)
-            C, R = C.to(tdtype), R.to(tdtype)
-            errors[name] = numerics.relative_error(W, C, R, numerics.task_prompts(W, c64, r64))
-        new_cols.append(C)
-        new_rows.append(R)
+    cols, rows, ranks, errors = fit.reduce_rank(bank.tensors["prompt_embeddings"], bank.tensors["prefix_task_cols"],
+                                                bank.tensors["prefix_task_rows"], rank, max_error=max_error)
+    results = {"relative_error": dict(zip(names, errors)), **({"rank": dict(zip(names, ranks))} if rank == "auto" else {})}
+    _check_errors([(bank.where, n, e) for n, e in zip(names, errors)], max_error, "rank")
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
-               "prefix_task_cols": Array.from_torch(torch.stack(new_cols)),
-               "prefix_task_rows": Array.from_torch(torch.stack(new_rows))}
-    return _result(bank, tensors, bank.task_names, "rank", args, [bank], {"relative_error": errors})
+               "prefix_task_cols": Array.from_torch(cols), "prefix_task_rows": Array.from_torch(rows)}
+    return _result(bank, tensors, bank.task_names, "rank", args, [bank], results)
+
+
+def check_rank(rank, max_error, bank: PromptBank | None = None):
+    """``rank`` as an int or "auto", checked: positive, at most min(N, d) of ``bank`` (an exact
+    product never needs more), "auto" only with ``max_error``."""
+    if isinstance(rank, str) and rank.strip().lower() == "auto":
+        if max_error is None:
+            raise UsageError("--rank auto needs --max-error E: each task gets the smallest rank whose relative error is at most E")
+        rank = "auto"
+    elif isinstance(rank, str) and rank.strip().isascii() and rank.strip().isdigit():
+        rank = int(rank)
+    if rank != "auto" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise UsageError(f"--rank must be a positive integer or auto, found {rank!r}")
+    if max_error is not None and not (max_error >= 0):
+        raise UsageError(f"--max-error must be a relative error of 0 or more, found {max_error!r}")
+    if bank is not None and rank != "auto" and rank > max(min(bank.num_tokens, bank.token_dim), bank.rank or 0):
+        raise UsageError(f"--rank {rank} is more than {bank.where} can use: min(N, d) = min({bank.num_tokens}, "
+                         f"{bank.token_dim}) = {min(bank.num_tokens, bank.token_dim)} already makes every task's "
+                         "product exact; a larger rank only adds zeros")
+    return rank
+
+
+def _check_errors(found, max_error, what: str) -> None:
+    """Refuse (nothing written) when a task's relative error is above ``max_error``."""
+    if max_error is None or not found:
+        return
+    where, task, err = max(found, key=lambda x: x[2])
+    if err > max_error:
+        raise IncompatibleBanks(f"{what} error too large: task {task} of {where} has relative error {err:.3g}, "
+                                f"above --max-error {max_error:g}; nothing was written")
 
 
 # -- add -----------------------------------------------------------------------------------------
 def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int | None = None,
              source: PromptBank | None = None, source_task: int | str | None = None,
-             refit: bool = False, max_error: float | None = None) -> PromptBank:
+             refit: bool = False, max_error: float | None = None, rank: int | str | None = None) -> PromptBank:
     """Append one task named ``name``. Its factors come from ``init``: ``"average"`` (the mean of
     the bank's cols and of its rows, as PEFT's AVERAGE_SOURCE_TASKS computes them), ``"exact:K"``
     (a copy of task K), ``"random"`` (PEFT's N(0, 0.02); ``seed`` makes it reproducible), or from
     ``source``'s task ``source_task`` under the same shared-prompt rules as :func:`merge` (its
-    dtype follows this bank's)."""
+    dtype follows this bank's; ``rank`` as for :func:`merge`)."""
     _need_tasks(bank)
-    check_add_options(init=init, source=source, seed=seed, refit=refit, max_error=max_error)
+    check_add_options(init=init, source=source, seed=seed, refit=refit, max_error=max_error, rank=rank)
     names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
     if name in names:
         raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {bank.where}")
@@ -327,7 +338,8 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         k = source.task_index(source_task)
         single = replace(source, tensors=_take(source, [k]), task_names=None)
         _check_compatible([bank, single], bank.dtype)
-        parts, found = _combine([bank, single], bank.dtype, refit, max_error)
+        parts, found = _combine([bank, single], bank.dtype, refit, max_error,
+                                check_rank(rank, max_error) if rank is not None else None)
         results.update(found)
         origin = os.path.basename(os.path.normpath(source.source.path)) if source.source else "a bank in memory"
         args = {"name": name, "from": origin, "task": source.names()[k], "refit": refit}
@@ -357,7 +369,8 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
     return _result(bank, tensors, names, "add", args, [bank], results)
 
 
-def check_add_options(*, init=None, source=None, seed=None, refit: bool = False, max_error: float | None = None) -> None:
+def check_add_options(*, init=None, source=None, seed=None, refit: bool = False, max_error: float | None = None,
+                      rank=None) -> None:
     """The rules :func:`add_task`'s options obey, checkable before any bank is read."""
     if (init is None) == (source is None):
         raise UsageError("give exactly one of --init (average, exact:K, random) and --from OTHER[:TASK]")
@@ -367,6 +380,10 @@ def check_add_options(*, init=None, source=None, seed=None, refit: bool = False,
         raise UsageError("--refit and --max-error apply only with --from")
     if max_error is not None and not refit:
         raise UsageError("--max-error applies only with --refit")
+    if rank is not None and (source is None or not refit):
+        raise UsageError("--rank applies only with --from and --refit (the rank of the re-expressed task)")
+    if rank is not None:
+        check_rank(rank, max_error)
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The arithmetic on prompt banks, in one place: full prompts, means over tasks, casts, fresh
-factors, seeds, the weighted low-rank fit and its errors.
+factors, seeds, and the batched small solves of the weighted low-rank fit (:mod:`mptkit.fit`).
 
 Every operation module (derive, edit, export, similarity, info, runtime) computes through these
 functions. torch is imported inside them, on first use, so that commands which only move bytes
@@ -109,68 +109,74 @@ def fresh_factors(num_tasks: int, num_tokens: int, rank: int, token_dim: int, se
     return cast(Array.from_torch(cols), dtype), cast(Array.from_torch(rows), dtype)
 
 
-# -- the weighted low-rank fit -------------------------------------------------------------------
-def relative_error(W, C, R, target) -> float:
-    """``||W * (C @ R) - target|| / ||target||`` in float64 (0 when both are zero)."""
+# -- small symmetric systems, solved across a whole batch ---------------------------------------
+#: ranks up to this are solved by :func:`spd_solve`'s batch-wide Cholesky; larger by torch.linalg.solve
+SMALL_RANK = 12
+
+
+def pairs(rank: int):
+    """Index tensors (ia, ib) of the R(R+1)/2 pairs a <= b, and the position of each (a, b)."""
     import torch
 
-    f64 = torch.float64
-    got = task_prompts(W, C.to(f64), R.to(f64))
-    num = float(torch.linalg.vector_norm(got - target))
-    den = float(torch.linalg.vector_norm(target))
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+    ia, ib, pos = [], [], {}
+    for a in range(rank):
+        for b in range(a, rank):
+            pos[(a, b)] = pos[(b, a)] = len(ia)
+            ia.append(a)
+            ib.append(b)
+    return torch.tensor(ia), torch.tensor(ib), pos
 
 
-def weighted_lowrank_fit(W, X, rank: int, *, iterations: int = 100, tol: float = 1e-8):
-    """Rank-``rank`` factors ``C`` (N, r), ``R`` (r, d) minimising ``||W * (C @ R - X)||_F``
-    (float64 torch tensors in and out).
-
-    Starts from the truncated SVD of ``X`` (so the fit is exact whenever ``X`` has rank <= r) and
-    improves it by alternating weighted least squares: with R fixed each row of C is a small r x r
-    solve, and the same for each column of R. Stops when an iteration gains less than ``tol``
-    (relative) or after ``iterations``. Components come out balanced (equal norms in C and R)."""
+def spd_solve(A, s, rank: int, pos: dict, block: int = 1 << 16):
+    """Solve the symmetric positive (semi)definite systems held packed and batch-last:
+    ``A`` (T, P, n) (the (a, b) entry of system (t, j) at ``A[t, pos[a, b], j]``), ``s`` (T, R, n)
+    -> ``x`` (T, R, n). A tiny ridge (1e-12 of the mean diagonal) keeps rows without weight at 0."""
     import torch
 
-    N, d = X.shape
-    C, R = X.new_zeros(N, rank), X.new_zeros(rank, d)
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    k = min(rank, S.shape[0])
-    root = S[:k].sqrt()
-    C[:, :k], R[:k] = U[:, :k] * root, root[:, None] * Vh[:k]
-    W2 = W * W
-    W2X = W2 * X
-    scale = float((W2X * X).sum())
-
-    def loss(C, R):
-        return float((W2 * (C @ R - X).square()).sum())
-
-    prev = loss(C, R)
-    for _ in range(iterations):
-        if prev <= scale * 1e-28:
-            break
-        C = _ridge_solve(torch.einsum("ij,aj,bj->iab", W2, R, R), W2X @ R.T)
-        R = _ridge_solve(torch.einsum("ij,ia,ib->jab", W2, C, C), W2X.T @ C).T
-        cur = loss(C, R)
-        if prev - cur <= tol * max(prev, 1e-300):
-            prev = min(prev, cur)
-            break
-        prev = cur
-    return _balance(C, R)
+    T, _, n = A.shape
+    diag = torch.stack([A[:, pos[(a, a)]] for a in range(rank)])  # (R, T, n)
+    lam = (diag.mean(0) * 1e-12).clamp_min(1e-300)
+    if rank > SMALL_RANK:
+        full = A.new_empty(T, n, rank, rank)
+        for a in range(rank):
+            for b in range(rank):
+                full[..., a, b] = A[:, pos[(a, b)]]
+        full += lam[..., None, None] * torch.eye(rank, dtype=A.dtype)
+        return torch.linalg.solve(full, s.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    out = torch.empty_like(s)
+    step = max(1, block // max(T, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        out[:, :, lo:hi] = _chol_solve(A[:, :, lo:hi], s[:, :, lo:hi], lam[:, lo:hi], rank, pos)
+    return out
 
 
-def _ridge_solve(A, b):
-    """Solve the batched r x r systems ``A x = b`` with a tiny ridge (rows without weight give 0)."""
+def _chol_solve(A, s, lam, rank, pos):
+    """Cholesky over a batch block (vector operations over the last two dims)."""
     import torch
 
-    r = A.shape[-1]
-    lam = (A.diagonal(dim1=-2, dim2=-1).mean(-1) * 1e-12).clamp_min(1e-300)
-    eye = torch.eye(r, dtype=A.dtype)
-    return torch.linalg.solve(A + lam[:, None, None] * eye, b.unsqueeze(-1)).squeeze(-1)
-
-
-def _balance(C, R):
-    """Rescale each rank component so that its column of C and row of R have the same norm."""
-    nc, nr = C.norm(dim=0), R.norm(dim=1)
-    ok = (nc > 0) & (nr > 0)
-    s = (nr / nc.where(ok, 1.0)).sqrt().where(ok, 0.0)
-    return C * s, R / s.where(ok, 1.0)[:, None] * ok[:, None]
+    L: dict = {}
+    for j in range(rank):
+        t = A[:, pos[(j, j)]] + lam
+        for k in range(j):
+            t.addcmul_(L[j, k], L[j, k], value=-1)
+        inv = t.clamp_min_(lam).rsqrt_()  # 1 / L[j, j]
+        L[j, j] = inv
+        for i in range(j + 1, rank):
+            t = A[:, pos[(i, j)]].clone()
+            for k in range(j):
+                t.addcmul_(L[i, k], L[j, k], value=-1)
+            L[i, j] = t.mul_(inv)
+    y = []
+    for i in range(rank):
+        t = s[:, i].clone()
+        for k in range(i):
+            t.addcmul_(L[i, k], y[k], value=-1)
+        y.append(t.mul_(L[i, i]))
+    x = [None] * rank
+    for i in reversed(range(rank)):
+        t = y[i]
+        for k in range(i + 1, rank):
+            t.addcmul_(L[k, i], x[k], value=-1)
+        x[i] = t.mul_(L[i, i])
+    return torch.stack(x, 1)

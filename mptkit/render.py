@@ -105,11 +105,13 @@ def edit_report(bank, output) -> list[str]:
     for pos, r in (results.get("renamed") or {}).items():
         lines.append(f"  renamed duplicate: task {pos} {r['from']!r} -> {r['to']!r}")
     for pos, r in (results.get("refit") or {}).items():
-        lines.append(f"  refit task {pos} ({r['task']} from {r['source']}): relative error {r['relative_error']:.3g}")
-    errors = results.get("relative_error") or {}
-    if any(errors.values()):
+        at = f"rank {r['rank']}, " if "rank" in r else ""
+        lines.append(f"  refit task {pos} ({r['task']} from {r['source']}): {at}relative error {r['relative_error']:.3g}")
+    errors, ranks = results.get("relative_error") or {}, results.get("rank") or {}
+    if any(errors.values()) or ranks:
         for name, e in errors.items():
-            lines.append(f"  task {name}: relative error {e:.3g}")
+            at = f"rank {ranks[name]}, " if name in ranks else ""
+            lines.append(f"  task {name}: {at}relative error {e:.3g}")
     return [printable(x) for x in lines]
 
 

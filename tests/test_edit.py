@@ -210,7 +210,7 @@ def test_merge_of_named_and_unnamed_names_the_unnamed():
 
 # -- rank ----------------------------------------------------------------------------------------
 def test_rank_pad_then_truncate_is_bit_exact():
-    b = edit.set_names(memory_bank(T=3, r=2, dtype=torch.bfloat16), "a,b,c")
+    b = edit.set_names(memory_bank(T=3, N=6, d=8, r=2, dtype=torch.bfloat16), "a,b,c")
     up = edit.change_rank(b, 5)
     assert up.rank == 5 and up.provenance[-1]["results"]["relative_error"] == {"a": 0.0, "b": 0.0, "c": 0.0}
     down = edit.change_rank(up, 2)

@@ -58,12 +58,28 @@ def main(ctx, debug):
     output path is a PEFT adapter folder.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    from ..progress import disable
+
+    disable(False)  # each command starts with bars on (where stderr is a terminal); --quiet/--json turn them off
     if debug:
         os.environ[_DEBUG_ENV] = "1"  # library code (hub transfers) keeps its logs too
 
 
+def _no_bars(ctx, param, value):
+    if value:
+        from ..progress import disable
+
+        disable()  # bars are for people at a terminal: never beside --json output, off with --quiet
+    return value
+
+
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+    return click.option("--json", "as_json", is_flag=True, callback=_no_bars, help="Print JSON for scripts.")(f)
+
+
+def quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_no_bars, help=(
+        "No progress bars (they are off anyway without a terminal, and with HF_HUB_DISABLE_PROGRESS_BARS=1)."))(f)
 
 
 def force_option(f):

@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import (config_options, dtype_option, echo_lines, emit_json, force_option, json_option, main,
-                  output_options, tasks_option)
+                  output_options, quiet_option, tasks_option)
 
 
 def _save_edit(bank, output, force, sources, as_json, config) -> None:
@@ -86,17 +86,21 @@ def remove(src, tasks, config, output, force, as_json):
 @click.option("--rename-duplicates", is_flag=True, help="Suffix clashing task names (-2, -3...) instead of failing.")
 @click.option("--refit", is_flag=True, help="Re-express the tasks of banks whose shared prompt differs from the first's.")
 @click.option("--max-error", type=float, help="With --refit: fail if a task's relative error exceeds this.")
+@click.option("--rank", "rank_", metavar="R|auto", help=(
+    "Output rank (default: the largest); auto with --refit --max-error E: each re-expressed task's smallest rank within E."))
 @config_options
 @output_options
+@quiet_option
 @json_option
-def merge(banks, dtype, rename_duplicates, refit, max_error, config, output, force, as_json):
+def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, config, output, force, as_json):
     """Concatenate the tasks of two or more banks (same N and d; ranks are zero-padded)."""
     from .. import edit
     from ..io import load
 
-    edit.check_merge_options(len(banks), refit=refit, max_error=max_error)  # before loading anything
+    edit.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
     loaded = [load(b) for b in banks]
-    out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error)
+    out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error,
+                     rank=rank_)
     _save_edit(out, output, force, loaded, as_json, config)
 
 
@@ -108,22 +112,25 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, config, output, for
 @click.option("--from", "from_", metavar="OTHER[:TASK]", help="Copy a task of another bank (same shared prompt).")
 @click.option("--refit", is_flag=True, help="With --from: re-express the task if the shared prompts differ.")
 @click.option("--max-error", type=float, help="With --refit: fail if the relative error exceeds this.")
+@click.option("--rank", "rank_", metavar="R|auto", help=(
+    "With --refit: the output rank; auto (with --max-error E): the new task's smallest rank within E."))
 @config_options
 @output_options
+@quiet_option
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, config, output, force, as_json):
+def add(src, name, init, seed, from_, refit, max_error, rank_, config, output, force, as_json):
     """Append one task, initialised from the bank itself or taken from another bank."""
     from .. import edit
     from ..io import load
 
-    edit.check_add_options(init=init, source=from_, seed=seed, refit=refit, max_error=max_error)
+    edit.check_add_options(init=init, source=from_, seed=seed, refit=refit, max_error=max_error, rank=rank_)
     bank = load(src)
     other, task = None, None
     if from_:
         other_path, task = split_task_ref(from_)
         other = load(other_path)
     out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
-                        max_error=max_error)
+                        max_error=max_error, rank=rank_)
     _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json, config)
 
 
@@ -139,17 +146,21 @@ def split_task_ref(ref: str):
 
 @main.command()
 @click.argument("src")
-@click.option("--rank", "rank_", type=click.IntRange(min=1), required=True, help="The new rank r.")
+@click.option("--rank", "rank_", metavar="R|auto", required=True, help=(
+    "The new rank r, or auto: each task's smallest rank whose relative error is at most --max-error."))
+@click.option("--max-error", type=float, help="The largest relative error a task may get (needed with --rank auto).")
 @config_options
 @output_options
+@quiet_option
 @json_option
-def rank(src, rank_, config, output, force, as_json):
+def rank(src, rank_, max_error, config, output, force, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import edit
     from ..io import load
 
+    edit.check_rank(rank_, max_error)  # before loading anything
     bank = load(src)
-    _save_edit(edit.change_rank(bank, rank_), output, force, [bank], as_json, config)
+    _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config)
 
 
 @main.command()
