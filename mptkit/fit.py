@@ -99,6 +99,9 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
         r, sR = _rows_from(x, w2x, W2, ia, ib, pos)                                    # R (t, R, d)
         # R is the exact minimiser for this C, so the error is free: ||W*X||^2 - <R, C.T @ (W**2*X)>
         cur = (c - (r * sR).sum((1, 2))).clamp_min(0)
+        close = cur < c * 1e-6  # there the difference has lost digits: measure the error itself
+        if bool(close.any()):
+            cur[close] = _loss(W2, X[active[close]], x[close], r[close])
         out_C[active], out_R[active] = x, r
         done = (prev - cur <= tol * prev) | (cur <= c * 1e-28)
         prev = torch.minimum(prev, cur)

@@ -128,6 +128,16 @@ def similarity_table(result: dict) -> list[str]:
     return [printable(x) for x in lines]
 
 
+def similarity_top(result: dict) -> list[str]:
+    """Each task's nearest tasks, for banks too large for a T x T table."""
+    width = min(24, max(4, *(len(n) for n in result["tasks"])))
+    lines = [f"{'task':<{width}}  nearest (cosine)"]
+    for name, row in zip(result["tasks"], result["top"]):
+        shown = name if len(name) <= width else name[: width - 1] + "~"
+        lines.append(f"{shown:<{width}}  " + (", ".join(f"{t['task']} {t['cosine']:.3f}" for t in row) or "-"))
+    return [printable(x) for x in lines]
+
+
 def derive_report(out, path, src) -> str:
     """What ``derive`` says it wrote."""
     args = out.provenance[-1]["arguments"]

@@ -5,56 +5,100 @@ from __future__ import annotations
 
 import os
 
-from . import numerics
+from . import numerics, progress
 from .bank import PromptBank, select_tasks
 from .errors import UsageError
 
-#: full prompts held in memory at once (float64), in bytes
-_CHUNK_BYTES = 64 << 20
+#: materialised prompts (float32) held at once: one block of rows, one of columns
+ROW_BLOCK_BYTES = 512 << 20
+COL_BLOCK_BYTES = 128 << 20
+#: elements of the prompts' inner dimension per float32 product; the products are summed in float64
+INNER = 1 << 16
 
 
-def similarity(bank: PromptBank, tasks=None) -> dict:
-    """``{"tasks": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...]}`` for
-    the selected tasks (all by default). A task whose prompt is all zeros has no cosine (None)."""
+def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
+    """``{"tasks": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...],
+    "top": [[{"task", "cosine"}, ...]]}`` for the selected tasks (all by default): the cosine
+    similarity of the full prompts, each task's nearest other task, and its ``top`` nearest (3
+    by default). A task whose prompt is all zeros has no cosine (None).
+
+    The Gram matrix of the prompts is computed in blocks of tasks (:data:`ROW_BLOCK_BYTES`,
+    :data:`COL_BLOCK_BYTES`: memory does not grow with T), each prompt materialised in float32 as
+    PEFT computes it; the products run in float32 over slices of :data:`INNER` elements and are
+    summed in float64, and the norms are float64 sums."""
     import torch
 
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
     idx = select_tasks(bank, tasks, unique=True) if tasks is not None else list(range(bank.num_tasks))
-    pe = bank.tensors["prompt_embeddings"].to_torch(dtype=torch.float64)
+    gram = gram_matrix(bank, idx)
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    valid = (norms[:, None] > 0) & (norms[None, :] > 0)
+    cos = (gram / (norms[:, None] * norms[None, :]).where(valid, 1.0)).clamp(-1.0, 1.0)
+    n, names = len(idx), bank.names()
+    matrix = cos.tolist()
+    if not bool(valid.all()):
+        for i, j in (~valid).nonzero().tolist():
+            matrix[i][j] = None
+    k = min(max(n - 1, 0), 3 if top is None else top)
+    ranked = cos.where(valid & ~torch.eye(n, dtype=torch.bool), -torch.inf)
+    best = ranked.topk(k, dim=1) if k else None
+    top_lists = []
+    for i in range(n):
+        row = []
+        for j in range(k):
+            v = float(best.values[i, j])
+            if v != -float("inf"):
+                row.append({"task": names[idx[int(best.indices[i, j])]], "cosine": v})
+        top_lists.append(row)
+    nearest = [row[0] if row else None for row in top_lists]
+    return {"tasks": [names[t] for t in idx], "indices": idx, "matrix": matrix, "nearest": nearest, "top": top_lists}
+
+
+def gram_matrix(bank: PromptBank, idx: list[int]):
+    """The (len(idx), len(idx)) float64 Gram matrix of the tasks' full prompts, blockwise."""
+    import torch
+
+    N, d = bank.num_tokens, bank.token_dim
+    per = 4 * N * d
+    rows_per, cols_per = max(1, ROW_BLOCK_BYTES // per), max(1, COL_BLOCK_BYTES // per)
+    pe = bank.tensors["prompt_embeddings"].to_torch(dtype=torch.float32)
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
-    step = max(1, _CHUNK_BYTES // max(1, pe.numel() * 8))
-    chunks = [idx[i : i + step] for i in range(0, len(idx), step)]
 
     def prompts(ks):
-        c = cols_a.rows(ks).to_torch(dtype=torch.float64)
-        r = rows_a.rows(ks).to_torch(dtype=torch.float64)
-        return numerics.task_prompts(pe, c, r).reshape(len(ks), -1)
+        c = cols_a.rows(ks).to_torch(dtype=torch.float32)
+        r = rows_a.rows(ks).to_torch(dtype=torch.float32)
+        return numerics.task_prompts(pe, c, r).reshape(len(ks), N * d)
 
-    gram = torch.zeros(len(idx), len(idx), dtype=torch.float64)
-    pos = 0
-    for i, ci in enumerate(chunks):
-        a = prompts(ci)
-        qos = pos
-        for cj in chunks[i:]:
-            b = a if cj is ci else prompts(cj)
-            block = a @ b.T
-            gram[pos : pos + len(ci), qos : qos + len(cj)] = block
-            gram[qos : qos + len(cj), pos : pos + len(ci)] = block.T
-            qos += len(cj)
-        pos += len(ci)
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    cos = gram / (norms[:, None] * norms[None, :])
-    cos = cos.clamp(-1.0, 1.0)
-    valid = (norms[:, None] > 0) & (norms[None, :] > 0)
-    names = bank.names()
-    matrix = [[float(cos[i, j]) if valid[i, j] else None for j in range(len(idx))] for i in range(len(idx))]
-    nearest = []
-    for i in range(len(idx)):
-        others = [(matrix[i][j], j) for j in range(len(idx)) if j != i and matrix[i][j] is not None]
-        best = max(others) if others else None
-        nearest.append({"task": names[idx[best[1]]], "cosine": best[0]} if best else None)
-    return {"tasks": [names[k] for k in idx], "indices": idx, "matrix": matrix, "nearest": nearest}
+    n = len(idx)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    with progress.bar(n * (n + 1) // 2, "similarity", unit="pair", unit_scale=True) as bar:
+        for i0 in range(0, n, rows_per):
+            A = prompts(idx[i0 : i0 + rows_per])
+            gram[i0 : i0 + len(A), i0 : i0 + len(A)] = _products(A, A)
+            bar.update(len(A) * (len(A) + 1) // 2)
+            for j0 in range(i0 + len(A), n, cols_per):
+                B = prompts(idx[j0 : j0 + cols_per])
+                block = _products(A, B)
+                gram[i0 : i0 + len(A), j0 : j0 + len(B)] = block
+                gram[j0 : j0 + len(B), i0 : i0 + len(A)] = block.T
+                bar.update(len(A) * len(B))
+                del B
+            del A
+    return gram
+
+
+def _products(A, B):
+    """``A @ B.T`` (float32 rows) as float32 products of :data:`INNER`-element slices summed in
+    float64; the diagonal of ``A @ A.T`` as float64 sums of squares."""
+    import torch
+
+    out = torch.zeros(len(A), len(B), dtype=torch.float64)
+    for lo in range(0, A.shape[1], INNER):
+        out += (A[:, lo : lo + INNER] @ B[:, lo : lo + INNER].T).double()
+    if A is B:
+        out.diagonal().copy_(torch.stack([torch.linalg.vector_norm(a, dtype=torch.float64) for a in A]).square())
+    return out
 
 
 def plot_heatmap(result: dict, path: str | os.PathLike, *, force: bool = False, title: str | None = None,

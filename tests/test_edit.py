@@ -374,13 +374,17 @@ def test_similarity_of_a_zero_prompt_is_none():
     assert res["nearest"][0]["task"] == "2"
 
 
-def test_similarity_in_chunks_matches(monkeypatch):
+def test_similarity_in_blocks_matches(monkeypatch):
     import mptkit.similarity as sim
 
     bank = memory_bank(T=7, seed=6)
     whole = similarity(bank)["matrix"]
-    monkeypatch.setattr(sim, "_CHUNK_BYTES", 1)  # one task per chunk
-    torch.testing.assert_close(torch.tensor(similarity(bank)["matrix"]), torch.tensor(whole))
+    per = 4 * bank.num_tokens * bank.token_dim
+    for rows, cols, inner in ((1, 1, 5), (3 * per, 2 * per, 7), (2 * per, 1, 1 << 16)):
+        monkeypatch.setattr(sim, "ROW_BLOCK_BYTES", rows)
+        monkeypatch.setattr(sim, "COL_BLOCK_BYTES", cols)
+        monkeypatch.setattr(sim, "INNER", inner)
+        torch.testing.assert_close(torch.tensor(similarity(bank)["matrix"]), torch.tensor(whole), rtol=1e-6, atol=1e-7)
 
 
 def test_plot_heatmap(tmp_path):

@@ -166,23 +166,29 @@ def rank(src, rank_, max_error, config, output, force, as_json):
 @main.command()
 @click.argument("src")
 @tasks_option("Default: all.", required=False)
+@click.option("--top", type=click.IntRange(min=1), help=(
+    "Show each task's K nearest tasks instead of the table (the default above 20 tasks, with K=3)."))
 @click.option("--plot", type=click.Path(), help="Also draw a heatmap to this image (needs matplotlib).")
 @force_option
+@quiet_option
 @json_option
-def similarity(src, tasks, plot, force, as_json):
-    """Cosine similarity between the tasks' full prompts (which source task is nearest?)."""
+def similarity(src, tasks, top, plot, force, as_json):
+    """Cosine similarity between the tasks' full prompts (which source task is nearest?).
+
+    JSON output (--json) and the heatmap (--plot) always hold the whole matrix.
+    """
     from ..bank import input_paths
     from ..io import load
-    from ..render import similarity_table
+    from ..render import similarity_table, similarity_top
     from ..similarity import plot_heatmap, similarity as run
 
     bank = load(src)
-    result = run(bank, tasks)
+    result = run(bank, tasks, top=top)
     if plot:
         plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
     if as_json:
         emit_json(result)
         return
-    echo_lines(similarity_table(result))
+    echo_lines(similarity_top(result) if top or len(result["tasks"]) > 20 else similarity_table(result))
     if plot:
         click.echo(f"wrote {plot}")
