@@ -584,10 +584,10 @@ def test_inspect_and_validate_do_not_import_torch_or_the_hub(tmp_path, example_b
                  ["validate", "--json", bare], ["inspect", tmp_path / "missing.safetensors"]):
         r = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True, timeout=60)
         assert "HEAVY none" in r.stderr, (args, r.stderr)
-    # ... and the probe does see torch when a command needs it
+    # ... and the probe does see numpy when a command reads values (numpy, never torch: 0.05 s against 1-2 s)
     r = subprocess.run([sys.executable, "-c", _PROBE, "inspect", "--values", str(bare)], capture_output=True, text=True,
                        timeout=60)
-    assert "HEAVY" in r.stderr and "torch" in r.stderr.split("HEAVY")[1]
+    assert "HEAVY numpy" in r.stderr, r.stderr
 
 
 def test_python_m_mptkit_exit_codes(example_bank, tmp_path):
