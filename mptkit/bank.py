@@ -16,6 +16,11 @@ from .tensor import Array
 KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")
 
 
+#: how a source is named in provenance: "file", the sha256 of the whole tensor file; "ranges", the
+#: sha256 of the byte ranges an operation read (the header first), listed beside it
+DIGEST_SCHEMES = ("file", "ranges")
+
+
 @dataclass
 class Source:
     """Where a bank was read from."""
@@ -24,14 +29,77 @@ class Source:
     format: str  # "safetensors", "peft-adapter", "peft-adapter (.bin)", "pickle"
     data_file: str  # the file holding the tensors
     file_size: int
-    _sha256: str | None = None
+    #: a sha256 of the tensor file known without reading it (e.g. the LFS sha256 a Hub download was
+    #: checked against), with what it covers (only "file" digests name the whole file)
+    digest: str | None = None
+    digest_scheme: str = "file"
 
     @property
     def sha256(self) -> str:
-        """sha256 of the tensor file (computed on first use; see :func:`file_sha256`)."""
-        if self._sha256 is None:
-            self._sha256 = file_sha256(self.data_file)
-        return self._sha256
+        """sha256 of the whole tensor file: the known digest, else computed once and cached
+        (:func:`file_sha256`)."""
+        if self.digest is None or self.digest_scheme != "file":
+            self.digest, self.digest_scheme = file_sha256(self.data_file), "file"
+        return self.digest
+
+    def provenance(self, reads=None) -> dict:
+        """How provenance names this source: ``{"sha256", "scheme"[, "ranges"]}``. The whole file's
+        sha256 when it costs nothing more (known, cached, or the operation read at least half of
+        the file: ``reads`` None means all of it); otherwise the sha256 of the header and of the
+        byte ranges the :class:`~mptkit.tensor.Array` handles in ``reads`` cover, so that taking one
+        task out of a 10 GB bank never reads the other 10 GB to name its source."""
+        if self.digest is not None and self.digest_scheme == "file":
+            return {"sha256": self.digest, "scheme": "file"}
+        cached = cached_sha256(self.data_file)
+        ranges = None if reads is None or cached else _ranges_read(self.data_file, reads)
+        if cached or ranges is None or 2 * sum(n for _, n in ranges) >= self.file_size:
+            self.digest, self.digest_scheme = cached or file_sha256(self.data_file), "file"
+            return {"sha256": self.digest, "scheme": "file"}
+        return {"sha256": ranges_sha256(self.data_file, ranges), "scheme": "ranges", "ranges": [list(r) for r in ranges]}
+
+
+def _ranges_read(path: str, reads):
+    """The file ranges (offset, length), sorted and merged, that ``reads`` (Arrays) cover in
+    ``path``, plus its safetensors header; None when that is not a safetensors file or nothing in
+    ``reads`` comes from it (then the whole file counts as read)."""
+    import struct
+
+    spans = [(seg.offset, seg.length) for arr in reads for seg in arr.segments if seg.path == path]
+    if not spans:
+        return None
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+    except (OSError, struct.error):
+        return None
+    spans.append((0, 8 + n))
+    merged: list[list[int]] = []
+    for off, ln in sorted(spans):
+        if merged and off <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], off + ln - merged[-1][0])
+        elif ln:
+            merged.append([off, ln])
+    return [tuple(m) for m in merged]
+
+
+def ranges_sha256(path: str, ranges) -> str:
+    """sha256 of the bytes of ``ranges`` of ``path``, concatenated in order."""
+    h = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for off, ln in ranges:
+                for lo in range(0, ln, 8 << 20):
+                    n = min(8 << 20, ln - lo)
+                    data = os.pread(fd, n, off + lo)
+                    if len(data) != n:
+                        raise InvalidBank(f"{path}: the file ended early: it changed while being read")
+                    h.update(data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
+    return h.hexdigest()
 
 
 def _hash_cache_dir() -> str:
@@ -40,24 +108,34 @@ def _hash_cache_dir() -> str:
     return os.path.join(base, "sha256")
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file. Hashing a multi-GB bank costs a full read, so the digest is remembered
-    under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
-    file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
-    that cannot be written is simply not used."""
+def _cache_entry(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
-    entry = os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
+    return os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
+
+
+def cached_sha256(path: str) -> str | None:
+    """The sha256 of ``path`` if the cache holds it for the file as it is now, else None."""
     try:
-        with open(entry, encoding="ascii") as f:
+        with open(_cache_entry(path), encoding="ascii") as f:
             cached = f.read().strip()
-        if re.fullmatch(r"[0-9a-f]{64}", cached):
-            return cached
     except OSError:
-        pass
+        return None
+    return cached if re.fullmatch(r"[0-9a-f]{64}", cached) else None
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file. Hashing a multi-GB bank costs a full read, so the digest is remembered
+    under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
+    file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
+    that cannot be written is simply not used."""
+    entry = _cache_entry(path)
+    cached = cached_sha256(path)
+    if cached:
+        return cached
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -165,12 +243,16 @@ class PromptBank:
         fields = config_fields(config)
         return replace(self, config={**(self.config or {}), **fields}) if fields else self
 
-    def provenance_entry(self, operation: str, arguments: dict, sources: Sequence["PromptBank"] = ()) -> dict:
-        """One provenance record for an operation on ``sources`` (self when empty)."""
+    def provenance_entry(self, operation: str, arguments: dict, sources: Sequence["PromptBank"] = (),
+                         reads=None) -> dict:
+        """One provenance record for an operation on ``sources`` (self when empty). ``reads``: the
+        source :class:`~mptkit.tensor.Array` handles the operation read, when it read only part of
+        its sources (see :meth:`Source.provenance`); None means all of them."""
         srcs = []
         for b in sources or [self]:
             if b.source is not None:
-                srcs.append({"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256})
+                name = os.path.basename(os.path.normpath(b.source.path)) or b.source.path
+                srcs.append({"name": name, **b.source.provenance(reads)})
         return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
 
 

@@ -19,7 +19,7 @@ source:
 
 from __future__ import annotations
 
-from .bank import PromptBank, select_tasks
+from .bank import KEYS, PromptBank, select_tasks
 from .errors import UsageError
 from .numerics import cast, draw_seed, fresh_factors, mean_over_tasks
 from .options import storage_dtype
@@ -75,7 +75,8 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     names = [bank.task_names[k]] if bank.task_names else None
-    return _result(bank, tensors, names, args)
+    reads = [bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
+    return _result(bank, tensors, names, args, reads)
 
 
 def average(bank: PromptBank, dtype: str | None = None) -> PromptBank:
@@ -107,12 +108,15 @@ def shared(bank: PromptBank, dtype: str | None = None, *, num_tasks: int | None 
         r = num_ranks if num_ranks is not None else (bank.rank or 1)
         if r < 1:
             raise UsageError(f"--num-ranks must be at least 1, found {r}")
+        if r > min(bank.num_tokens, bank.token_dim):
+            raise UsageError(f"--num-ranks {r} is more than {bank.where} can use: min(N, d) = min({bank.num_tokens}, "
+                             f"{bank.token_dim}) = {min(bank.num_tokens, bank.token_dim)} already makes any product exact")
         if seed is None:
             seed = draw_seed()
         tensors["prefix_task_cols"], tensors["prefix_task_rows"] = fresh_factors(
             num_tasks, bank.num_tokens, r, bank.token_dim, seed, dtype)
         args.update(num_tasks=num_tasks, num_ranks=r, seed=seed)
-    out = _result(bank, tensors, None, args)
+    out = _result(bank, tensors, None, args, [bank.tensors["prompt_embeddings"]])
     if out.config is not None and out.shared_only:
         for key in ("num_tasks", "num_ranks"):
             out.config.pop(key, None)
@@ -120,6 +124,6 @@ def shared(bank: PromptBank, dtype: str | None = None, *, num_tasks: int | None 
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _result(bank: PromptBank, tensors: dict, names, args: dict) -> PromptBank:
-    entry = bank.provenance_entry("derive", args)
+def _result(bank: PromptBank, tensors: dict, names, args: dict, reads=None) -> PromptBank:
+    entry = bank.provenance_entry("derive", args, reads=reads)
     return bank.with_tensors(tensors, names, provenance=[*bank.provenance, entry])

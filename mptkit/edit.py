@@ -76,7 +76,8 @@ def slice_tasks(bank: PromptBank, tasks) -> PromptBank:
     idx = select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[i] for i in idx] if bank.task_names else None
     args = {"tasks": idx, **({"names": names} if names else {})}
-    return _result(bank, _take(bank, idx), names, "slice", args, [bank])
+    taken = _take(bank, idx)
+    return _result(bank, taken, names, "slice", args, [bank], reads=taken.values())
 
 
 def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
@@ -105,7 +106,7 @@ def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_dupli
     check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank)
     out_dtype = _check_compatible(banks, dtype)
     names, renamed = _merged_names(banks, rename_duplicates)
-    parts, results = _combine(banks, out_dtype, refit, max_error, check_rank(rank, max_error) if rank is not None else None)
+    parts, results = _combine(banks, out_dtype, refit, max_error, fit.check_rank(rank, max_error) if rank is not None else None)
     if renamed:
         results["renamed"] = renamed
     args = {"dtype": out_dtype, "rename_duplicates": rename_duplicates, "refit": refit,
@@ -121,7 +122,7 @@ def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float
         raise UsageError(f"merge needs at least two banks, found {num_banks}")
     if max_error is not None and not refit:
         raise UsageError("--max-error applies only with --refit")
-    if rank is not None and check_rank(rank, max_error) == "auto" and not refit:
+    if rank is not None and fit.check_rank(rank, max_error) == "auto" and not refit:
         raise UsageError("--rank auto applies only with --refit (it picks the rank of each re-expressed task)")
 
 
@@ -224,7 +225,7 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
                                            **({"rank": ranks[k]} if rank == "auto" else {})}
                 found.append((label(banks[i]), names[k], e))
         results["refit"] = errors
-        _check_errors(found, max_error, "refit")
+        fit.check_errors(found, max_error, "refit")
     out_rank = max(c["prefix_task_cols"].shape[2] for c in converted)
     converted = [c if c["prefix_task_cols"].shape[2] == out_rank else _pad(c, out_rank) for c in converted]
     parts = {
@@ -267,7 +268,7 @@ def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = 
     relative error is at most ``max_error`` (the output rank is the largest of those); with a
     number, ``max_error`` refuses a larger error. Per-task errors (and ranks) go into the provenance."""
     _need_tasks(bank)
-    rank = check_rank(rank, max_error, bank)
+    rank = fit.check_rank(rank, max_error, bank)
     args = {"rank": rank, "from_rank": bank.rank, **({"max_error": max_error} if max_error is not None else {})}
     names = bank.names()
     if rank != "auto" and rank >= bank.rank:
@@ -277,40 +278,10 @@ def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = 
     cols, rows, ranks, errors = fit.reduce_rank(bank.tensors["prompt_embeddings"], bank.tensors["prefix_task_cols"],
                                                 bank.tensors["prefix_task_rows"], rank, max_error=max_error)
     results = {"relative_error": dict(zip(names, errors)), **({"rank": dict(zip(names, ranks))} if rank == "auto" else {})}
-    _check_errors([(bank.where, n, e) for n, e in zip(names, errors)], max_error, "rank")
+    fit.check_errors([(bank.where, n, e) for n, e in zip(names, errors)], max_error, "rank")
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
                "prefix_task_cols": Array.from_torch(cols), "prefix_task_rows": Array.from_torch(rows)}
     return _result(bank, tensors, bank.task_names, "rank", args, [bank], results)
-
-
-def check_rank(rank, max_error, bank: PromptBank | None = None):
-    """``rank`` as an int or "auto", checked: positive, at most min(N, d) of ``bank`` (an exact
-    product never needs more), "auto" only with ``max_error``."""
-    if isinstance(rank, str) and rank.strip().lower() == "auto":
-        if max_error is None:
-            raise UsageError("--rank auto needs --max-error E: each task gets the smallest rank whose relative error is at most E")
-        rank = "auto"
-    elif isinstance(rank, str) and rank.strip().isascii() and rank.strip().isdigit():
-        rank = int(rank)
-    if rank != "auto" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise UsageError(f"--rank must be a positive integer or auto, found {rank!r}")
-    if max_error is not None and not (max_error >= 0):
-        raise UsageError(f"--max-error must be a relative error of 0 or more, found {max_error!r}")
-    if bank is not None and rank != "auto" and rank > max(min(bank.num_tokens, bank.token_dim), bank.rank or 0):
-        raise UsageError(f"--rank {rank} is more than {bank.where} can use: min(N, d) = min({bank.num_tokens}, "
-                         f"{bank.token_dim}) = {min(bank.num_tokens, bank.token_dim)} already makes every task's "
-                         "product exact; a larger rank only adds zeros")
-    return rank
-
-
-def _check_errors(found, max_error, what: str) -> None:
-    """Refuse (nothing written) when a task's relative error is above ``max_error``."""
-    if max_error is None or not found:
-        return
-    where, task, err = max(found, key=lambda x: x[2])
-    if err > max_error:
-        raise IncompatibleBanks(f"{what} error too large: task {task} of {where} has relative error {err:.3g}, "
-                                f"above --max-error {max_error:g}; nothing was written")
 
 
 # -- add -----------------------------------------------------------------------------------------
@@ -339,11 +310,12 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         single = replace(source, tensors=_take(source, [k]), task_names=None)
         _check_compatible([bank, single], bank.dtype)
         parts, found = _combine([bank, single], bank.dtype, refit, max_error,
-                                check_rank(rank, max_error) if rank is not None else None)
+                                fit.check_rank(rank, max_error) if rank is not None else None)
         results.update(found)
         origin = os.path.basename(os.path.normpath(source.source.path)) if source.source else "a bank in memory"
         args = {"name": name, "from": origin, "task": source.names()[k], "refit": refit}
-        return _result(bank, parts, names, "add", args, [bank, source], results)
+        return _result(bank, parts, names, "add", args, [bank, source], results,
+                       reads=[*bank.tensors.values(), *single.tensors.values()])
     kind, _, ref = init.partition(":")
     if kind == "exact" and ref:
         k = bank.task_index(ref)
@@ -383,7 +355,7 @@ def check_add_options(*, init=None, source=None, seed=None, refit: bool = False,
     if rank is not None and (source is None or not refit):
         raise UsageError("--rank applies only with --from and --refit (the rank of the re-expressed task)")
     if rank is not None:
-        check_rank(rank, max_error)
+        fit.check_rank(rank, max_error)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -394,9 +366,10 @@ def _take(bank: PromptBank, idx: list[int]) -> dict[str, Array]:
 
 
 def _result(bank: PromptBank, tensors, names, operation: str, args: dict, sources, results: dict | None = None,
-            provenance: list | None = None) -> PromptBank:
-    """A new bank (no source: it lives in memory) with one more provenance entry."""
-    entry = bank.provenance_entry(operation, args, sources)
+            provenance: list | None = None, reads=None) -> PromptBank:
+    """A new bank (no source: it lives in memory) with one more provenance entry (``reads``: the
+    source arrays read, when not all of them)."""
+    entry = bank.provenance_entry(operation, args, sources, reads)
     if results:
         entry["results"] = results
     prov = list(bank.provenance if provenance is None else provenance) + [entry]

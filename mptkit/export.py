@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import numerics
-from .bank import PromptBank, select_tasks
+from .bank import KEYS, PromptBank, select_tasks
 from .errors import OutputError, UsageError
 from .formats import atomic, peft
 from .formats import safetensors as st
@@ -81,7 +81,8 @@ def export(bank: PromptBank, task: int | str, *, dtype: str | None = None, confi
         args["task_name"] = bank.task_names[k]
     if dtype:
         args["dtype"] = dtype
-    entry = bank.provenance_entry("export", args)
+    entry = bank.provenance_entry("export", args, reads=[bank.tensors["prompt_embeddings"],
+                                                         *(bank.tensors[key].rows([k]) for key in KEYS[1:])])
     return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras))
 
 

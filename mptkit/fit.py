@@ -29,6 +29,7 @@ before" is the promise.
 
 from __future__ import annotations
 
+from .errors import IncompatibleBanks, UsageError
 from .numerics import SMALL_RANK, pairs, spd_solve, torch_dtype
 
 #: the largest float64 array of one chunk of the fit, in bytes
@@ -293,6 +294,38 @@ def weighted_lowrank_fit(W, X, rank: int):
     Ct, R = svd_start_dense(X[None], rank)
     C, R = fit(W * W, X[None], Ct, R)
     return C[0], R[0]
+
+
+# -- the rules of the fitting options ------------------------------------------------------------
+def check_rank(rank, max_error, bank=None):
+    """``rank`` as an int or "auto", checked: positive, at most min(N, d) of ``bank`` (an exact
+    product never needs more; a bank already above keeps its own rank), "auto" only with
+    ``max_error``."""
+    if isinstance(rank, str) and rank.strip().lower() == "auto":
+        if max_error is None:
+            raise UsageError("--rank auto needs --max-error E: each task gets the smallest rank whose relative error is at most E")
+        rank = "auto"
+    elif isinstance(rank, str) and rank.strip().isascii() and rank.strip().isdigit():
+        rank = int(rank)
+    if rank != "auto" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise UsageError(f"--rank must be a positive integer or auto, found {rank!r}")
+    if max_error is not None and not (max_error >= 0):
+        raise UsageError(f"--max-error must be a relative error of 0 or more, found {max_error!r}")
+    if bank is not None and rank != "auto" and rank > max(min(bank.num_tokens, bank.token_dim), bank.rank or 0):
+        raise UsageError(f"--rank {rank} is more than {bank.where} can use: min(N, d) = min({bank.num_tokens}, "
+                         f"{bank.token_dim}) = {min(bank.num_tokens, bank.token_dim)} already makes every task's "
+                         "product exact; a larger rank only adds zeros")
+    return rank
+
+
+def check_errors(found, max_error, what: str) -> None:
+    """Refuse (nothing written) when a task's relative error is above ``max_error``."""
+    if max_error is None or not found:
+        return
+    where, task, err = max(found, key=lambda x: x[2])
+    if err > max_error:
+        raise IncompatibleBanks(f"{what} error too large: task {task} of {where} has relative error {err:.3g}, "
+                                f"above --max-error {max_error:g}; nothing was written")
 
 
 # -- the operations' fits, on the bank's arrays --------------------------------------------------

@@ -53,7 +53,8 @@ def summary_text(s: dict) -> str:
         row("metadata", ", ".join(f"{k}={v[:40]}" for k, v in s["metadata"].items()))
     for i, e in enumerate(s["provenance"]):
         args = " ".join(f"{k}={v}" for k, v in (e.get("arguments") or {}).items())
-        srcs = ", ".join(f"{x.get('name', '?')} ({x['sha256'][:12]})" for x in e.get("sources", []))
+        srcs = ", ".join(f"{x.get('name', '?')} ({'read ranges ' if x.get('scheme') == 'ranges' else ''}{x['sha256'][:12]})"
+                         for x in e.get("sources", []))
         row("provenance" if i == 0 else "", f"{i + 1}. {e['operation']} {args}".rstrip()
             + (f" from {srcs}" if srcs else "") + (f" [mptkit {e['mptkit_version']}]" if e.get("mptkit_version") else ""))
     for n in s["notes"]:

@@ -156,9 +156,10 @@ def split_task_ref(ref: str):
 def rank(src, rank_, max_error, config, output, force, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import edit
+    from ..fit import check_rank
     from ..io import load
 
-    edit.check_rank(rank_, max_error)  # before loading anything
+    check_rank(rank_, max_error)  # before loading anything
     bank = load(src)
     _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config)
 
