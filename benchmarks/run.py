@@ -10,7 +10,8 @@ runs (after one warm-up run, so the page cache is warm), for:
   naive   what a user would write: safetensors.torch.load_file of the whole bank, torch indexing or
           mean, save_file;
   copy    the copy limit: reading the bank once, or copying the output's bytes (no arithmetic).
-The runtime module's table (benchmarks/runtime_bench.py) follows.
+The runtime module's table (benchmarks/runtime_bench.py) and the compute targets' table
+(benchmarks/compute_bench.py: rank, similarity, average, values, cold-cache exact) follow.
 
 mptkit records each source's sha256 in its provenance; the digest is cached by file identity, so
 the warm-up run pays for hashing and the timed runs do not. The "first run" column shows the cost
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per command (default 5, quick 3)")
     ap.add_argument("--dir", default=None, help="where to put the synthetic banks (default: a temp dir)")
     ap.add_argument("--skip-runtime", action="store_true", help="leave out the runtime module's table")
+    ap.add_argument("--skip-compute", action="store_true", help="leave out the compute targets' table")
     ap.add_argument("--make", nargs=6, metavar=("PATH", "T", "N", "r", "d", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:
@@ -232,6 +234,11 @@ def main() -> None:
         print()
         sys.stdout.flush()
         subprocess.run([PY, str(HERE / "runtime_bench.py")] + (["--quick"] if args.quick else []), check=True)
+    if not args.skip_compute:  # the compute targets (benchmarks/compute_bench.py), on the same big bank
+        print()
+        sys.stdout.flush()
+        subprocess.run([PY, str(HERE / "compute_bench.py"), "--dir", str(work), "--big", str(big)]
+                       + (["--quick"] if args.quick else []), check=True)
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 

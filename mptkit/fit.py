@@ -93,6 +93,7 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
     active = (prev > const * 1e-28).nonzero().squeeze(1)
     r, w2x, c, prev = R[active], W2X[active], const[active], prev[active]
     del W2X
+    x = None
     for _ in range(iterations):
         if len(active) == 0:
             break
@@ -103,12 +104,14 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
         close = cur < c * 1e-6  # there the difference has lost digits: measure the error itself
         if bool(close.any()):
             cur[close] = _loss(W2, X[active[close]], x[close], r[close])
-        out_C[active], out_R[active] = x, r
         done = (prev - cur <= tol * prev) | (cur <= c * 1e-28)
         prev = torch.minimum(prev, cur)
-        if bool(done.any()):
+        if bool(done.any()):  # these tasks leave the batch with their last pair
+            out_C[active[done]], out_R[active[done]] = x[done], r[done]
             keep = ~done
-            active, r, w2x, c, prev = (v[keep] for v in (active, r, w2x, c, prev))
+            active, x, r, w2x, c, prev = (v[keep] for v in (active, x, r, w2x, c, prev))
+    if len(active) and x is not None:
+        out_C[active], out_R[active] = x, r
     return _balance(out_C.transpose(1, 2), out_R)
 
 

@@ -1,0 +1,143 @@
+"""The compute targets (issue 14): each operation as a whole process beside its baseline, measured
+in the same run (medians), with peak RSS.
+
+    python benchmarks/compute_bench.py            # the sizes of the targets (a few minutes)
+    python benchmarks/compute_bench.py --quick    # CI-sized
+
+| operation | size | target |
+| rank 32 -> 8 | T=256, N=100, d=4096 | <= 3x a batched torch.linalg.svd of the same (T, N, d) full prompts |
+| similarity | T=1024, N=100, d=8192 | <= 2x one float32 Gram of the materialised prompts, peak RSS < 1.5 GB |
+| derive average | 2 GB bank | <= 0.5x the naive load-and-mean wall, RSS < 400 MB |
+| validate --values | any shape | peak RSS < 400 MB; wall <= 2x reading the bank once plus its norms |
+| derive exact, cold hash cache | 2 GB bank | <= 2x the warm run |
+
+Every baseline is a whole process too (python start, imports, reading the bank), as the mptkit
+figure is. `benchmarks/run.py` runs this after its own table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import PY, run_once  # noqa: E402
+
+RANK_BASE = ("import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
+             "P = sd['prompt_embeddings'] * (sd['prefix_task_cols'] @ sd['prefix_task_rows']); "
+             "torch.linalg.svd(P, full_matrices=False)")
+GRAM_BASE = ("import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
+             "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; T = len(C); "
+             "P = torch.empty(T, pe.numel()); "
+             "[P[i:i + 64].copy_((pe * (C[i:i + 64] @ R[i:i + 64])).reshape(-1, pe.numel())) for i in range(0, T, 64)]; "
+             "G = P @ P.T")
+AVERAGE_BASE = ("import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
+                "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'].mean(0, keepdim=True), "
+                "'prefix_task_rows': sd['prefix_task_rows'].mean(0, keepdim=True)}}, {out!r})")
+VALUES_BASE = ("import numpy as np; from safetensors.numpy import load_file; sd = load_file({src!r}); "
+               "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; "
+               "[(np.linalg.norm(C[k]), np.linalg.norm(R[k]), np.linalg.norm(pe * (C[k] @ R[k]))) for k in range(len(C))]; "
+               "np.linalg.norm(pe)")
+
+
+def make(path: Path, T: int, N: int, r: int, d: int, seed: int) -> Path:
+    if not path.exists():  # in a child, so that this process never imports torch
+        subprocess.run([PY, str(HERE / "run.py"), "--make", str(path), str(T), str(N), str(r), str(d), str(seed)], check=True)
+    return path
+
+
+def timed(argv, env, repeat, before=None):
+    """(median wall, max peak RSS MB) over ``repeat`` runs after one warm-up; ``before(i)`` runs
+    ahead of each (it may return an env to use)."""
+    walls, rss = [], []
+    for i in range(repeat + 1):
+        run_env = (before(i) if before else None) or env
+        w, m = run_once(argv, run_env)
+        if i:
+            walls.append(w)
+        rss.append(m)
+    return statistics.median(walls), max(rss)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per command (default 3, quick 2)")
+    ap.add_argument("--dir", default=None, help="where the synthetic banks live (default: a temp dir)")
+    ap.add_argument("--big", default=None, help="an existing bank of the 'big' size to use (run.py passes its own)")
+    args = ap.parse_args()
+    repeat = args.repeat or (2 if args.quick else 3)
+    work = Path(args.dir or tempfile.mkdtemp(prefix="mptkit-compute-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MPTKIT_CACHE=str(work / "cache"), PYTHONWARNINGS="ignore")
+    q = args.quick
+    sizes = {
+        "rank": (32, 100, 32, 1024) if q else (256, 100, 32, 4096),
+        "similarity": (128, 100, 32, 1024) if q else (1024, 100, 32, 8192),
+        "big": (250, 100, 32, 1024) if q else (2000, 100, 32, 8192),
+        "values": (16, 500, 1, 500) if q else (64, 2000, 1, 2000),
+    }
+    print(f"making synthetic banks in {work} ...", file=sys.stderr)
+    banks = {k: Path(args.big) if k == "big" and args.big else make(work / f"{k}-{'x'.join(map(str, v))}.safetensors", *v, seed=i)
+             for i, (k, v) in enumerate(sizes.items())}
+    out = work / "out.safetensors"
+    mpt = [PY, "-m", "mptkit"]
+    rows = []
+
+    def row(op, size, ours, base_label, base, target, limit, rss_limit=None):
+        ratio = ours[0] / base[0] if base[0] else float("inf")
+        met = ratio <= limit and (rss_limit is None or ours[1] < rss_limit)
+        rows.append((op, size, ours, base_label, base, ratio, target, met))
+        print(f"  {op}: {ours[0]:.2f} s vs {base[0]:.2f} s", file=sys.stderr)
+
+    def shape(k):
+        T, N, r, d = sizes[k]
+        return f"T={T}, N={N}, r={r}, d={d}"
+
+    src = str(banks["rank"])
+    row("rank 32 -> 8", shape("rank"), timed(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], env, repeat),
+        "batched torch.linalg.svd of the full prompts", timed([PY, "-c", RANK_BASE.format(src=src)], env, repeat),
+        "<= 3x", 3.0)
+    src = str(banks["similarity"])
+    row("similarity", shape("similarity"), timed(mpt + ["similarity", src], env, repeat),
+        "one float32 Gram of the materialised prompts", timed([PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
+        "<= 2x, RSS < 1.5 GB", 2.0, 1500)
+    big = str(banks["big"])
+    gb = f"{os.path.getsize(big) / 1e9:.2f} GB ({shape('big')})"
+    row("derive average", gb, timed(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"], env, repeat),
+        "naive load-and-mean", timed([PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
+        "<= 0.5x, RSS < 400 MB", 0.5, 400)
+    for key in ("values", "big"):
+        src = str(banks[key])
+        row("validate --values", shape(key), timed(mpt + ["validate", "--values", src], env, repeat),
+            "read once + the same norms (numpy)", timed([PY, "-c", VALUES_BASE.format(src=src)], env, repeat),
+            "<= 2x, RSS < 400 MB", 2.0, 400)
+    exact = mpt + ["derive", big, "--mode", "exact", "--task", "7", "-o", str(out), "--force"]
+
+    def cold(i):
+        shutil.rmtree(work / "cold-cache", ignore_errors=True)
+        return dict(env, MPTKIT_CACHE=str(work / "cold-cache"))
+
+    row("derive exact, cold hash cache", gb, timed(exact, env, repeat, before=cold), "the warm run",
+        timed(exact, env, repeat), "<= 2x", 2.0)
+
+    print(f"\ncompute targets; median of {repeat} runs after a warm-up, peak RSS the largest of all runs\n")
+    print("| operation | size | mptkit (s) | peak RSS (MB) | baseline | baseline (s) | baseline RSS (MB) | ratio | target | met |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---|---|")
+    for op, size, ours, label, base, ratio, target, met in rows:
+        print(f"| {op} | {size} | {ours[0]:.2f} | {ours[1]:.0f} | {label} | {base[0]:.2f} | {base[1]:.0f} | "
+              f"{ratio:.2f}x | {target} | {'yes' if met else 'NO'} |")
+    sys.stdout.flush()
+    if not args.dir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
