@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 from bankutil import random_bank, save_peft_bank, sha256_tree
-from relutil import READ_ONLY_COMMANDS, writing_commands
+from relutil import HUB_COMMANDS, READ_ONLY_COMMANDS, writing_commands
 
 INPUT_KINDS = ["peft-safetensors", "peft-bin", "bare-safetensors", "pickle-pt"]
-#: commands that talk to a Hub: checked by test_hub_commands_leave_inputs_unchanged
-HUB_COMMANDS = {"pull", "push"}
 
 
 def _read_only(src: str, out_dir: Path) -> dict[str, list[str]]:

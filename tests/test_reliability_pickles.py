@@ -202,9 +202,7 @@ def _invocations(src: str, good: str, tmp: Path) -> dict[str, list[str]]:
     inv["merge as second bank"] = ["merge", good, src, "-o", str(tmp / "m")]
     inv["merge as third bank"] = ["merge", good, good, src, "--rename-duplicates", "-o", str(tmp / "m3")]
     inv["add --from"] = ["add", good, "--name", "x", "--from", f"{src}:0", "-o", str(tmp / "a")]
-    from mptkit.cli import main
-
-    return {k: v for k, v in inv.items() if v[0] in main.commands}
+    return inv
 
 
 def test_every_command_refuses_without_running_code(cli, evil, good, tmp_path):
