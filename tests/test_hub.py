@@ -436,13 +436,15 @@ def test_parse_ref(text, repo, rev, path):
     assert parse_ref(str(ref)) == ref == HubRef(repo, rev, path)
 
 
-@pytest.mark.parametrize("text", ["hf://o", "hf://o/r@", "hf://o/r/../x", "hf://o/r@../x", "hf://o--x/r",
-                                  "hf://datasets/o/r", "hf://-o/r"])
-def test_parse_ref_refuses(text):
+@pytest.mark.parametrize("text, why", [
+    ("hf://o", "expected owner/repo"), ("hf://o/r@", "empty revision"), ("hf://o/r/../x", "leaves the repo"),
+    ("hf://o/r@../x", "not a valid revision"), ("hf://o--x/r", "not a valid repo id"),
+    ("hf://datasets/o/r", "model repos"), ("hf://-o/r", "not a valid repo id")])
+def test_parse_ref_refuses(text, why):
     from mptkit.errors import UsageError
     from mptkit.hub import parse_ref
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=why):
         parse_ref(text)
 
 
