@@ -7,6 +7,7 @@ report all of them; callers that want the first raise :class:`~mptkit.errors.Inv
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,102 @@ _BASE = "https://mptkit.invalid/schemas/"
 META_TASK_NAMES = "mptkit.task_names"
 META_PROVENANCE = "mptkit.provenance"
 META_CONFIG = "mptkit.config"
+
+#: caps on what a file may make mptkit hold (a hostile file can claim anything; a real one is far
+#: below each): JSON nesting (PEFT's configs nest 2 levels, mptkit's provenance 4), JSON values in
+#: one document (a header of 200,000 tensors has ~2 million), provenance entries
+MAX_JSON_DEPTH = 64
+MAX_JSON_VALUES = 2_000_000
+MAX_PROVENANCE = 10_000
+#: a JSON string, for counting the values outside strings
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+class JsonProblem(ValueError):
+    """A JSON document mptkit will not take (not JSON, nested too deeply, too many values, a key
+    twice in one object, a number safetensors or PEFT refuse); ``str()`` is the sentence's end."""
+
+
+def count_json_values(text: str | bytes, limit: int) -> int:
+    """An upper bound on the number of JSON values in ``text`` (every value after the first is
+    preceded by ``:`` or ``,``), exact enough to compare with ``limit``: the cheap count of those
+    characters first, and only when it is over ``limit`` the count outside strings (C speed, no
+    objects made: the memory is at most one copy of ``text``)."""
+    colon, comma = (b":", b",") if isinstance(text, bytes) else (":", ",")
+    n = text.count(colon) + text.count(comma) + 1
+    if n > limit:
+        pattern = _JSON_STRING_BYTES if isinstance(text, bytes) else _JSON_STRING
+        bare = pattern.sub(b"" if isinstance(text, bytes) else "", text)
+        n = bare.count(colon) + bare.count(comma) + 1
+    return n
+
+
+def _pairs(pairs):
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise JsonProblem(f"the key {_show(k)} appears twice in one object (safetensors and PEFT refuse that)")
+            seen.add(k)
+    return out
+
+
+def _constant(name):
+    raise JsonProblem(f"{name} is not JSON (a non-finite number)")
+
+
+def _integer(text):
+    if text.startswith("-0"):  # Python reads "-0" as 0; safetensors refuses a signed offset or shape
+        raise JsonProblem("the number -0 is not a valid size or offset")
+    return int(text)
+
+
+def parse_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_values: int = MAX_JSON_VALUES) -> Any:
+    """``json.loads`` that refuses what a strict JSON reader (safetensors' serde_json, PEFT) refuses
+    or what would cost memory or recursion the text did not bring: NaN/Infinity, a key twice in one
+    object, ``-0``, more than ``max_values`` values (counted before anything is built), nesting
+    deeper than ``max_depth``. Raises :class:`JsonProblem`."""
+    n = count_json_values(text, max_values)
+    if n > max_values:
+        raise JsonProblem(f"it holds about {n:,} JSON values, more than the {max_values:,} mptkit reads")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JsonProblem(f"not valid UTF-8 (byte {e.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_integer)
+    except RecursionError:
+        raise JsonProblem(f"the JSON is nested too deeply (more than {max_depth} levels)") from None
+    except json.JSONDecodeError as e:
+        raise JsonProblem(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except JsonProblem:
+        raise
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise JsonProblem(f"not valid JSON ({str(e)[:80]})") from None
+    depth = json_depth(value, max_depth)
+    if depth > max_depth:
+        raise JsonProblem(f"the JSON is nested too deeply ({depth} levels; mptkit reads at most {max_depth})")
+    try:  # a \u escape of half a surrogate pair parses, but is no text: safetensors and printing refuse it
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise JsonProblem("it holds a \\u escape of a lone UTF-16 surrogate, which is not text") from None
+    return value
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests (a scalar is 0), without recursion; stops counting past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d > limit:
+                return d
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def schema_dir() -> Path:
@@ -50,14 +147,69 @@ def schema_ref(kind: str, pointer: str = "") -> str:
     return _BASE + SCHEMA_FILES[kind] + ("#" + pointer if pointer else "")
 
 
+def _canonical(value):
+    """A hashable key equal for values JSON Schema calls equal (1 == 1.0; true != 1)."""
+    if isinstance(value, bool) or value is None:
+        return ("c", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _canonical(v)) for k, v in value.items()))
+    return ("o", repr(value))
+
+
+def first_duplicate(items: list):
+    """``(True, item)`` for the first item equal to an earlier one, else ``(False, None)``: linear
+    (jsonschema's own uniqueItems falls back to comparing every pair when the items do not sort,
+    which took 92 s for 40,000 names)."""
+    seen = set()
+    for x in items:
+        key = _canonical(x)
+        if key in seen:
+            return True, x
+        seen.add(key)
+    return False, None
+
+
+def _unique_items(validator, unique, instance, schema):
+    from jsonschema.exceptions import ValidationError
+
+    if unique and validator.is_type(instance, "array"):
+        found, dup = first_duplicate(instance)
+        if found:
+            yield ValidationError(f"{_show(dup)} is listed more than once")
+
+
+def _integer_type(checker, value) -> bool:
+    """JSON Schema calls 6.0 an integer; PEFT cannot build a layer of 6.0 tokens, so here an
+    integer is a JSON number written without a fraction or exponent."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@lru_cache(maxsize=None)
+def _validator_class():
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer_type)
+    return validators.extend(Draft202012Validator, {"uniqueItems": _unique_items}, type_checker=checker)
+
+
 def make_validator(docs: dict[str, dict], ref: str):
     """A jsonschema (Draft 2020-12) validator of ``ref`` resolving ``$ref`` among ``docs``
-    (jsonschema is imported here, when something is validated)."""
-    from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
+    (jsonschema is imported here, when something is validated), with a strict integer type and a
+    linear uniqueItems."""
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
 
-    registry = Registry().with_resources((uri, Resource.from_contents(doc)) for uri, doc in docs.items())
-    return Draft202012Validator({"$ref": ref}, registry=registry)
+    # jsonschema picks a referenced document's validator class by its "$schema", which would be the
+    # stock Draft 2020-12 class without the two changes above: register the documents without it
+    plain = {uri: {k: v for k, v in doc.items() if k != "$schema"} for uri, doc in docs.items()}
+    registry = Registry().with_resources((uri, DRAFT202012.create_resource(doc)) for uri, doc in plain.items())
+    return _validator_class()({"$ref": ref}, registry=registry)
 
 
 @lru_cache(maxsize=None)
@@ -130,22 +282,24 @@ def _describe(err, subject: str) -> str:
     if v == "pattern":
         return f"{label}: {shown} is not allowed ({err.schema.get('description') or 'pattern ' + err.validator_value})"
     if v == "uniqueItems":
-        seen, dup = [], None
-        for x in found:
-            if x in seen:
-                dup = x
-                break
-            seen.append(x)
+        _, dup = first_duplicate(found)
         return f"{label}: entries must all be different, found {_show(dup)} more than once"
     if v == "minLength":
         return f"{label}: must not be empty"
     return f"{label}: {err.message[:200]}"
 
 
+#: most problems one check lists (a hostile file can hold millions of bad entries)
+MAX_PROBLEMS = 20
+
+
 def check(kind: str, instance: Any, subject: str = "field", pointer: str = "") -> list[str]:
     """Validate ``instance`` against schema ``kind`` (optionally a ``$defs`` pointer inside it)."""
     errors = sorted(_validator(kind, pointer).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    return [_describe(e, subject) for e in errors]
+    out = [_describe(e, subject) for e in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        out.append(f"... and {len(errors) - MAX_PROBLEMS:,} more problems like these")
+    return out
 
 
 def schema_kind(tensors: Mapping[str, Any]) -> str:
@@ -248,17 +402,21 @@ def check_metadata(meta: Any) -> list[str]:
         if key not in meta:
             continue
         try:
-            value = json.loads(meta[key])
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append(f"__metadata__ key '{key}' holds a \\u escape of a lone UTF-16 surrogate, which is not text")
+            value = parse_json(meta[key])
+        except JsonProblem as e:
+            problems.append(f"__metadata__ key '{key}' must hold JSON text, found {_show(meta[key])} ({e})")
             continue
-        except RecursionError:
-            problems.append(f"__metadata__ key '{key}' must hold JSON text, found JSON nested too deeply")
-            continue
-        except ValueError as e:
-            problems.append(f"__metadata__ key '{key}' must hold JSON text, found {_show(meta[key])} "
-                            f"({getattr(e, 'msg', str(e)[:80])})")
+        if key == META_PROVENANCE and isinstance(value, list) and len(value) > MAX_PROVENANCE:
+            problems.append(f"__metadata__ key '{key}' lists {len(value):,} provenance entries, more than the "
+                            f"{MAX_PROVENANCE:,} mptkit reads")
             continue
         problems += [f"__metadata__ key '{key}': {p}" for p in check("metadata", value, pointer=pointer)]
     return problems
+
+
+def decode_metadata(meta: Mapping[str, str]) -> tuple[list | None, list, dict]:
+    """Task names, provenance and config hints from metadata that :func:`check_metadata` passed."""
+    names = parse_json(meta[META_TASK_NAMES]) if META_TASK_NAMES in meta else None
+    prov = parse_json(meta[META_PROVENANCE]) if META_PROVENANCE in meta else []
+    hints = parse_json(meta[META_CONFIG]) if META_CONFIG in meta else {}
+    return names, prov, hints
