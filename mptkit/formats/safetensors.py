@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Mapping
 
 from ..errors import InvalidBank
-from ..schema import MAX_JSON_VALUES, JsonProblem, count_json_values, parse_json
+from ..strictjson import MAX_JSON_VALUES, JsonProblem, count_json_values, parse_json
 from ..tensor import DTYPES, Array, safetensors_layout_key
 
 #: safetensors' own limit on the header size
