@@ -77,6 +77,24 @@ def output_options(f):
     return f
 
 
+def adapter_option(f):
+    """``--adapter NAME``, for every command that reads a bank: which adapter of an input that holds
+    several (a PEFT folder with named adapters, a state dict with several prompt encoders)."""
+    return click.option("--adapter", metavar="NAME", help=(
+        "Which adapter to read when an input holds several (a PEFT folder with named adapters, "
+        "a state dict with prompt_encoder.A and .B)."))(f)
+
+
+def echo_repairs(bank, output) -> None:
+    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
+    from ..formats import folder_repairs
+
+    fixed = folder_repairs(bank, output)
+    if fixed:
+        click.echo(clean(f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+                         f"without a source file or tokenizer: {'; '.join(fixed)}"))
+
+
 def dtype_option(help: str):
     from ..options import DTYPES
 

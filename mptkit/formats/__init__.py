@@ -283,6 +283,12 @@ def is_file_output(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(".safetensors")
 
 
+def folder_repairs(bank: PromptBank, path: str | os.PathLike) -> list[str]:
+    """What saving ``bank`` as an adapter folder at ``path`` changes in its config so that PEFT
+    loads it (RANDOM init, no init path, no stale TEXT fields); empty for a ``.safetensors`` output."""
+    return [] if is_file_output(path) else peft.repairs(bank.config)
+
+
 def metadata_for(bank: PromptBank, *, with_config: bool) -> dict[str, str]:
     meta = {"format": "pt"}
     meta.update(bank.metadata)

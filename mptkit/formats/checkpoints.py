@@ -69,8 +69,9 @@ def find_banks(names: Iterable[str]) -> dict[str | None, Found]:
     """The banks among tensor ``names``, by adapter name (None for the bank's own names or a prompt
     encoder's state dict)."""
     names = list(names)
-    if any(k in KEYS for k in names):
-        return {None: Found(None, {k: k for k in KEYS if k in names}, "bank")}
+    bank = {None: Found(None, {k: k for k in KEYS if k in names}, "bank")}
+    if "prompt_embeddings" in names:
+        return bank
     found: dict[str | None, Found] = {}
     for name in names:
         m = _IN_MODEL.match(name)
@@ -93,7 +94,7 @@ def find_banks(names: Iterable[str]) -> dict[str | None, Found]:
     if len(encoder) == 1:
         (prefix, keys), = encoder.items()
         return {None: Found(None, keys, "prompt encoder", prefix)}
-    return {}
+    return bank if bank[None].keys else {}  # factors without a shared prompt: the schema says what is missing
 
 
 def choose(banks: dict[str | None, Found], adapter: str | None, where: str) -> Found | None:
