@@ -134,10 +134,11 @@ def parse_header(path: str, raw: bytes, file_size: int) -> Header:
     would cost memory the file did not bring: the JSON values are counted before any is built (a
     95 MB header of 1.38 million tensors once took 1.3 GB and 44 s), and the tensor and metadata
     counts are capped."""
-    n = count_json_values(raw, MAX_JSON_VALUES)
+    n = count_json_values(raw)
     if n > MAX_JSON_VALUES:
-        raise InvalidBank(f"{path}: the header holds about {n:,} JSON values, more than the {MAX_JSON_VALUES:,} "
-                          f"mptkit reads (at most {MAX_TENSORS:,} tensors); it is not a checkpoint mptkit can read")
+        raise InvalidBank(f"{path}: the header holds up to {n:,} JSON values (counting ':', ',', '[' and '{{'), more "
+                          f"than the {MAX_JSON_VALUES:,} mptkit reads (at most {MAX_TENSORS:,} tensors); it is not a "
+                          "checkpoint mptkit can read")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
