@@ -158,6 +158,7 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "merge": ("bank", ["merge", src, other, "--rename-duplicates", "-o", out]),
         "add": ("bank", ["add", src, "--name", "new", "--init", "average", "-o", out]),
         "rank": ("bank", ["rank", src, "--rank", "3", "-o", out]),
+        "convert": ("bank", ["convert", src, "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
     }
     return {k: v for k, v in table.items() if v[1][0] in main.commands}

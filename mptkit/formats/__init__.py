@@ -25,7 +25,7 @@ from ..schema import (
     config_shape_problems,
     decode_metadata,
 )
-from ..tensor import Array
+from ..tensor import DTYPES, Array
 from . import atomic, checkpoints, peft
 from . import safetensors as st
 
@@ -71,17 +71,19 @@ def from_header(header: st.Header, *, shown: str, fmt: str, kind: str | None = N
     found = checkpoints.choose(checkpoints.find_banks(header.tensors), adapter, shown)
     if found is not None and found.form != "bank":
         tensors = {k: _info(header.tensors[v]) for k, v in found.keys.items()}
-        arrays = {k: header.array(v) for k, v in found.keys.items()}
-        note = (f"read {len(arrays)} tensors ({found.label}) from {header.path}, a {found.form} state dict of "
+        note = (f"read {len(tensors)} tensors ({found.label}) from {header.path}, a {found.form} state dict of "
                 f"{len(header.tensors):,} tensors; no other tensor was read")
         fmt = f"{found.form} safetensors" if fmt == "safetensors" else fmt
-        return _finish(tensors, arrays, {}, header.metadata, config, config_file, kind, header.path,
-                       Source(shown, fmt, header.path, header.file_size), [note])
+        return _finish(tensors, lambda: ({k: header.array(v) for k, v in found.keys.items()}, {}), header.metadata,
+                       config, config_file, kind, header.path, Source(shown, fmt, header.path, header.file_size), [note])
     tensors = {k: _info(v) for k, v in header.tensors.items()}
     heads, notes = _set_aside_heads(tensors, config_file)
-    arrays = {k: header.array(k) for k in tensors}
-    extras = {k: header.array(k) for k in heads}
-    bank = _finish(tensors, arrays, extras, header.metadata, config, config_file, kind, header.path,
+    bad = next((k for k in heads if header.tensors[k]["dtype"] not in DTYPES), None)
+    if bad is not None:
+        raise InvalidBank(f"{header.path}: tensor {bad!r} (a task head) is {header.tensors[bad]['dtype']}, a dtype mptkit "
+                          f"cannot carry into an output (expected one of {', '.join(DTYPES)})")
+    bank = _finish(tensors, lambda: ({k: header.array(k) for k in tensors}, {k: header.array(k) for k in heads}),
+                   header.metadata, config, config_file, kind, header.path,
                    Source(shown, fmt, header.path, header.file_size), notes)
     meta = header.metadata or {}
     if fmt == "peft-adapter" and meta == {"format": "pt"} and bank.num_tasks > 1:
@@ -93,9 +95,10 @@ def _info(entry) -> dict:
     return {"dtype": entry["dtype"], "shape": entry["shape"]}
 
 
-def _finish(tensors: dict, arrays: dict, extras: dict, meta, config, config_file, kind, data_file: str,
-            source: Source, notes: list[str]) -> PromptBank:
-    """Check ``tensors`` (name -> dtype and shape), the metadata and the config; the bank."""
+def _finish(tensors: dict, arrays, meta, config, config_file, kind, data_file: str, source: Source,
+            notes: list[str]) -> PromptBank:
+    """Check ``tensors`` (name -> dtype and shape), the metadata and the config; the bank, with the
+    ``(arrays, extras)`` that ``arrays()`` makes once everything checked out."""
     problems = [f"{data_file}: {x}" for x in check_tensors(tensors, kind)]
     meta = meta or {}
     problems += [f"{data_file}: {x}" for x in check_metadata(meta)]
@@ -108,6 +111,7 @@ def _finish(tensors: dict, arrays: dict, extras: dict, meta, config, config_file
     if config_file is not None:
         notes = notes + peft.load_time_warnings(config, config_file)
     other = {k: v for k, v in meta.items() if k not in ("format", META_TASK_NAMES, META_PROVENANCE, META_CONFIG)}
+    arrays, extras = arrays()
     return PromptBank(arrays, names, config, provenance, other, source, notes, extras)
 
 
@@ -149,7 +153,7 @@ def _load_pickle(p: Path, shown: str, fmt: str, kind: str | None, config: dict |
         notes.append(f"read {found.label}{inside} from {p}")
     notes.append(PICKLE_NOTE.format(file=p.name, mapped=", memory-mapped" if mapped else "",
                                     n=f"{count:,}"))
-    return _finish(tensors, arrays, extras, None, config, config_file, kind, str(p),
+    return _finish(tensors, lambda: (arrays, extras), None, config, config_file, kind, str(p),
                    Source(shown, fmt, str(p), p.stat().st_size), notes)
 
 
@@ -258,8 +262,8 @@ def _load_sharded(index: Path, shown: str, kind: str | None, adapter: str | None
     note = (f"read {found.label} from {', '.join(opened)}: {len(opened)} of the {len(shards.files)} shards "
             f"{index.name} lists; the others were not opened")
     first = str(files.get("prompt_embeddings", next(iter(files.values()))))
-    return _finish(tensors, arrays, {}, None, None, None, kind, first, Source(shown, "sharded " + found.form, first, size),
-                   [note])
+    return _finish(tensors, lambda: (arrays, {}), None, None, None, kind, first,
+                   Source(shown, "sharded " + found.form, first, size), [note])
 
 
 def _config_problems(config, config_file, tensors, names, data_file=None) -> list[str]:
