@@ -36,7 +36,7 @@ def validate(path: str | os.PathLike, values: bool = False, adapter: str | None 
     try:
         bank = load(path, adapter=adapter)
     except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
-        return {"path": os.fspath(path), "valid": False, "problems": e.problems, "warnings": []}
+        return {"path": os.fspath(path), "valid": False, "problems": e.problems}
     report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"],
               "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")]}
     if values:
