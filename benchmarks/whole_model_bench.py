@@ -1,9 +1,20 @@
 """Finding the prompt encoder in a 10 GB whole-model .safetensors (issue 10): reads stay lazy.
 
+On the 2-core development machine, warm cache:
+
+    whole-model file: 10.5 GB, 268 tensors, 3.8 MB on disk (sparse); prompt encoder N=100, d=4096, T=16, r=8 (3.8 MB)
+    operation                                 median wall (s)  peak RSS (MB)
+    mptkit.load + read the 3 tensors                    0.104             26
+    mptkit inspect                                      0.115             26
+    mptkit validate                                     0.116             26
+    safetensors safe_open + get_tensor x3               1.121            223
+    read the whole file once                            1.001             24
+
+
     python benchmarks/whole_model_bench.py              # a 10 GB file
     python benchmarks/whole_model_bench.py --gb 1       # smaller
 
-How the file is made: a safetensors header listing a whole PEFT MPT model of 290 F32 tensors
+How the file is made: a safetensors header listing a whole PEFT MPT model of 268 F32 tensors
 (``base_model.model.*`` layers of a 10 GB decoder, ``word_embeddings.weight``, and
 ``prompt_encoder.default.{embedding.weight, prefix_task_cols, prefix_task_rows}`` with N=100,
 d=4096, T=16, r=8), written with real random bytes for the three prompt-encoder tensors only; the
