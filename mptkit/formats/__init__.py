@@ -190,6 +190,10 @@ def _load_folder(p: Path, shown: str, kind: str | None, adapter: str | None) -> 
         bank = _load_adapter(folder, shown if folder == p else str(folder), kind)
         if len(adapters) > 1:
             bank.notes.append(f"the folder holds {len(adapters)} adapters: {listed}; read {name!r} (--adapter)")
+        steps = checkpoints.checkpoints(p) if folder == p else []
+        if steps:
+            bank.notes.append(f"the folder also holds {len(steps)} Trainer checkpoint(s) (newest: {steps[0][1]}); "
+                              "this is the adapter saved at its root")
         return bank
     for index, loader in ((checkpoints.SAFETENSORS_INDEX, _load_sharded), (checkpoints.BIN_INDEX, _load_sharded)):
         if (p / index).exists():
@@ -244,7 +248,7 @@ def _load_sharded(index: Path, shown: str, kind: str | None, adapter: str | None
             sd = next((d for _, d in pk.state_dicts(obj) if any(v in d for v in found.keys.values())), {})
             for k, v in found.keys.items():
                 if files[k].name == f and v in sd:
-                    pk.check_tensor(f, v, sd[v])
+                    pk.check_tensor(str(index.parent / f), v, sd[v])
                     arrays[k] = Array.from_torch(sd[v].clone() if mapped else sd[v])
                     tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
             size += (index.parent / f).stat().st_size
