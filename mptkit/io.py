@@ -14,27 +14,31 @@ from .info import summary, value_stats
 __all__ = ["load", "save", "validate"]
 
 
-def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
-    """A :class:`PromptBank` from a ``.safetensors`` file, a PEFT adapter folder, a ``.bin``/``.pt``
-    pickle (weights only) or ``hf://owner/repo[@revision][/path]``; tensors stay on disk until read.
-    ``kind`` forces a schema ("bank", "task", "shared")."""
+def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | None = None) -> PromptBank:
+    """A :class:`PromptBank` from any form mptkit reads: a ``.safetensors`` file, a PEFT adapter
+    folder, a whole-model, prompt-encoder or wrapped state dict (``.safetensors`` or a ``.bin``/``.pt``
+    pickle, weights only), a sharded whole-model folder or ``hf://owner/repo[@revision][/path]``;
+    tensors stay on disk until read. ``kind`` forces a schema ("bank", "task", "shared");
+    ``adapter`` picks one of several adapters (required when there are several)."""
     name = os.fspath(path)
     if name.startswith("hf://"):
         from .hub import resolve
 
-        bank = read(resolve(name), kind=kind)
+        bank = read(resolve(name), kind=kind, adapter=adapter)
         bank.source.path = name
         return bank
-    return read(name, kind=kind)
+    return read(name, kind=kind, adapter=adapter)
 
 
-def validate(path: str | os.PathLike, values: bool = False) -> dict:
-    """``{"path", "valid", "problems", ...}`` for one path; never raises for a bad bank."""
+def validate(path: str | os.PathLike, values: bool = False, adapter: str | None = None) -> dict:
+    """``{"path", "valid", "problems", "warnings", ...}`` for one path; never raises for a bad bank.
+    ``warnings`` say what PEFT would read or refuse when loading the adapter (the bank is valid)."""
     try:
-        bank = load(path)
+        bank = load(path, adapter=adapter)
     except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
         return {"path": os.fspath(path), "valid": False, "problems": e.problems}
-    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"]}
+    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"],
+              "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")]}
     if values:
         stats = value_stats(bank)
         for name, n in stats["nonfinite"].items():

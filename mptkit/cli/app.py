@@ -5,8 +5,11 @@ print (:mod:`mptkit.render` holds the text)."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
 import os
+import sys
 
 import click
 
@@ -15,6 +18,39 @@ from ..errors import MptkitError
 from ..text import clean
 
 _DEBUG_ENV = "MPTKIT_DEBUG"
+#: address space torch needs to import and work: under ~650 MB its import aborts the process
+#: (std::bad_alloc, exit 134) or OpenBLAS exits it, before any Python code could catch anything
+TORCH_ADDRESS_SPACE = 1 << 30
+
+
+class _TorchGuard(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Refuses ``import torch`` with one sentence (exit 2) when the address-space limit
+    (``ulimit -v``, RLIMIT_AS) is too small for it. Only the import itself fails: an availability
+    check (``importlib.util.find_spec``) still finds a module, and commands that never import torch
+    (inspect, validate, derive exact, slice, ...) run under any limit."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch" or _address_space() >= TORCH_ADDRESS_SPACE:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        raise MptkitError(
+            f"this command needs torch, which needs about {TORCH_ADDRESS_SPACE >> 20} MB of address space, but the "
+            f"limit (ulimit -v, RLIMIT_AS) is {_address_space() >> 20} MB; raise it (e.g. ulimit -v unlimited)")
+
+    def exec_module(self, module):  # never reached: create_module refuses
+        raise ImportError("torch")
+
+
+def _address_space() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return (1 << 62) if soft == resource.RLIM_INFINITY else soft
+
+
+_GUARD = _TorchGuard()
 
 
 class _Group(click.Group):
@@ -31,6 +67,13 @@ class _Group(click.Group):
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
+        except ImportError as e:  # a broken or partial install, or a library that cannot load here
+            if _debug(ctx):
+                raise
+            what = e.name or "a module mptkit needs"
+            click.echo(clean(f"mptkit: error: cannot import {what} ({_one_line(e)}); reinstall it "
+                             "(pip install --force-reinstall mptkit, with torch installed first)"), err=True)
+            ctx.exit(2)
         except Exception as e:  # a bug, not the user's mistake: still no traceback by default
             if _debug(ctx):
                 raise
@@ -40,6 +83,11 @@ class _Group(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they are defined, which is the order of the README
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
 
 
 def _debug(ctx) -> bool:
@@ -58,6 +106,8 @@ def main(ctx, debug):
     output path is a PEFT adapter folder.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if _GUARD not in sys.meta_path:
+        sys.meta_path.insert(0, _GUARD)
     from ..progress import disable
 
     disable(False)  # each command starts with bars on (where stderr is a terminal); --quiet/--json turn them off
@@ -91,6 +141,24 @@ def output_options(f):
     f = click.option("-o", "--output", required=True, type=click.Path(), help=(
         "Output: a path ending in .safetensors (bare state dict) or a folder (PEFT adapter)."))(f)
     return f
+
+
+def adapter_option(f):
+    """``--adapter NAME``, for every command that reads a bank: which adapter of an input that holds
+    several (a PEFT folder with named adapters, a state dict with several prompt encoders)."""
+    return click.option("--adapter", metavar="NAME", help=(
+        "Which adapter to read when an input holds several (a PEFT folder with named adapters, "
+        "a state dict with prompt_encoder.A and .B)."))(f)
+
+
+def echo_repairs(bank, output) -> None:
+    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
+    from ..formats import folder_repairs
+
+    fixed = folder_repairs(bank, output)
+    if fixed:
+        click.echo(clean(f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+                         f"without a source file or tokenizer: {'; '.join(fixed)}"))
 
 
 def dtype_option(help: str):

@@ -6,8 +6,8 @@ import os
 
 import click
 
-from .app import (config_options, dtype_option, echo_lines, emit_json, force_option, json_option, main,
-                  output_options, quiet_option, tasks_option)
+from .app import (adapter_option, config_options, dtype_option, echo_lines, echo_repairs, emit_json, force_option,
+                  json_option, main, output_options, quiet_option, tasks_option)
 
 
 def _save_edit(bank, output, force, sources, as_json, config) -> None:
@@ -25,6 +25,7 @@ def _save_edit(bank, output, force, sources, as_json, config) -> None:
                    "rank": bank.rank, "dtype": bank.dtype, **results})
         return
     echo_lines(edit_report(bank, output))
+    echo_repairs(bank, output)
 
 
 @main.command()
@@ -32,9 +33,10 @@ def _save_edit(bank, output, force, sources, as_json, config) -> None:
 @click.argument("pairs", nargs=-1, metavar="[OLD=NEW]...")
 @click.option("--names", help="Name every task, in order: a,b,c.")
 @config_options
+@adapter_option
 @output_options
 @json_option
-def rename(src, pairs, names, config, output, force, as_json):
+def rename(src, pairs, names, config, adapter, output, force, as_json):
     """Rename tasks (OLD is an index or a name), or name them all with --names."""
     from .. import edit
     from ..errors import UsageError
@@ -45,7 +47,7 @@ def rename(src, pairs, names, config, output, force, as_json):
     bad = [p for p in pairs if "=" not in p]
     if bad:
         raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
     _save_edit(out, output, force, [bank], as_json, config)
 
@@ -54,14 +56,15 @@ def rename(src, pairs, names, config, output, force, as_json):
 @click.argument("src")
 @tasks_option("Kept in the order given.")
 @config_options
+@adapter_option
 @output_options
 @json_option
-def slice_(src, tasks, config, output, force, as_json):
+def slice_(src, tasks, config, adapter, output, force, as_json):
     """Keep only the listed tasks (their bytes are copied unchanged)."""
     from .. import edit
     from ..io import load
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config)
 
 
@@ -69,14 +72,15 @@ def slice_(src, tasks, config, output, force, as_json):
 @click.argument("src")
 @tasks_option()
 @config_options
+@adapter_option
 @output_options
 @json_option
-def remove(src, tasks, config, output, force, as_json):
+def remove(src, tasks, config, adapter, output, force, as_json):
     """Drop the listed tasks (the others' bytes are copied unchanged)."""
     from .. import edit
     from ..io import load
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config)
 
 
@@ -89,16 +93,17 @@ def remove(src, tasks, config, output, force, as_json):
 @click.option("--rank", "rank_", metavar="R|auto", help=(
     "Output rank (default: the largest); auto with --refit --max-error E: each re-expressed task's smallest rank within E."))
 @config_options
+@adapter_option
 @output_options
 @quiet_option
 @json_option
-def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, config, output, force, as_json):
+def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, config, adapter, output, force, as_json):
     """Concatenate the tasks of two or more banks (same N and d; ranks are zero-padded)."""
     from .. import edit
     from ..io import load
 
     edit.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
-    loaded = [load(b) for b in banks]
+    loaded = [load(b, adapter=adapter) for b in banks]
     out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error,
                      rank=rank_)
     _save_edit(out, output, force, loaded, as_json, config)
@@ -115,20 +120,21 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, config, outp
 @click.option("--rank", "rank_", metavar="R|auto", help=(
     "With --refit: the output rank; auto (with --max-error E): the new task's smallest rank within E."))
 @config_options
+@adapter_option
 @output_options
 @quiet_option
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, rank_, config, output, force, as_json):
+def add(src, name, init, seed, from_, refit, max_error, rank_, config, adapter, output, force, as_json):
     """Append one task, initialised from the bank itself or taken from another bank."""
     from .. import edit
     from ..io import load
 
     edit.check_add_options(init=init, source=from_, seed=seed, refit=refit, max_error=max_error, rank=rank_)
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     other, task = None, None
     if from_:
         other_path, task = split_task_ref(from_)
-        other = load(other_path)
+        other = load(other_path, adapter=adapter)
     out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
                         max_error=max_error, rank=rank_)
     _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json, config)
@@ -150,17 +156,18 @@ def split_task_ref(ref: str):
     "The new rank r, or auto: each task's smallest rank whose relative error is at most --max-error."))
 @click.option("--max-error", type=float, help="The largest relative error a task may get (needed with --rank auto).")
 @config_options
+@adapter_option
 @output_options
 @quiet_option
 @json_option
-def rank(src, rank_, max_error, config, output, force, as_json):
+def rank(src, rank_, max_error, config, adapter, output, force, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import edit
     from ..fit import check_rank
     from ..io import load
 
     check_rank(rank_, max_error)  # before loading anything
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config)
 
 
@@ -170,10 +177,11 @@ def rank(src, rank_, max_error, config, output, force, as_json):
 @click.option("--top", type=click.IntRange(min=1), help=(
     "Show each task's K nearest tasks instead of the table (the default above 20 tasks, with K=3)."))
 @click.option("--plot", type=click.Path(), help="Also draw a heatmap to this image (needs matplotlib).")
+@adapter_option
 @force_option
 @quiet_option
 @json_option
-def similarity(src, tasks, top, plot, force, as_json):
+def similarity(src, tasks, top, plot, adapter, force, as_json):
     """Cosine similarity between the tasks' full prompts (which source task is nearest?).
 
     JSON output (--json) and the heatmap (--plot) always hold the whole matrix.
@@ -183,7 +191,7 @@ def similarity(src, tasks, top, plot, force, as_json):
     from ..render import similarity_table, similarity_top
     from ..similarity import plot_heatmap, similarity as run
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     result = run(bank, tasks, top=top)
     if plot:
         plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))

@@ -6,23 +6,26 @@ import sys
 
 import click
 
-from .app import emit_json, json_option, main
+from .app import adapter_option, emit_json, json_option, main
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--values", is_flag=True, help="Also read the data and report NaN/Inf per tensor and per task.")
+@adapter_option
 @json_option
-def validate(paths, values, as_json):
+def validate(paths, values, adapter, as_json):
     """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
     from ..io import validate as run
     from ..render import printable
 
-    reports = [run(p, values=values) for p in paths]
+    reports = [run(p, values=values, adapter=adapter) for p in paths]
     if as_json:
         emit_json(reports if len(reports) > 1 else reports[0])
     else:
         for r in reports:
+            for line in r.get("warnings", []):
+                click.echo(printable(f"mptkit: warning: {line}"), err=True)
             if r["valid"]:
                 click.echo(printable(f"{r['path']}: valid ({r['kind']})"))
             else:
@@ -35,8 +38,9 @@ def validate(paths, values, as_json):
 @main.command()
 @click.argument("path")
 @click.option("--values", is_flag=True, help="Also read the data: per-task norms and non-finite counts.")
+@adapter_option
 @json_option
-def inspect(path, values, as_json):
+def inspect(path, values, adapter, as_json):
     """Describe a bank: shapes, tasks, parameter counts, metadata, provenance (header only).
 
     For hf://owner/repo[@rev][/path] only the safetensors header (range requests) and
@@ -46,12 +50,12 @@ def inspect(path, values, as_json):
     from ..io import load
     from ..render import summary_text
 
-    if path.startswith("hf://") and not values:
+    if path.startswith("hf://") and not values and adapter is None:
         from ..hub import remote_summary
 
         info = remote_summary(path)
     else:
-        bank = load(path)
+        bank = load(path, adapter=adapter)
         info = summary(bank)
         if values:
             info["values"] = value_stats(bank)
