@@ -158,3 +158,15 @@ def export_report(adapter, path, src) -> str:
     return printable(f"wrote {path}: task {args['task']}{name} of {src} as a PROMPT_TUNING adapter "
                      f"({cfg['num_virtual_tokens']} virtual tokens x {cfg['num_transformer_submodules']}, "
                      f"d={adapter.prompt.shape[1]}, {adapter.prompt.dtype})")
+
+
+def table_report(report: dict, src) -> str:
+    """What ``export --tasks/--all`` says it wrote."""
+    names = report["tasks"]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    if "shape" not in report:
+        return printable(f"wrote {report['written'][0]}: {len(names)} PROMPT_TUNING adapter(s) of {src} ({shown})")
+    T, N, d = report["shape"]
+    half = f", {report['half']} half" if report.get("half") in ("encoder", "decoder") else ""
+    files = " + ".join(report["written"])
+    return printable(f"wrote {files}: prompt table ({T}, {N}, {d}) {report['dtype']}{half} of {src} ({shown})")

@@ -42,6 +42,7 @@ LAYERS = [
     "mptkit.hub.push",
     "mptkit.hub",
     "mptkit.io",
+    "mptkit.tables",
     "mptkit.fit",
     "mptkit.derive",
     "mptkit.edit",

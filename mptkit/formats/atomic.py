@@ -199,7 +199,10 @@ def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
     try:
         tmp.mkdir()
         yield tmp
-        for p in tmp.iterdir():
+        for p in sorted(tmp.rglob("*"), reverse=True):  # files, then the folders that hold them
+            if p.is_dir():
+                _fsync_dir(p)
+                continue
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)

@@ -1,0 +1,186 @@
+"""Prompt tables for serving engines (export --tasks/--all) and banks from single-task prompts
+(decompose), checked against the real PEFT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mptkit
+from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_mptkit, tiny_base_model
+from mptkit.decompose import decompose
+from mptkit.errors import IncompatibleBanks, InvalidBank, UsageError
+from mptkit.export import export_table
+from mptkit.tables import read_prompts
+
+V = 5  # the peft_banks fixture's virtual tokens
+
+
+def peft_prompts(folder, kind, tasks):
+    """PEFT's own MPT prompts (float32) for ``tasks``, all in one batch and one task at a time."""
+    from peft import PeftModel
+
+    enc = PeftModel.from_pretrained(tiny_base_model(kind), str(folder)).prompt_encoder["default"]
+    N = enc.embedding.weight.shape[0]
+    with torch.no_grad():
+        batch = enc(torch.arange(N).expand(len(tasks), N), torch.tensor(tasks))
+        single = torch.cat([enc(torch.arange(N)[None], torch.tensor([k])) for k in tasks])
+    assert torch.equal(batch, single)
+    return batch
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_tables_equal_peft_bit_for_bit(peft_banks, tmp_path, kind):
+    src = peft_banks(kind)
+    want = peft_prompts(src, kind, [0, 1, 2])
+    r = run_mptkit("export", src, "--all", "-o", tmp_path / "t.npy")
+    assert r.returncode == 0, r.stderr
+    table = np.load(tmp_path / "t.npy")
+    assert table.dtype == np.float32 and table.shape == ((3, V, 24) if kind == "seq2seq" else (3, V, 24))
+    assert torch.equal(torch.from_numpy(table), want[:, :V])  # seq2seq: the encoder half, what generate uses
+    side = json.loads((tmp_path / "t.tasks.json").read_text())
+    assert side["tasks"] == ["task0", "task1", "task2"] and side["half"] == ("encoder" if kind == "seq2seq" else None)
+    assert side["provenance"][-1]["operation"] == "export"
+    args = ["--half", "both"] if kind == "seq2seq" else []
+    assert run_mptkit("export", src, "--tasks", "2,0", *args, "-o", tmp_path / "t.safetensors").returncode == 0
+    st = load_tensors(tmp_path / "t.safetensors")
+    assert set(st) == {"prompt_table"} and torch.equal(st["prompt_table"], want[[2, 0]])
+    if kind == "seq2seq":
+        assert run_mptkit("export", src, "--all", "--half", "decoder", "-o", tmp_path / "dec.npy").returncode == 0
+        assert torch.equal(torch.from_numpy(np.load(tmp_path / "dec.npy")), want[:, V:])
+    else:
+        r = run_mptkit("export", src, "--all", "--half", "decoder", "-o", tmp_path / "x.npy")
+        assert r.returncode == 2 and "one transformer submodule" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "causal"])
+def test_a_folder_of_adapters_gives_peft_mpt_outputs(peft_banks, tmp_path, kind):
+    from peft import PeftModel
+
+    src = peft_banks(kind)
+    out = tmp_path / "prompts"
+    assert run_mptkit("export", src, "--tasks", "0,2", "-o", out).returncode == 0
+    assert json.loads((out / "tasks.json").read_text())["tasks"] == ["task0", "task2"]
+    mpt = PeftModel.from_pretrained(tiny_base_model(kind), str(src)).eval()
+    ids = torch.randint(2, 96, (2, 6), generator=torch.Generator().manual_seed(1))
+    for k in (0, 2):
+        pt = PeftModel.from_pretrained(tiny_base_model(kind), str(out / f"task{k}")).eval()
+        task_ids = torch.full((2,), k)
+        with torch.no_grad():
+            if kind == "causal":
+                assert torch.equal(mpt(input_ids=ids, task_ids=task_ids).logits, pt(input_ids=ids).logits)
+            else:
+                labels = ids[:, :3].clone()
+                a = mpt(input_ids=ids, labels=labels, task_ids=task_ids).encoder_last_hidden_state
+                assert torch.equal(a, pt(input_ids=ids, labels=labels).encoder_last_hidden_state)
+
+
+def test_table_dtypes_and_refusals(tmp_path):
+    src = random_bank(tmp_path / "b.safetensors", T=3, N=4, r=2, d=6, names=["a", "b", "c"])
+    bank = mptkit.load(src)
+    export_table(bank, "c,a", tmp_path / "h.npy", dtype="float16")
+    half = np.load(tmp_path / "h.npy")
+    assert half.dtype == np.float16 and torch.equal(torch.from_numpy(half), full_prompts(bank, torch.float32)[[2, 0]].half())
+    r = run_mptkit("export", src, "--all", "--dtype", "bfloat16", "-o", tmp_path / "b.npy")
+    assert r.returncode == 2 and "cannot hold bfloat16" in r.stderr and not (tmp_path / "b.npy").exists()
+    assert run_mptkit("export", src, "--all", "--dtype", "bfloat16", "-o", tmp_path / "b16.safetensors").returncode == 0
+    assert load_tensors(tmp_path / "b16.safetensors")["prompt_table"].dtype == torch.bfloat16
+    r = run_mptkit("export", src, "--all", "-o", tmp_path / "h.npy")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = run_mptkit("export", src, "--task", "a", "--tasks", "b", "-o", tmp_path / "x.npy")
+    assert r.returncode == 2 and "give one of --task" in r.stderr
+
+
+# -- decompose -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(4, 6, 8, 1), (5, 6, 8, 2), (8, 12, 20, 3), (3, 10, 40, 2)])
+def test_export_then_decompose_gives_the_prompts_back(tmp_path, shape):
+    T, N, d, r = shape
+    src = random_bank(tmp_path / "b.safetensors", T=T, N=N, r=r, d=d, names=[f"t{i}" for i in range(T)], seed=T + d)
+    assert run_mptkit("export", src, "--all", "-o", tmp_path / "all.npy").returncode == 0
+    res = run_mptkit("decompose", tmp_path / "all.npy", "--rank", r, "-o", tmp_path / "back.safetensors", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["task_names"] == [f"t{i}" for i in range(T)] and report["rank"] == r
+    before, after = full_prompts(mptkit.load(src)), full_prompts(mptkit.load(tmp_path / "back.safetensors"))
+    rel = ((after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2)))
+    assert float(rel.max()) < 1e-5 and max(report["relative_error"].values()) < 1e-5
+
+
+def test_decompose_with_a_shared_prompt_keeps_it(tmp_path):
+    bank = memory_bank(T=4, N=6, d=9, r=2, seed=8, names=["a", "b", "c", "d"])
+    mptkit.save(bank, tmp_path / "bank.safetensors")
+    export_table(bank, "all", tmp_path / "p.safetensors")
+    out = decompose(read_prompts([tmp_path / "p.safetensors"]), 2, shared=mptkit.load(tmp_path / "bank.safetensors"))
+    assert bytes(out.tensors["prompt_embeddings"].read()) == bytes(bank.tensors["prompt_embeddings"].read())
+    assert max(out.provenance[-1]["results"]["relative_error"].values()) < 1e-6
+    other = memory_bank(T=1, N=6, d=10, r=2)
+    with pytest.raises(IncompatibleBanks, match=r"6 x 10 \(N x d\), the prompts are 6 x 9"):
+        decompose(read_prompts([tmp_path / "p.safetensors"]), 2, shared=other)
+
+
+def test_decompose_refuses_what_is_not_a_prompt(tmp_path, example_bank, peft_banks):
+    with pytest.raises(InvalidBank, match="a MULTITASK_PROMPT_TUNING adapter, not PROMPT_TUNING"):
+        read_prompts([example_bank])
+    random_bank(tmp_path / "bank.safetensors")
+    with pytest.raises(InvalidBank, match="not a prompt table: expected a tensor 'prompt_table'"):
+        read_prompts([tmp_path / "bank.safetensors"])
+    np.save(tmp_path / "a.npy", np.zeros((2, 4, 6), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((4, 5), np.float32))
+    with pytest.raises(UsageError, match=r"is 4 x 5 \(N x d\), but .*a.npy's are 4 x 6"):
+        read_prompts([tmp_path / "a.npy", tmp_path / "b.npy"])
+    np.save(tmp_path / "i.npy", np.zeros((2, 4, 6), np.int32))
+    r = run_mptkit("decompose", tmp_path / "i.npy", "--rank", 1, "-o", tmp_path / "o.safetensors")
+    assert r.returncode == 2 and "expected a C-order float32" in r.stderr and not (tmp_path / "o.safetensors").exists()
+    r = run_mptkit("decompose", tmp_path / "a.npy", "--rank", 9, "-o", tmp_path / "o.safetensors")
+    assert r.returncode == 2 and "min(N, d) = min(4, 6) = 4" in r.stderr
+
+
+def train_prompt_tuning(out, seed, steps=25):
+    """A PEFT PROMPT_TUNING adapter on the tiny GPT-2, trained a few steps on a task of its own."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(tiny_base_model("causal"), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    g = torch.Generator().manual_seed(100 + seed)
+    shift = 1 + seed  # the task: predict token + shift
+    for _ in range(steps):
+        ids = torch.randint(2, 90, (8, 7), generator=g)
+        labels = torch.cat([ids[:, :1], (ids[:, :-1] + shift) % 96], dim=1)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(str(out))
+    return out
+
+
+def test_decompose_real_prompt_tuning_adapters_into_a_bank_peft_loads(tmp_path):
+    from peft import PeftModel
+
+    tasks = [train_prompt_tuning(tmp_path / name, seed) for seed, name in enumerate(["copy1", "copy2", "copy3", "copy4"])]
+    ids = torch.randint(2, 90, (4, 7), generator=torch.Generator().manual_seed(9))
+    own = []
+    for t in tasks:
+        with torch.no_grad():
+            own.append(PeftModel.from_pretrained(tiny_base_model("causal"), str(t)).eval()(input_ids=ids).logits)
+    worst = {}
+    for rank in (1, 3, 6):
+        out = tmp_path / f"bank{rank}"
+        r = run_mptkit("decompose", *tasks, "--rank", rank, "-o", out)
+        assert r.returncode == 0, r.stderr
+        assert f"wrote {out}: 4 task(s) (copy1, copy2, copy3, copy4), rank {rank}, F32" in r.stdout
+        mpt = PeftModel.from_pretrained(tiny_base_model("causal"), str(out)).eval()
+        assert mpt.peft_config["default"].peft_type == "MULTITASK_PROMPT_TUNING"
+        diffs = []
+        for k, ref in enumerate(own):
+            with torch.no_grad():
+                got = mpt(input_ids=ids, task_ids=torch.full((4,), k)).logits
+            diffs.append(float((got - ref).norm() / ref.norm()))
+        worst[rank] = max(diffs)
+        print(f"rank {rank}: relative logit difference per task {['%.2e' % x for x in diffs]}")
+    assert worst[6] < 1e-5  # rank min(N, d) = 6 is exact
+    assert worst[1] > worst[3] > worst[6] and worst[1] < 0.5
