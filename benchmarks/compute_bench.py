@@ -82,7 +82,7 @@ def main() -> None:
         "rank": (32, 100, 32, 1024) if q else (256, 100, 32, 4096),
         "similarity": (128, 100, 32, 1024) if q else (1024, 100, 32, 8192),
         "big": (250, 100, 32, 1024) if q else (2000, 100, 32, 8192),
-        "values": (16, 500, 1, 500) if q else (64, 2000, 1, 2000),
+        "values": (32, 1000, 1, 1000) if q else (64, 2000, 1, 2000),
     }
     print(f"making synthetic banks in {work} ...", file=sys.stderr)
     banks = {k: Path(args.big) if k == "big" and args.big else make(work / f"{k}-{'x'.join(map(str, v))}.safetensors", *v, seed=i)

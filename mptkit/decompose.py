@@ -44,7 +44,7 @@ CACHE_BYTES = 256 << 20
 #: prompts per chunk (float64 bytes), and the (columns, N, N) normal matrices built at a time
 CHUNK_BYTES = 32 << 20
 COLUMN_BLOCK_BYTES = 32 << 20
-SHARED_ROUNDS = 500
+SHARED_ROUNDS = 300
 CONFIG_KEYS = tuple(f.key for f in CONFIG_FIELDS)
 POLISH_ROUNDS = 100
 
@@ -129,13 +129,14 @@ class _Data:
 
 
 #: the starts tried, in order, until one fits to rounding: (perturbation of Q = ones, rebalance rows each round)
-STARTS = ((1e-3, False), (0.1, False), (1e-3, True), (0.3, False), (0.1, True), (1.0, False))
+STARTS = ((1e-3, False), (0.1, False), (1e-3, True), (0.3, False))
 
 
 def find_shared(data: _Data, rank: int, seed: int = 0, *, rounds: int = SHARED_ROUNDS, polish: int = POLISH_ROUNDS):
     """The shared prompt P (N, d) float64 for factors of rank ``rank`` (steps 1 and 2 of the module
     doc): the best of the :data:`STARTS` (seeded ``seed``, ``seed + 1``, ...), stopping at the
-    first whose polished fit is exact to rounding (a relative error below 1e-7)."""
+    first whose polished fit is exact to rounding (a relative error below 1e-7), or when two starts
+    agree to 1% (prompts that no rank-R model fits exactly: more starts give the same answer)."""
     import torch
 
     best = None
@@ -143,9 +144,10 @@ def find_shared(data: _Data, rank: int, seed: int = 0, *, rounds: int = SHARED_R
         Q = _shared_q(data, rank, seed + i, amplitude, rebalance, rounds)
         nz = Q != 0
         P, err = _polish(data, torch.where(nz, 1 / torch.where(nz, Q, 1.0), 0.0), rank, polish)
+        agree = best is not None and abs(err - best[1]) <= 0.01 * best[1]
         if best is None or err < best[1]:
             best = (P, err)
-        if err < 1e-7:
+        if err < 1e-7 or agree:
             break
     return best[0]
 
@@ -170,9 +172,9 @@ def _shared_q(data: _Data, rank: int, seed: int, amplitude: float, rebalance: bo
             bar.update(1)
             if tail <= 1e-28 * total:
                 break
-            stall = stall + 1 if best is not None and tail > best * (1 - 1e-6) else 0
+            stall = stall + 1 if best is not None and tail > best * (1 - 1e-4) else 0
             best = tail if best is None else min(best, tail)
-            if stall >= 20:
+            if stall >= 5:  # a plateau: these prompts have no exact rank-R model (or this start found none)
                 break
             for lo in range(0, d, block):  # each column q_j: one inverse-iteration step on G_j
                 cols = slice(lo, min(d, lo + block))

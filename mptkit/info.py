@@ -69,6 +69,7 @@ def value_stats(bank: PromptBank) -> dict:
     ia, ib = [a for a in range(r) for b in range(a, r)], [b for a in range(r) for b in range(a, r)]
     gram = len(ia) <= 2 * r + 6
     pe2 = np.square(pe, dtype=np.float64) if gram else None
+    pe64 = pe.astype(np.float64)
     weight = np.array([1.0 if x == y else 2.0 for x, y in zip(ia, ib)])
     per_task = cols_a.row_nbytes + rows_a.row_nbytes + (8 * len(ia) * d if gram else 0)
     step = max(1, VALUES_CHUNK_BYTES // max(per_task, 1))
@@ -92,7 +93,7 @@ def value_stats(bank: PromptBank) -> dict:
                 if sqs is not None and np.isfinite(sqs[j]) and sqs[j] >= 0:
                     norm, bad = float(np.sqrt(sqs[j])), 0
                 else:
-                    norm, bad = _prompt_norm(pe, c, rw, tokens)
+                    norm, bad = _prompt_norm(pe64, c, rw, tokens)
                 bad_cols += nc
                 bad_rows += nr
                 out["tasks"].append({
@@ -106,13 +107,16 @@ def value_stats(bank: PromptBank) -> dict:
 
 
 def _prompt_norm(pe, c, rw, tokens: int) -> tuple[float, int]:
-    """The norm and non-finite count of ``pe * (c @ rw)``, computed (float64) a block of tokens at a time."""
+    """The norm and non-finite count of ``pe * (c @ rw)`` (``pe`` float64), computed (float64) a
+    block of tokens at a time into one reused buffer."""
     import numpy as np
 
     sq, bad, big = 0.0, 0, 0.0
+    buf = np.empty((min(tokens, len(c)), rw.shape[1]))
     for t0 in range(0, len(c), tokens):
-        block = c[t0 : t0 + tokens] @ rw
-        block *= pe[t0 : t0 + tokens]
+        n = min(tokens, len(c) - t0)
+        block = np.matmul(c[t0 : t0 + n], rw, out=buf[:n])
+        np.multiply(block, pe[t0 : t0 + n], out=block)
         norm, nbad = _norm_and_nonfinite(block)
         sq, bad, big = sq + norm * norm, bad + nbad, max(big, norm)
     return (float(np.sqrt(sq)) if np.isfinite(sq) or not np.isfinite(big) else big), bad

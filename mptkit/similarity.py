@@ -10,8 +10,8 @@ from .bank import PromptBank, select_tasks
 from .errors import UsageError
 
 #: materialised prompts (float32) held at once: one block of rows, one of columns
-ROW_BLOCK_BYTES = 512 << 20
-COL_BLOCK_BYTES = 128 << 20
+ROW_BLOCK_BYTES = 384 << 20
+COL_BLOCK_BYTES = 96 << 20
 #: elements of the prompts' inner dimension per float32 product; the products are summed in float64
 INNER = 1 << 16
 
@@ -65,20 +65,24 @@ def gram_matrix(bank: PromptBank, idx: list[int]):
     pe = bank.tensors["prompt_embeddings"].to_torch(dtype=torch.float32)
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
 
-    def prompts(ks):
+    row_buf = torch.empty(min(rows_per, len(idx)), N, d)
+    col_buf = torch.empty(min(cols_per, len(idx)), N, d)
+
+    def prompts(ks, buf):  # pe * (cols @ rows), PEFT's order of operations, into a reused buffer
         c = cols_a.rows(ks).to_torch(dtype=torch.float32)
         r = rows_a.rows(ks).to_torch(dtype=torch.float32)
-        return numerics.task_prompts(pe, c, r).reshape(len(ks), N * d)
+        out = torch.matmul(c, r, out=buf[: len(ks)])
+        return out.mul_(pe).reshape(len(ks), N * d)
 
     n = len(idx)
     gram = torch.zeros(n, n, dtype=torch.float64)
     with progress.bar(n * (n + 1) // 2, "similarity", unit="pair", unit_scale=True) as bar:
         for i0 in range(0, n, rows_per):
-            A = prompts(idx[i0 : i0 + rows_per])
+            A = prompts(idx[i0 : i0 + rows_per], row_buf)
             gram[i0 : i0 + len(A), i0 : i0 + len(A)] = _products(A, A)
             bar.update(len(A) * (len(A) + 1) // 2)
             for j0 in range(i0 + len(A), n, cols_per):
-                B = prompts(idx[j0 : j0 + cols_per])
+                B = prompts(idx[j0 : j0 + cols_per], col_buf)
                 block = _products(A, B)
                 gram[i0 : i0 + len(A), j0 : j0 + len(B)] = block
                 gram[j0 : j0 + len(B), i0 : i0 + len(A)] = block.T

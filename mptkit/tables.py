@@ -110,17 +110,44 @@ class Prompts:
         return tuple(self.arrays[0].shape) if self.arrays else (0, 0)
 
     def read(self, idx, dtype=None):
-        """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default)."""
+        """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default); a bank's task is
+        its full prompt, computed as PEFT computes it (float32)."""
         import torch
 
         dtype = dtype or torch.float64
-        return torch.stack([self.arrays[i].to_torch(dtype=dtype) for i in idx])
+        return torch.stack([a.prompt(dtype) if isinstance(a, _TaskPrompt) else a.to_torch(dtype=dtype)
+                            for a in (self.arrays[i] for i in idx)])
+
+
+@dataclass
+class _TaskPrompt:
+    """Task ``k`` of a bank, as a prompt to decompose (computed when read)."""
+
+    bank: object
+    k: int
+
+    @property
+    def shape(self):
+        return (self.bank.num_tokens, self.bank.token_dim)
+
+    def prompt(self, dtype):
+        import torch
+
+        from .numerics import task_prompts
+
+        t = self.bank.tensors
+        f32 = torch.float32
+        prompt = task_prompts(t["prompt_embeddings"].to_torch(dtype=f32).unsqueeze(0),
+                              t["prefix_task_cols"].rows([self.k]).to_torch(dtype=f32),
+                              t["prefix_task_rows"].rows([self.k]).to_torch(dtype=f32))[0]
+        return prompt.to(dtype)
 
 
 def read_prompts(paths) -> Prompts:
     """Single-task prompts from PEFT PROMPT_TUNING adapter folders (or folders of them), prompt
-    tables (``.npy`` with or without its sidecar, ``.safetensors`` with ``prompt_table``) and
-    ``.safetensors`` files holding one ``prompt_embeddings``. Every prompt must have one shape."""
+    tables (``.npy`` with or without its sidecar, ``.safetensors`` with ``prompt_table``),
+    ``.safetensors`` files holding one ``prompt_embeddings``, and MPT banks (each task's full
+    prompt). Every prompt must have one shape."""
     out = Prompts([], [], [])
     configs = []
     for path in paths:
@@ -142,6 +169,13 @@ def read_prompts(paths) -> Prompts:
 
 
 def _read_one(p: Path):
+    if _is_bank(p):  # an MPT bank: its tasks' full prompts
+        from .io import load
+
+        bank = load(p)
+        names = bank.task_names or [f"task{k}" for k in range(bank.num_tasks)]
+        return [_TaskPrompt(bank, k) for k in range(bank.num_tasks)], names, [bank.source], \
+            {k: v for k, v in (bank.config or {}).items()}
     if p.is_dir():
         if (p / peft.CONFIG_NAME).exists():
             return _read_adapter(p, p.name)
@@ -163,6 +197,22 @@ def _read_one(p: Path):
     if p.name.lower().endswith(".safetensors"):
         return _read_safetensors(p)
     raise UsageError(f"{p}: not a prompt input: give PROMPT_TUNING adapter folders, .npy or .safetensors prompt tables")
+
+
+def _is_bank(p: Path) -> bool:
+    """Whether ``p`` holds an MPT bank (a MULTITASK_PROMPT_TUNING folder, a bank's .safetensors, a pickle)."""
+    if p.is_dir():
+        cfg = p / peft.CONFIG_NAME
+        if not cfg.is_file():
+            return False
+        config = peft.read_config(cfg)
+        return isinstance(config, dict) and config.get("peft_type") == "MULTITASK_PROMPT_TUNING"
+    name = p.name.lower()
+    if name.endswith((".bin", ".pt", ".pth")):
+        return True
+    if name.endswith(".safetensors") and p.is_file():
+        return "prefix_task_cols" in st.read_header(str(p)).tensors
+    return False
 
 
 def _adapter_subfolders(p: Path) -> list[Path]:

@@ -64,3 +64,37 @@ def test_quiet_json_and_the_hub_setting_turn_the_bar_off(bank, tmp_path, how):
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"} if how == "env" else None
     code, out, tty = run_on_terminal(["rank", bank, "--rank", "1", "-o", tmp_path / "c.safetensors", *extra], env)
     assert code == 0 and "%|" not in tty and (tmp_path / "c.safetensors").exists()
+
+
+def test_ctrl_c_stops_a_fit_at_once(tmp_path):
+    """SIGINT while the fit runs (its bar has just appeared): the process ends without a
+    traceback, writes nothing and prints no report."""
+    import signal
+
+    src = random_bank(tmp_path / "big.safetensors", T=64, N=100, r=32, d=1024)  # seconds of fitting
+    out = tmp_path / "out.safetensors"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "mptkit", "rank", str(src), "--rank", "8", "-o", str(out)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    while not BAR.search(seen.decode(errors="replace")):
+        chunk = os.read(master, 4096)
+        assert chunk, seen
+        seen += chunk
+    p.send_signal(signal.SIGINT)
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    stdout = p.stdout.read().decode()
+    p.stdout.close()
+    os.close(master)
+    assert p.wait(timeout=60) != 0
+    assert "Traceback" not in seen.decode(errors="replace") and "wrote" not in stdout and not out.exists()

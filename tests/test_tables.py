@@ -121,12 +121,20 @@ def test_decompose_with_a_shared_prompt_keeps_it(tmp_path):
         decompose(read_prompts([tmp_path / "p.safetensors"]), 2, shared=other)
 
 
-def test_decompose_refuses_what_is_not_a_prompt(tmp_path, example_bank, peft_banks):
-    with pytest.raises(InvalidBank, match="a MULTITASK_PROMPT_TUNING adapter, not PROMPT_TUNING"):
-        read_prompts([example_bank])
-    random_bank(tmp_path / "bank.safetensors")
+def test_decompose_refuses_what_is_not_a_prompt(tmp_path, example_bank):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    with pytest.raises(InvalidBank, match="a LORA adapter, not PROMPT_TUNING"):
+        read_prompts([tmp_path / "lora"])
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3, 4)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(InvalidBank, match="not a prompt table: expected a tensor 'prompt_table'"):
-        read_prompts([tmp_path / "bank.safetensors"])
+        read_prompts([tmp_path / "model.safetensors"])
+    bank = mptkit.load(example_bank)  # a bank is read as its tasks' full prompts
+    got = read_prompts([example_bank])
+    assert got.names == ["task0", "task1", "task2", "task3"] and got.shape == (12, 32)
+    assert torch.equal(got.read([2]), full_prompts(bank, torch.float32)[2:3].double())
     np.save(tmp_path / "a.npy", np.zeros((2, 4, 6), np.float32))
     np.save(tmp_path / "b.npy", np.zeros((4, 5), np.float32))
     with pytest.raises(UsageError, match=r"is 4 x 5 \(N x d\), but .*a.npy's are 4 x 6"):

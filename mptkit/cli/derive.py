@@ -50,7 +50,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 
 @main.command()
 @click.argument("src")
-@click.option("--task", help="One task (index or name): a PEFT PROMPT_TUNING adapter folder (or a one-row table).")
+@click.option("--task", help="One task (index or name): a PEFT PROMPT_TUNING adapter folder.")
 @click.option("--tasks", help="Several tasks (0,3,5-7 or names): a prompt table (OUT.npy, OUT.safetensors) or a folder "
               "of adapters.")
 @click.option("--all", "all_", is_flag=True, help="Every task (as --tasks).")
@@ -87,7 +87,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     if half and kind == "folder":
         raise UsageError("--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt")
     bank = load(src, adapter=adapter)
-    if task is not None and kind == "folder":
+    if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
         result = run(bank, task, dtype=dtype, config=config)
         path = save_adapter(result, output, force=force, inputs=input_paths(bank))
         entry = result.provenance[-1]
@@ -98,7 +98,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
             return
         click.echo(export_report(result, path, src))
         return
-    sel = "all" if all_ else (tasks if tasks is not None else [task])
+    sel = "all" if all_ else tasks
     if kind == "folder":
         report = export_adapters(bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank))
     else:
