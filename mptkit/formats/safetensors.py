@@ -82,32 +82,46 @@ def read_header(path: str) -> Header:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(min(size, 8 + MAX_HEADER_BYTES, 1 << 16))
-            if size == 0:
-                raise InvalidBank(f"{path}: the file is empty (0 bytes); expected a safetensors file")
-            what = sniff(head)
-            if size < 8:
-                raise InvalidBank(
-                    f"{path}: the file is only {size} bytes; a safetensors file starts with an 8-byte header length"
-                    + (f" (it looks like {what})" if what else "")
-                )
-            (n,) = struct.unpack("<Q", head[:8])
-            if what and (n > size - 8 or n > MAX_HEADER_BYTES):
-                raise InvalidBank(f"{path}: this is {what}")
-            if n > MAX_HEADER_BYTES:
-                raise InvalidBank(
-                    f"{path}: the header length field says {n} bytes, more than safetensors allows "
-                    f"({MAX_HEADER_BYTES}); the file is not a valid safetensors file"
-                )
-            if n > size - 8:
-                raise InvalidBank(
-                    f"{path}: the header length field says {n} bytes but only {size - 8} bytes follow it "
-                    "(a truncated download, or not a safetensors file)"
-                )
-            if n < 2:
-                raise InvalidBank(f"{path}: the header is {n} bytes long; expected a JSON object")
-            raw = head[8 : 8 + n] if len(head) >= 8 + n else (head[8:] + f.read(8 + n - len(head)))
+
+            def more(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            return parse_header(path, head, size, more)
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the file ({e.strerror or e})") from None
+
+
+def parse_header(path: str, head: bytes, size: int, more) -> Header:
+    """The checked header of a safetensors file of ``size`` bytes that starts with ``head`` (at
+    least its first 8 bytes, or the whole file); ``more(offset, n)`` reads the rest of a longer
+    header. ``path`` names the file in messages (an ``hf://`` file, read by range requests, too)."""
+    if size == 0:
+        raise InvalidBank(f"{path}: the file is empty (0 bytes); expected a safetensors file")
+    what = sniff(head)
+    if size < 8:
+        raise InvalidBank(
+            f"{path}: the file is only {size} bytes; a safetensors file starts with an 8-byte header length"
+            + (f" (it looks like {what})" if what else "")
+        )
+    (n,) = struct.unpack("<Q", head[:8])
+    if what and (n > size - 8 or n > MAX_HEADER_BYTES):
+        raise InvalidBank(f"{path}: this is {what}")
+    if n > MAX_HEADER_BYTES:
+        raise InvalidBank(
+            f"{path}: the header length field says {n} bytes, more than safetensors allows "
+            f"({MAX_HEADER_BYTES}); the file is not a valid safetensors file"
+        )
+    if n > size - 8:
+        raise InvalidBank(
+            f"{path}: the header length field says {n} bytes but only {size - 8} bytes follow it "
+            "(a truncated download, or not a safetensors file)"
+        )
+    if n < 2:
+        raise InvalidBank(f"{path}: the header is {n} bytes long; expected a JSON object")
+    raw = head[8 : 8 + n] if len(head) >= 8 + n else (head[8:] + more(len(head), 8 + n - len(head)))
+    if len(raw) != n:
+        raise InvalidBank(f"{path}: the file ended inside its header: it changed while being read")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
