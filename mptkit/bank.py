@@ -25,6 +25,9 @@ class Source:
     data_file: str  # the file holding the tensors
     file_size: int
     _sha256: str | None = None
+    #: for a bank on the Hub: repo, commit, file, its LFS sha256, and whether it was read by ranges
+    #: ("partial": only the bytes an operation needed, not checked against the sha256)
+    remote: dict | None = None
 
     @property
     def sha256(self) -> str:
@@ -40,11 +43,12 @@ def _hash_cache_dir() -> str:
     return os.path.join(base, "sha256")
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str, *, known: str | None = None) -> str:
     """sha256 of a file. Hashing a multi-GB bank costs a full read, so the digest is remembered
     under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
     file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
-    that cannot be written is simply not used."""
+    that cannot be written is simply not used. ``known``: the digest, computed while the file was
+    written (a verified download), remembered without reading the file again."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -54,10 +58,13 @@ def file_sha256(path: str) -> str:
     try:
         with open(entry, encoding="ascii") as f:
             cached = f.read().strip()
-        if re.fullmatch(r"[0-9a-f]{64}", cached):
+        if re.fullmatch(r"[0-9a-f]{64}", cached) and known is None:
             return cached
     except OSError:
         pass
+    if known is not None:
+        _remember(entry, known)
+        return known
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -66,6 +73,11 @@ def file_sha256(path: str) -> str:
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     digest = h.hexdigest()
+    _remember(entry, digest)
+    return digest
+
+
+def _remember(entry: str, digest: str) -> None:
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
         tmp = f"{entry}.{os.getpid()}.tmp"
@@ -74,7 +86,6 @@ def file_sha256(path: str) -> str:
         os.replace(tmp, entry)
     except OSError:
         pass
-    return digest
 
 
 @dataclass
@@ -170,7 +181,8 @@ class PromptBank:
         srcs = []
         for b in sources or [self]:
             if b.source is not None:
-                srcs.append({"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256})
+                srcs.append({"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256,
+                             **({"hub": dict(b.source.remote)} if b.source.remote else {})})
         return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
 
 

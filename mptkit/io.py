@@ -19,12 +19,10 @@ def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
     pickle (weights only) or ``hf://owner/repo[@revision][/path]``; tensors stay on disk until read.
     ``kind`` forces a schema ("bank", "task", "shared")."""
     name = os.fspath(path)
-    if name.startswith("hf://"):
-        from .hub import resolve
+    if name.startswith("hf://"):  # the header and the bytes an operation reads, not the whole bank
+        from .hub import open_bank
 
-        bank = read(resolve(name), kind=kind)
-        bank.source.path = name
-        return bank
+        return open_bank(name, kind=kind)
     return read(name, kind=kind)
 
 

@@ -123,6 +123,20 @@ def _checked(field):
     return callback
 
 
+def limit_options(f):
+    """--timeout and --deadline for Hub transfers (:mod:`mptkit.hub.http`); without them the
+    environment variables and the API's defaults apply."""
+    from ..options import HUB_DEADLINE, HUB_TIMEOUT
+
+    f = click.option("--deadline", type=float, metavar="SECONDS", help=(
+        f"Hub transfers: give up when they take longer than this in all (default {HUB_DEADLINE:g}, or "
+        "MPTKIT_HUB_DEADLINE)."))(f)
+    f = click.option("--timeout", type=float, metavar="SECONDS", help=(
+        f"Hub transfers: give up on a server that sends less than 1 kB in this many seconds (default "
+        f"{HUB_TIMEOUT:g}, or MPTKIT_HUB_TIMEOUT)."))(f)
+    return f
+
+
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
