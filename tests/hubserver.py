@@ -790,5 +790,58 @@ def sparse_bank(path, *, T: int, N: int, r: int, d: int, filled=(), seed: int = 
     return out
 
 
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_rss_mb: float  # the process's own peak resident memory
+
+
+_MEASURE = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{ru.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def run_measured(*args, env: dict | None = None, timeout: float = 120, cwd=None) -> Run:
+    """``python -m mptkit ARGS`` as a real process, with its wall time and peak RSS. A small
+    wrapper process starts it and reads its ``wait4`` figures: a child of this (large) test
+    process would report this process's memory as its own peak (Linux records the memory a
+    process had before ``exec`` in its peak, even after ``vfork``)."""
+    import signal
+    import sys
+    import tempfile
+
+    e = dict(os.environ)
+    e.update(env or {})
+    argv = [sys.executable, "-m", "mptkit", *map(str, args)]
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = os.path.join(tmp, "figures")
+        out, err = open(os.path.join(tmp, "out"), "w+b"), open(os.path.join(tmp, "err"), "w+b")
+        with out, err:
+            t0 = time.monotonic()
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _MEASURE, figures, *argv], e,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                                               (os.POSIX_SPAWN_DUP2, err.fileno(), 2)],
+                                 setsid=True, **({"chdir": os.fspath(cwd)} if cwd is not None and sys.version_info >= (3, 13) else {}))
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() - t0 > timeout:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.02)
+            wall = time.monotonic() - t0
+            rss, code = (open(figures).read().split() if os.path.exists(figures) else ("0", "-9"))
+            out.seek(0)
+            err.seek(0)
+            return Run(int(code), out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall,
+                       int(rss) / 1024)
+
+
 def resolve_url(endpoint: str, repo_id: str, rev: str, filename: str) -> str:
     return f"{endpoint}/{repo_id}/resolve/{quote(rev, safe='')}/{quote(filename)}"

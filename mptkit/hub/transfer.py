@@ -208,13 +208,15 @@ class _NoBar:
 
 
 def _bar(f: Listed):
-    """The client's progress bar for a download (shown where the client shows its bars)."""
+    """The client's progress bar for a download: on a terminal only, and not where the client's
+    bars are off (``--quiet``, ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
     import contextlib
+    import sys
 
     from huggingface_hub.utils import are_progress_bars_disabled
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    if are_progress_bars_disabled():
+    if are_progress_bars_disabled() or not sys.stderr.isatty():
         return contextlib.nullcontext(_NoBar())
     return hf_tqdm(total=f.size, unit="B", unit_scale=True, desc=posixpath.basename(f.name))
 
@@ -230,10 +232,10 @@ def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = N
     with http.limited(limits or http.limits()), client.progress(quiet):
         commit = resolve_commit(ref, token)
         chosen, rel = choose(ref, commit, token)
-        local = [download(ref, commit, f, token, unverified=unverified) for f in chosen]
+        for f in chosen:
+            download(ref, commit, f, token, unverified=unverified)
     cache.remember(ref.repo_id, ref.revision or "main", commit)
     snapshot = str(cache.pointer(ref.repo_id, commit, "x").parent)
-    del local
     return Fetched(ref, commit, os.path.join(snapshot, *rel.split("/")) if rel else snapshot, [f.name for f in chosen])
 
 
