@@ -34,7 +34,7 @@ A hostile server, per repo (issue 12)::
     server.hostile("owner/x", ignore_range=True)             # 200 and the whole file to any Range
     server.hostile("owner/x", listing=3_000_000)             # that many more files in each listing
     server.hostile("owner/x", repo_commit="ab" * 20)         # X-Repo-Commit of downloads
-    server.hostile("owner/x", range_shift=8)                 # 206 with bytes from 8 further on
+    server.hostile("owner/x", range_shift=8)                 # 206 with the range 8 bytes further on
 
 ``server.after(pattern, fn)`` runs ``fn()`` once after the next request whose path matches (a
 branch that moves between two requests, say).
@@ -655,9 +655,10 @@ class _Handler(BaseHTTPRequestHandler):
                 end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
             if start >= size or start > end:
                 return Response(416, b"", {**headers, "Content-Range": f"bytes */{size}"})
+            shift = int(bad.get("range_shift", 0))  # another range than the one asked for, and says so
+            start, end = min(start + shift, size - 1), min(end + shift, size - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            shift = int(bad.get("range_shift", 0))
-            return Response(206, self._body(data, start + shift, end + 1 + shift, flip), headers, length=end + 1 - start)
+            return Response(206, self._body(data, start, end + 1, flip), headers, length=end + 1 - start)
         return Response(200, self._body(data, 0, size, flip), headers, length=size)
 
     @staticmethod
