@@ -63,7 +63,8 @@ class Segment:
     """``length`` bytes at ``offset`` of ``path`` (a file), of ``buffer`` (memory), or of
     ``reader``: any object with ``read_into(offset, out)`` that fills the writable buffer ``out``
     with the bytes at ``offset`` (a file on the Hub read by range requests, say), and optionally
-    ``prefetch([(offset, length), ...])``, told first which ranges an operation will read."""
+    ``prefetch([(offset, length), ...])``, told first which ranges an operation will read, and
+    ``copy_to(offset, length, f)``, which writes the bytes to the binary file ``f``."""
 
     offset: int
     length: int
@@ -177,6 +178,10 @@ class Array:
             for seg in self.segments:
                 if seg.buffer is not None:
                     f.write(seg.buffer[seg.offset : seg.offset + seg.length])
+                    f.flush()
+                    continue
+                if seg.reader is not None and hasattr(seg.reader, "copy_to"):
+                    seg.reader.copy_to(seg.offset, seg.length, f)  # streamed straight into f
                     f.flush()
                     continue
                 if seg.reader is not None:

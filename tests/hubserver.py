@@ -29,6 +29,7 @@ A hostile server, per repo (issue 12)::
     server.hostile("owner/x", flip={"adapter_model.safetensors": 200})  # one byte changed, same size
     server.hostile("owner/x", checksums=False)               # the listing carries no usable checksum
     server.hostile("owner/x", slow=5.0)                      # file bodies: one byte every 5 s
+    server.hostile("owner/x", rate=2e6)                      # file bodies at 2 MB/s (not hostile: slow)
     server.hostile("owner/x", echo_auth=True)                # 401 quoting the Authorization header
     server.hostile("owner/x", error="text")                  # every answer: HTTP 500 with this text
     server.hostile("owner/x", ignore_range=True)             # 200 and the whole file to any Range
@@ -202,8 +203,8 @@ class Fault:
 
 
 FAULT_KINDS = ("status", "truncate", "content_length", "garbage", "drop")
-HOSTILE_KINDS = ("etag", "linked_etag", "flip", "checksums", "slow", "echo_auth", "error", "ignore_range", "listing",
-                 "repo_commit", "range_shift", "sizes")
+HOSTILE_KINDS = ("etag", "linked_etag", "flip", "checksums", "slow", "rate", "echo_auth", "error", "ignore_range",
+                 "listing", "repo_commit", "range_shift", "sizes")
 
 
 class Response:
@@ -445,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         req.status = resp.status
         slow = self.hostile.get("slow") if "/resolve/" in req.path else None
+        rate = self.hostile.get("rate") if "/resolve/" in req.path else None
+        if rate:
+            body = (piece for chunk in body for piece in _pieces(chunk, 64 << 10, rate))
         if method == "HEAD":
             self.close_connection = True
             return
@@ -738,6 +742,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return _error(404, f"Invalid rev id: {data.get('startingPoint')}", "RevisionNotFound")
             repo.refs[branch] = start.sha
         return _json(200, {})
+
+
+def _pieces(chunk: bytes, size: int, rate: float) -> Iterable[bytes]:
+    for i in range(0, len(chunk), size):
+        time.sleep(min(size, len(chunk) - i) / rate)
+        yield chunk[i: i + size]
 
 
 def _chain(*parts: Iterable[bytes]) -> Iterable[bytes]:

@@ -170,7 +170,7 @@ def test_a_server_that_ignores_range_is_not_read_whole(hub, big_remote, sandbox)
         msg = _one_error(r)
         assert "ignored the range request" in msg and "whole file" in msg, msg
         assert r.peak_rss_mb < 250, r.peak_rss_mb  # the file is 300 MB; before: 2.3 GB for 1.2 GB
-        assert hub.bytes_sent(r"/resolve/") - before < 16 << 20
+        assert hub.bytes_sent(r"/resolve/") - before < 64 << 20  # of 300 MB (socket buffers fill meanwhile)
     assert os.listdir(sandbox.out) == [] and sandbox.outside() == []
 
 

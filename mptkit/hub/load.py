@@ -21,9 +21,9 @@ from ..bank import PromptBank, Source, select_tasks
 from ..errors import InvalidBank, UsageError
 from ..formats import peft
 from . import cache, client, http
-from .refs import HubRef, parse_ref
+from .refs import HubRef, offline, parse_ref
 from .remote import RemoteFile, Where
-from .transfer import Fetched, choose, download, fetch, from_cache, offline_now, resolve_commit
+from .transfer import Fetched, choose, download, fetch, from_cache, resolve_commit
 
 #: files smaller than this are downloaded whole (verified, cached) rather than read by ranges
 WHOLE_BELOW = 1 << 20
@@ -58,7 +58,7 @@ def open_bank(ref: str | HubRef, *, kind: str | None = None, token: str | None =
     """The bank at ``ref``, its tensors read lazily from the Hub (see the module doc)."""
     r = parse_ref(ref) if isinstance(ref, str) else ref
     shown = str(r)
-    if offline_now():
+    if offline():
         got = from_cache(r)
         return _read_local(got.path, shown, kind, {"repo": r.repo_id, "commit": got.commit, "partial": False},
                            str(cache.pointer(r.repo_id, got.commit, "x").parent), str(HubRef(r.repo_id, r.revision)))
@@ -132,7 +132,7 @@ def pull(repo: str, output: str | os.PathLike | None = None, *, revision: str | 
             save(partial(whole, tasks), output, force=force)
         facts = whole.source.remote or {}
         got = Fetched(ref, facts.get("commit", ""), os.fspath(output), [facts.get("file", "")],
-                      cached_only=offline_now())
+                      cached_only=offline())
         return read(output), got
     if output is not None:
         target = Path(output)
@@ -180,7 +180,7 @@ def remote_summary(ref: str, *, token: str | None = None, timeout: float | None 
     bank = open_bank(ref, token=token, limits=http.limits(timeout, deadline))
     s = summary(bank)
     facts = bank.source.remote or {}
-    if offline_now():
+    if offline():
         s["notes"].append("read from the local cache (HF_HUB_OFFLINE is set)")
         return s
     s["remote"] = {k: facts.get(k) for k in ("repo", "revision", "commit", "file", "sha256")}

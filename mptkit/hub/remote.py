@@ -26,6 +26,8 @@ GAP = 4 << 10
 GAP_BUDGET = 32 << 10
 #: fetched bytes kept in memory per file; prefetches larger than this are read straight into place
 KEEP = 64 << 20
+#: ranges up to this size read one by one are kept too (a task's rows, which an operation may read twice)
+KEEP_EACH = 1 << 20
 #: a range transfer that takes longer than this shows a progress bar (on a terminal)
 BAR_DELAY = 1.0
 
@@ -76,12 +78,24 @@ class RemoteFile:
             out[:] = hit
             return
         self.fetch(offset, n, out)
+        if n <= KEEP_EACH and self._kept_bytes + n <= KEEP:  # a task's rows, read again by some operations
+            with self._lock:
+                self._kept.append((offset, bytes(out)))
+                self._kept_bytes += n
+
+    def copy_to(self, offset: int, length: int, f) -> None:
+        hit = self._find(offset, length)
+        if hit is not None:
+            f.write(hit)
+            return
+        self._transfer(offset, length, f.write)
 
     def prefetch(self, spans) -> None:
-        """Fetch the ranges ``spans`` will need, neighbours together, and keep them (up to :data:`KEEP`)."""
+        """Fetch the ranges ``spans`` will need, neighbours together, and keep them (up to
+        :data:`KEEP`). Ranges with no neighbour near are left to be read straight into place."""
         todo = sorted((o, n) for o, n in spans if n and self._find(o, n) is None)
-        if not todo or sum(n for _, n in todo) > KEEP - self._kept_bytes:
-            return  # read each range as it is asked for, straight into place
+        if len(todo) < 2 or sum(n for _, n in todo) > KEEP - self._kept_bytes:
+            return
         merged, spent = [list(todo[0])], 0
         for o, n in todo[1:]:
             last = merged[-1]
@@ -91,27 +105,36 @@ class RemoteFile:
                 last[1] = max(last[1], o + n - last[0])
             else:
                 merged.append([o, n])
+        if len(merged) == len(todo):
+            return  # nothing to merge: each range is read where it is needed
         for o, n in merged:
             buf = bytearray(n)
-            self.fetch(o, n, memoryview(buf))
+            self.fetch(o, n, buf)
             with self._lock:
-                self._kept.append((o, bytes(buf)))
+                self._kept.append((o, buf))
                 self._kept_bytes += n
 
     # -- transfers ------------------------------------------------------------------------------
     def fetch(self, offset: int, length: int, out) -> None:
         """Bytes ``offset`` to ``offset + length`` into the buffer ``out``: one checked range request."""
-        w = self.where
-        if offset < 0 or offset + length > w.size:
-            raise ValueError(f"bytes {offset}-{offset + length} are outside {w.shown} ({w.size} bytes)")
         out = memoryview(out).cast("B")
         pos = 0
-        bar = _bar(w, length)
 
-        def sink(chunk: bytes) -> None:
+        def into(chunk: bytes) -> None:
             nonlocal pos
             out[pos: pos + len(chunk)] = chunk
             pos += len(chunk)
+
+        self._transfer(offset, length, into)
+
+    def _transfer(self, offset: int, length: int, write) -> None:
+        w = self.where
+        if offset < 0 or offset + length > w.size:
+            raise ValueError(f"bytes {offset}-{offset + length} are outside {w.shown} ({w.size} bytes)")
+        bar = _bar(w, length)
+
+        def sink(chunk: bytes) -> None:
+            write(chunk)
             self.received += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
@@ -151,7 +174,7 @@ class RemoteFile:
         h = st.parse_header(w.shown, bytes(head), w.size, more)
         if len(head) > h.data_start:  # the probe's bytes past the header are data: keep them
             with self._lock:
-                self._kept.append((h.data_start, bytes(head[h.data_start:])))
+                self._kept.append((h.data_start, head[h.data_start:]))
         return RemoteHeader(h.path, h.tensors, h.metadata, h.data_start, h.file_size, self)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..errors import HubError
 from ..formats import peft
 from . import cache, client, http
-from .refs import COMMIT, HubRef, cache_dir, endpoint, safe_name
+from .refs import COMMIT, HubRef, cache_dir, endpoint, offline, safe_name
 
 BANK_FILES = (peft.SAFETENSORS_NAME, peft.BIN_NAME)
 #: most entries read from one folder's listing (a bank folder holds a handful)
@@ -227,7 +227,7 @@ def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = N
     from .refs import parse_ref
 
     ref = parse_ref(ref) if isinstance(ref, str) else ref
-    if offline_now():
+    if offline():
         return from_cache(ref)
     with http.limited(limits or http.limits()), client.progress(quiet):
         commit = resolve_commit(ref, token)
@@ -237,12 +237,6 @@ def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = N
     cache.remember(ref.repo_id, ref.revision or "main", commit)
     snapshot = str(cache.pointer(ref.repo_id, commit, "x").parent)
     return Fetched(ref, commit, os.path.join(snapshot, *rel.split("/")) if rel else snapshot, [f.name for f in chosen])
-
-
-def offline_now() -> bool:
-    from .refs import offline
-
-    return offline()
 
 
 def from_cache(ref: HubRef) -> Fetched:
