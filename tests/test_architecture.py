@@ -24,6 +24,7 @@ LAYERS = [
     "mptkit.bank",
     "mptkit.info",
     "mptkit.formats.safetensors",
+    "mptkit.formats.targets",
     "mptkit.formats.atomic",
     "mptkit.formats.peft",
     "mptkit.formats.pickle",
