@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import config_options, dtype_option, emit_json, force_option, json_option, main, output_options
+from .app import config_options, dtype_option, emit_json, force_option, json_option, main, output_options, say
 
 
 @main.command()
@@ -42,7 +42,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, output, f
                    "N": out.num_tokens, "d": out.token_dim, "num_tasks": out.num_tasks, "r": out.rank,
                    "task_names": out.task_names, "provenance": entry})
         return
-    click.echo(derive_report(out, path, src))
+    say(derive_report(out, path, src))
 
 
 @main.command()
@@ -73,4 +73,4 @@ def export(src, task, dtype, config, output, force, as_json):
                    "N": adapter.prompt.shape[0], "d": adapter.prompt.shape[1], "config": adapter.config,
                    "provenance": entry})
         return
-    click.echo(export_report(adapter, path, src))
+    say(export_report(adapter, path, src))

@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import (config_options, dtype_option, echo_lines, emit_json, force_option, json_option, main,
-                  output_options, tasks_option)
+                  output_options, say, tasks_option)
 
 
 def _save_edit(bank, output, force, sources, as_json, config) -> None:
@@ -174,4 +174,4 @@ def similarity(src, tasks, plot, force, as_json):
         return
     echo_lines(similarity_table(result))
     if plot:
-        click.echo(f"wrote {plot}")
+        say(f"wrote {plot}")

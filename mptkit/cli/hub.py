@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import config_options, emit_json, json_option, main
+from .app import config_options, emit_json, json_option, main, say
 
 
 def hub_options(f):
@@ -33,7 +33,7 @@ def pull(repo, output, force, revision, token, quiet, as_json):
     """
     from ..hub import pull as run
     from ..info import summary
-    from ..render import one_line, printable
+    from ..render import one_line
 
     bank, got = run(repo, output, revision=revision, force=force, token=token, quiet=quiet)
     local = got.path if output is None else bank.source.path
@@ -44,9 +44,8 @@ def pull(repo, output, force, revision, token, quiet, as_json):
                    "summary": s})
         return
     how = " from the local cache (offline)" if got.cached_only else ""
-    click.echo(printable(f"pulled {got.ref} (commit {got.commit[:12]}){how} into {local}"
-                         + (" (the HF cache)" if output is None else "")))
-    click.echo(printable(f"  {one_line(s)}"))
+    say(f"pulled {got.ref} (commit {got.commit[:12]}){how} into {local}" + (" (the HF cache)" if output is None else ""))
+    say(f"  {one_line(s)}")
 
 
 @main.command()
@@ -79,10 +78,10 @@ def push(src, repo, private, revision, message, create_pr, config, token, quiet,
         emit_json(out)
         return
     if out["pr_url"]:
-        click.echo(f"opened a pull request on {out['repo']}: {out['pr_url']}")
+        say(f"opened a pull request on {out['repo']}: {out['pr_url']}")
     elif out["changed"]:
-        click.echo(f"pushed {src} to {out['repo']}@{out['revision']} (commit {out['commit'][:12]}): "
+        say(f"pushed {src} to {out['repo']}@{out['revision']} (commit {out['commit'][:12]}): "
                    f"{', '.join(out['files'])}")
     else:
-        click.echo(f"{out['repo']}@{out['revision']} already holds this bank and card (commit "
+        say(f"{out['repo']}@{out['revision']} already holds this bank and card (commit "
                    f"{str(out['commit'])[:12]}); nothing to push")

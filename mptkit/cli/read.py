@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .app import emit_json, json_option, main
+from .app import emit_json, fail, json_option, main, say
 
 
 @main.command()
@@ -16,7 +16,6 @@ from .app import emit_json, json_option, main
 def validate(paths, values, as_json):
     """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
     from ..io import validate as run
-    from ..render import printable
 
     reports = [run(p, values=values) for p in paths]
     if as_json:
@@ -24,10 +23,9 @@ def validate(paths, values, as_json):
     else:
         for r in reports:
             if r["valid"]:
-                click.echo(printable(f"{r['path']}: valid ({r['kind']})"))
+                say(f"{r['path']}: valid ({r['kind']})")
             else:
-                for line in r["problems"]:
-                    click.echo(printable(f"mptkit: error: {line}"), err=True)
+                fail(r["problems"], as_json=False)
     if not all(r["valid"] for r in reports):
         sys.exit(2)
 
@@ -58,4 +56,4 @@ def inspect(path, values, as_json):
     if as_json:
         emit_json(info)
         return
-    click.echo(summary_text(info))
+    say(summary_text(info))
