@@ -65,6 +65,7 @@ def export(src, task, dtype, config, output, force, as_json):
     from ..render import export_report
 
     bank = load(src)
+    _check_export_output(output, force, input_paths(bank))  # before the arithmetic
     adapter = run(bank, task, dtype=dtype, config=config)
     path = save_adapter(adapter, output, force=force, inputs=input_paths(bank))
     entry = adapter.provenance[-1]
@@ -74,3 +75,13 @@ def export(src, task, dtype, config, output, force, as_json):
                    "provenance": entry})
         return
     say(export_report(adapter, path, src))
+
+
+def _check_export_output(output, force, inputs) -> None:
+    """export writes a PROMPT_TUNING adapter folder: any other output is refused before the work."""
+    from pathlib import Path
+
+    from ..formats import atomic, targets
+
+    if targets.output_kind(output, files={}) == "folder":
+        atomic.check_target(Path(output), folder=True, force=force, inputs=inputs)

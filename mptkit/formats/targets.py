@@ -66,7 +66,7 @@ def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILE
         return "folder"
     if suffix in WEIGHT_SUFFIXES and BANK_SUFFIX in files:
         hint = f" (did you mean {_with_suffix(shown, name, BANK_SUFFIX)}?)"
-    elif folders:
+    elif folders and suffix not in WEIGHT_SUFFIXES:
         hint = f" (for a folder whose name has a dot, end it with /: {shown}/)"
     else:
         hint = ""
@@ -74,8 +74,10 @@ def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILE
 
 
 def _wanted(files: Mapping[str, str], folders: bool) -> str:
-    kinds = [f"a file ending in {s}" for s in files] + (["a folder (no suffix) for a PEFT adapter"] if folders else [])
-    return " or ".join(kinds) if kinds else "a folder"
+    if not files:
+        return "a folder (a path with no suffix): this command writes an adapter folder"
+    kinds = [f"a file ending in {s}" + (" (a bare state dict)" if s == BANK_SUFFIX else "") for s in files]
+    return " or ".join(kinds + (["a folder with no suffix (a PEFT adapter folder)"] if folders else []))
 
 
 def _near_miss(name: str, files: Mapping[str, str]) -> str | None:
