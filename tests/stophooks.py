@@ -24,8 +24,21 @@ POINTS = ("header", "mid-tensor", "before-install", "between-renames", "after-in
 TESTS = str(Path(__file__).resolve().parent)
 
 
+#: where a writer pauses instead of stopping itself: ``READY:GO`` FIFOs (it writes a byte to READY,
+#: then waits for one on GO), for a writer the test cannot waitpid() on (one inside a PID namespace)
+FIFO_ENV = "STOPHOOK_FIFOS"
+
+
 def _stop() -> None:
-    os.kill(os.getpid(), signal.SIGSTOP)
+    fifos = os.environ.get(FIFO_ENV)
+    if not fifos:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
+    ready, go = fifos.split(":")
+    with open(ready, "wb") as f:
+        f.write(b"x")
+    with open(go, "rb") as f:
+        f.read(1)
 
 
 def install(point: str, *, no_renameat2: bool = False) -> None:

@@ -186,7 +186,8 @@ def _writing(target: Path, replace: bool) -> Iterator[_Temp]:
                 raise _os_error(target, e) from None
         finally:
             if tmp is not None:
-                tmp.remove()
+                with _signals_deferred():  # an interrupt now waits until the temp is gone
+                    tmp.remove()
 
 
 @contextlib.contextmanager

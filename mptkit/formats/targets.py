@@ -49,6 +49,8 @@ def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILE
     if text in ("-", ""):
         raise OutputError(f"{shown or repr(text)}: mptkit writes to a path, not to standard output; name {wanted}")
     name = Path(text).name
+    if name in ("", ".", "..") and folders:
+        return "folder"  # a folder by '.' or '..': check_target says what is wrong with it
     suffix = Path(name).suffix.lower() if not name.endswith(".") else "."
     trailing = text.endswith(("/", os.sep))
     if suffix in files:
