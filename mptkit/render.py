@@ -171,7 +171,9 @@ def _changes(op, args, results, bank, src, labels) -> list[str]:
     if "seed" in results:
         out.append(f"random seed {results['seed']}")
     for pos, r in (results.get("renamed") or {}).items():
-        out.append(f"renamed duplicate: task {pos} {r['from']!r} -> {r['to']!r}")
+        origin = _source_of(int(pos), results)
+        out.append(f"renamed duplicate: task {pos} {r['from']!r}" + (f" (task {origin[1]} of {origin[0]})" if origin else "")
+                   + f" -> {r['to']!r}")
     for pos, r in (results.get("refit") or {}).items():
         out.append(f"refit task {pos} ({r['task']} of {r['source']}): relative error {r['relative_error']:.3g}")
     if results.get("exact_rank"):
@@ -183,6 +185,15 @@ def _changes(op, args, results, bank, src, labels) -> list[str]:
         for name, e in errors.items():
             out.append(f"task {name}: relative error {e:.3g}")
     return out
+
+
+def _source_of(pos: int, results: dict):
+    """(source, its task index) of output task ``pos`` of a merge, from its results' ``from``."""
+    for f in results.get("from", []):
+        start, n = f["tasks"]
+        if start <= pos < start + n:
+            return f["source"], pos - start
+    return None
 
 
 def _origin(args, src, labels) -> str:

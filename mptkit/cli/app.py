@@ -33,6 +33,7 @@ class _Group(click.Group):
         if not standalone_mode:  # a caller that handles the outcome itself
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         argv = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "mptkit"  # also under python -m mptkit
         words = argv[: argv.index("--")] if "--" in argv else argv
         self._json = "--json" in words
         try:
@@ -63,7 +64,7 @@ class _Group(click.Group):
             self._debug_traceback(e, _debug(ctx))
             fail([f"internal error: {type(e).__name__}: {e} (a bug in mptkit; "
                   + ("the traceback is above)" if _debug(ctx) else "run with --debug for the traceback)")],
-                 as_json=self._json, kind="internal error")
+                 as_json=self._json)
             ctx.exit(EXIT_BUG)
 
     @staticmethod
