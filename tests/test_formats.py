@@ -238,9 +238,9 @@ def test_atomic_write_leaves_no_temp_files_even_when_it_fails(tmp_path, monkeypa
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(stf, "write", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk on fire"):
         save(bank, out / "b.safetensors")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk on fire"):
         save(bank, out / "a.safetensors", force=True)
     assert sorted(os.listdir(out)) == ["a.safetensors"]
     assert load(out / "a.safetensors").num_tasks == 4  # the old version is intact
