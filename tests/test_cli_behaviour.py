@@ -84,16 +84,17 @@ MISMATCHES = [
 
 
 @pytest.mark.parametrize("cfg_a,cfg_b,what,va,vb", MISMATCHES)
-def test_merge_and_add_refuse_banks_made_for_other_tasks_or_models(tmp_path, cfg_a, cfg_b, what, va, vb):
+def test_merge_and_add_refuse_banks_made_for_other_tasks_or_models(tmp_path, cli, cfg_a, cfg_b, what, va, vb):
     a = config_bank(tmp_path / "a.safetensors", cfg_a, seed=1)
     b = config_bank(tmp_path / "b.safetensors", cfg_b, seed=2)  # another shared prompt: --refit is needed too
-    for argv in (["merge", a, b, "--refit"], ["merge", a, b, "--refit", "--rank", "4"],
-                 ["add", a, "--from", f"{b}:0", "--refit"]):
-        line = one_error(run_mptkit(*argv, "-o", tmp_path / "out.safetensors"), what, "--allow-mismatch")
-        assert f"{a}: {va}" in line and f"{b}: {vb}" in line
+    line = one_error(run_mptkit("merge", a, b, "--refit", "-o", tmp_path / "out.safetensors"), what, "--allow-mismatch")
+    assert f"{a}: {va}" in line and f"{b}: {vb}" in line
+    for argv in (["merge", a, b, "--refit", "--rank", "4"], ["add", a, "--from", f"{b}:0", "--refit"]):
+        r = cli(*argv, "-o", tmp_path / "out.safetensors")
+        assert r.exit_code == 2 and what in r.stderr and f"{a}: {va}" in r.stderr and f"{b}: {vb}" in r.stderr
     assert not (tmp_path / "out.safetensors").exists()
-    r = run_mptkit("merge", a, b, "--refit", "--allow-mismatch", "-o", tmp_path / "out.safetensors", "--json")
-    assert r.returncode == 0, r.stderr
+    r = cli("merge", a, b, "--refit", "--allow-mismatch", "-o", tmp_path / "out.safetensors", "--json")
+    assert r.exit_code == 0, r.output
     out = mptkit.load(tmp_path / "out.safetensors")
     assert out.num_tasks == 4 and all(out.config.get(k) == v for k, v in cfg_a.items())  # the first bank's
 
@@ -169,26 +170,57 @@ def test_slice_remove_and_merge_say_which_source_tasks_were_kept(tmp_path):
     assert data["arguments"]["tasks"] == [3, 1] and data["task_names"] is None
 
 
-def test_add_never_renames_silently(tmp_path):
+def test_add_never_renames_silently(tmp_path, cli):
     r = run_mptkit("add", EXAMPLE, "--init", "average", "-o", tmp_path / "plain")  # no name on an unnamed bank
     assert r.returncode == 0 and mptkit.load(tmp_path / "plain").task_names is None
     assert f"added task 4: the mean of the factors of {EXAMPLE}'s tasks" in r.stdout
-    r = run_mptkit("add", EXAMPLE, "--name", "new", "--init", "average", "-o", tmp_path / "named")
+    r = cli("add", EXAMPLE, "--name", "new", "--init", "average", "-o", tmp_path / "named")
     assert f"{EXAMPLE} named none of its tasks: its tasks 0-3 are named task0, task1, task2, task3 here" in r.stdout
-    data = json.loads(run_mptkit("add", EXAMPLE, "--name", "new", "--init", "exact:2", "-o", tmp_path / "j",
-                                 "--json").stdout)
+    data = json.loads(cli("add", EXAMPLE, "--name", "new", "--init", "exact:2", "-o", tmp_path / "j", "--json").stdout)
     assert data["named"] == {"0": "task0", "1": "task1", "2": "task2", "3": "task3"}
     one_error(run_mptkit("add", tmp_path / "named", "--init", "average", "-o", tmp_path / "x"), "give the new one a name")
-    r = run_mptkit("merge", tmp_path / "named", EXAMPLE, "-o", tmp_path / "m")
+    r = cli("merge", tmp_path / "named", EXAMPLE, "-o", tmp_path / "m")
     assert f"{EXAMPLE} named none of its tasks: its tasks 0-3 are named task5, task6, task7, task8 here" in r.stdout
 
 
-def test_similarity_refuses_an_existing_plot_before_any_work(tmp_path):
+#: runs the CLI with the operations that do the work replaced by ones that say they ran
+WORK_SPY = """
+import sys
+import mptkit.derive, mptkit.edit, mptkit.similarity
+def spy(name, real):
+    def run(*a, **k):
+        print("WORK RAN: " + name, file=sys.stderr)
+        return real(*a, **k)
+    return run
+for mod, name in ((mptkit.similarity, "similarity"), (mptkit.edit, "merge"), (mptkit.edit, "slice_tasks"),
+                  (mptkit.derive, "derive"), (mptkit.edit, "change_rank")):
+    setattr(mod, name, spy(name, getattr(mod, name)))
+from mptkit.cli import main
+main(sys.argv[1:], prog_name="mptkit")
+"""
+
+
+def test_checks_that_can_fail_come_before_the_work(tmp_path):
     png = tmp_path / "heatmap.png"
     png.write_bytes(b"an earlier image")
-    r = run_mptkit("similarity", EXAMPLE, "--plot", png)
-    one_error(r, "already exists", "--force")
-    assert r.stdout == "" and png.read_bytes() == b"an earlier image"  # the table was not printed first
+    existing = tmp_path / "existing.safetensors"
+    existing.write_bytes(b"not even a bank")
+    notabank = tmp_path / "notabank"
+    notabank.mkdir()
+    (notabank / "notes.txt").write_text("mine")
+    cases = [(["similarity", EXAMPLE, "--plot", png], "already exists"),
+             (["merge", EXAMPLE, EXAMPLE, "--rename-duplicates", "-o", existing], "already exists"),
+             (["derive", EXAMPLE, "--mode", "average", "-o", notabank, "--force"], "not part of a bank"),
+             (["rank", EXAMPLE, "--rank", "1", "-o", existing, "--force"], "not a bank mptkit reads"),
+             (["slice", EXAMPLE, "--tasks", "0", "-o", tmp_path / ("x" * 256)], "at most 255 bytes")]
+    for argv, words in cases:
+        r = subprocess.run([sys.executable, "-c", WORK_SPY, *map(str, argv)], capture_output=True, text=True, timeout=120)
+        one_error(r, words)
+        assert r.stdout == ""
+    assert png.read_bytes() == b"an earlier image" and existing.read_bytes() == b"not even a bank"
+    r = subprocess.run([sys.executable, "-c", WORK_SPY, "similarity", str(EXAMPLE), "--plot", str(png), "--force"],
+                       capture_output=True, text=True, timeout=120)
+    assert "WORK RAN: similarity" in r.stderr  # (the spy sees the work when it happens)
 
 
 # -- exit statuses and one error style --------------------------------------------------------------------

@@ -125,7 +125,7 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismat
 
     edit.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
     loaded = [load(b) for b in banks]
-    _check_out(loaded[0], output, force, loaded, config)
+    _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)  # merge's config
     out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error,
                      rank=rank_, allow_mismatch=allow_mismatch)
     _save_edit(out, output, force, loaded, as_json, config, banks)
