@@ -15,15 +15,17 @@ from .info import summary, value_stats
 __all__ = ["load", "save", "validate"]
 
 
-def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
-    """A :class:`PromptBank` from a ``.safetensors`` file, a PEFT adapter folder, a ``.bin``/``.pt``
-    pickle (weights only) or ``hf://owner/repo[@revision][/path]``; tensors stay on disk until read.
-    ``kind`` forces a schema ("bank", "task", "shared")."""
+def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | None = None) -> PromptBank:
+    """A :class:`PromptBank` from any form mptkit reads: a ``.safetensors`` file, a PEFT adapter
+    folder, a whole-model, prompt-encoder or wrapped state dict (``.safetensors`` or a ``.bin``/``.pt``
+    pickle, weights only), a sharded whole-model folder or ``hf://owner/repo[@revision][/path]``;
+    tensors stay on disk until read. ``kind`` forces a schema ("bank", "task", "shared");
+    ``adapter`` picks one of several adapters (required when there are several)."""
     name = os.fspath(path)
     if name.startswith("hf://"):
         from .hub import resolve
 
-        bank = read(resolve(name), kind=kind)
+        bank = read(resolve(name), kind=kind, adapter=adapter)
         bank.source.path = name
         return bank
     if not os.path.lexists(name) and _REPO_SHAPE.match(name):
@@ -31,20 +33,22 @@ def load(path: str | os.PathLike, *, kind: str | None = None) -> PromptBank:
 
         raise InvalidBank(f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, "
                           f"write hf://{name}")
-    return read(name, kind=kind)
+    return read(name, kind=kind, adapter=adapter)
 
 
 #: what a Hub repo id looks like (``owner/repo`` or ``owner/repo@rev``), for the hint above
 _REPO_SHAPE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./%-]+)?$")
 
 
-def validate(path: str | os.PathLike, values: bool = False) -> dict:
-    """``{"path", "valid", "problems", ...}`` for one path; never raises for a bad bank."""
+def validate(path: str | os.PathLike, values: bool = False, adapter: str | None = None) -> dict:
+    """``{"path", "valid", "problems", "warnings", ...}`` for one path; never raises for a bad bank.
+    ``warnings`` say what PEFT would read or refuse when loading the adapter (the bank is valid)."""
     try:
-        bank = load(path)
+        bank = load(path, adapter=adapter)
     except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
         return {"path": os.fspath(path), "valid": False, "problems": e.problems}
-    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"]}
+    report = {"path": os.fspath(path), "valid": True, "problems": [], "kind": summary(bank)["kind"],
+              "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")]}
     if values:
         stats = value_stats(bank)
         for name, n in stats["nonfinite"].items():

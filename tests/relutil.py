@@ -154,6 +154,7 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "merge": ("bank", ["merge", src, other, "--rename-duplicates", "-o", out]),
         "add": ("bank", ["add", src, "--name", "new", "--init", "average", "-o", out]),
         "rank": ("bank", ["rank", src, "--rank", "3", "-o", out]),
+        "convert": ("bank", ["convert", src, "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
     }
     named = {argv[0] for _, argv in table.values()}

@@ -2,12 +2,8 @@
 no output; byte-only commands never import torch."""
 
 import json
-import os
 import re
-import shlex
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -223,21 +219,3 @@ def test_from_reference_parsing(tmp_path):
     assert _split_task_ref("hf://owner/repo") == ("hf://owner/repo", None)
     assert _split_task_ref("hf://owner/repo:3") == ("hf://owner/repo", "3")
     assert _split_task_ref("bank/") == ("bank/", None)
-
-
-def test_readme_edit_section_runs(cli, example_bank, tmp_path):
-    """The commands shown in the README's editing section work on examples/bank."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Editing banks\n", 1)[1].split("\n## ", 1)[0]
-    commands = [c for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", section, re.S)
-                for c in textwrap.dedent(block).splitlines() if c.startswith("mptkit ")]
-    assert len(commands) >= 6  # (merge, rank and similarity are shown as a session below them)
-    here = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        os.symlink(example_bank.parent, tmp_path / "examples")
-        for c in commands:
-            res = cli(*shlex.split(c, comments=True)[1:])
-            assert res.exit_code == 0, (c, res.output)
-    finally:
-        os.chdir(here)

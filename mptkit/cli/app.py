@@ -10,6 +10,8 @@ Everything printed passes through :func:`mptkit.text.clean` (:func:`say`, :func:
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import traceback
@@ -22,6 +24,39 @@ from ..text import clean, json_text
 
 _DEBUG_ENV = "MPTKIT_DEBUG"
 EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+#: address space torch needs to import and work: under ~650 MB its import aborts the process
+#: (std::bad_alloc, exit 134) or OpenBLAS exits it, before any Python code could catch anything
+TORCH_ADDRESS_SPACE = 1 << 30
+
+
+class _TorchGuard(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Refuses ``import torch`` with one sentence (exit 2) when the address-space limit
+    (``ulimit -v``, RLIMIT_AS) is too small for it. Only the import itself fails: an availability
+    check (``importlib.util.find_spec``) still finds a module, and commands that never import torch
+    (inspect, validate, derive exact, slice, ...) run under any limit."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch" or _address_space() >= TORCH_ADDRESS_SPACE:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        raise MptkitError(
+            f"this command needs torch, which needs about {TORCH_ADDRESS_SPACE >> 20} MB of address space, but the "
+            f"limit (ulimit -v, RLIMIT_AS) is {_address_space() >> 20} MB; raise it (e.g. ulimit -v unlimited)")
+
+    def exec_module(self, module):  # never reached: create_module refuses
+        raise ImportError("torch")
+
+
+def _address_space() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return (1 << 62) if soft == resource.RLIM_INFINITY else soft
+
+
+_GUARD = _TorchGuard()
 
 
 class _Group(click.Group):
@@ -60,6 +95,12 @@ class _Group(click.Group):
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
+        except ImportError as e:  # a broken or partial install, or a library that cannot load here
+            self._debug_traceback(e, _debug(ctx))
+            what = e.name or "a module mptkit needs"
+            fail([f"cannot import {what} ({_one_line(e)}); reinstall it "
+                  "(pip install --force-reinstall mptkit, with torch installed first)"], as_json=self._json)
+            ctx.exit(EXIT_USER)
         except Exception as e:  # a bug, not the user's mistake
             self._debug_traceback(e, _debug(ctx))
             fail([f"internal error: {type(e).__name__}: {e} (a bug in mptkit; "
@@ -101,6 +142,11 @@ def interrupted_sentence() -> str:
     return "interrupted before any output was written"
 
 
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
 def _debug(ctx) -> bool:
     return bool((ctx.obj or {}).get("debug")) or os.environ.get(_DEBUG_ENV) == "1"
 
@@ -120,6 +166,8 @@ def main(ctx, debug):
     interrupted, 1 a bug. Shell completion: eval "$(_MPTKIT_COMPLETE=bash_source mptkit)".
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if _GUARD not in sys.meta_path:
+        sys.meta_path.insert(0, _GUARD)
     if debug:
         os.environ[_DEBUG_ENV] = "1"  # library code (hub transfers) keeps its logs too
 
@@ -139,6 +187,24 @@ def output_options(f):
         "Output: a path ending in .safetensors (bare state dict), or a folder without a suffix or ending "
         "in / (PEFT adapter)."))(f)
     return f
+
+
+def adapter_option(f):
+    """``--adapter NAME``, for every command that reads a bank: which adapter of an input that holds
+    several (a PEFT folder with named adapters, a state dict with several prompt encoders)."""
+    return click.option("--adapter", metavar="NAME", help=(
+        "Which adapter to read when an input holds several (a PEFT folder with named adapters, "
+        "a state dict with prompt_encoder.A and .B)."))(f)
+
+
+def echo_repairs(bank, output) -> None:
+    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
+    from ..formats import folder_repairs
+
+    fixed = folder_repairs(bank, output)
+    if fixed:
+        say(f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+            f"without a source file or tokenizer: {'; '.join(fixed)}")
 
 
 def dtype_option(help: str):

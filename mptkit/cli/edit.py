@@ -6,8 +6,8 @@ import os
 
 import click
 
-from .app import (config_options, dtype_option, echo_lines, emit_json, force_option, json_option, main,
-                  output_options, say, tasks_option)
+from .app import (adapter_option, config_options, dtype_option, echo_lines, echo_repairs, emit_json, force_option,
+                  json_option, main, output_options, say, tasks_option)
 
 
 _REFIT_HELP = ("Re-express the tasks of banks whose shared prompt differs from the first's: a fit at the output "
@@ -44,6 +44,7 @@ def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None
                    "arguments": entry.get("arguments", {}), **(entry.get("results") or {})})
         return
     echo_lines(edit_report(bank, output, labels))
+    echo_repairs(bank, output)
 
 
 @main.command()
@@ -51,9 +52,10 @@ def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None
 @click.argument("pairs", nargs=-1, metavar="[OLD=NEW]...")
 @click.option("--names", help="Name every task, in order: a,b,c.")
 @config_options
+@adapter_option
 @output_options
 @json_option
-def rename(src, pairs, names, config, output, force, as_json):
+def rename(src, pairs, names, config, adapter, output, force, as_json):
     """Rename tasks (OLD is an index or a name), or name them all with --names."""
     from .. import edit
     from ..errors import UsageError
@@ -64,7 +66,7 @@ def rename(src, pairs, names, config, output, force, as_json):
     bad = [p for p in pairs if "=" not in p]
     if bad:
         raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _check_out(bank, output, force, [bank], config)
     out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
     _save_edit(out, output, force, [bank], as_json, config, [src])
@@ -74,14 +76,15 @@ def rename(src, pairs, names, config, output, force, as_json):
 @click.argument("src")
 @tasks_option("Kept in the order given.")
 @config_options
+@adapter_option
 @output_options
 @json_option
-def slice_(src, tasks, config, output, force, as_json):
+def slice_(src, tasks, config, adapter, output, force, as_json):
     """Keep only the listed tasks (their bytes are copied unchanged)."""
     from .. import edit
     from ..io import load
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _check_out(bank, output, force, [bank], config)
     _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
 
@@ -90,14 +93,15 @@ def slice_(src, tasks, config, output, force, as_json):
 @click.argument("src")
 @tasks_option()
 @config_options
+@adapter_option
 @output_options
 @json_option
-def remove(src, tasks, config, output, force, as_json):
+def remove(src, tasks, config, adapter, output, force, as_json):
     """Drop the listed tasks (the others' bytes are copied unchanged)."""
     from .. import edit
     from ..io import load
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _check_out(bank, output, force, [bank], config)
     _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
 
@@ -111,9 +115,11 @@ def remove(src, tasks, config, output, force, as_json):
 @click.option("--rank", "rank_", type=click.IntRange(min=1), help=_RANK_HELP)
 @click.option("--allow-mismatch", is_flag=True, help=_MISMATCH_HELP)
 @config_options
+@adapter_option
 @output_options
 @json_option
-def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismatch, config, output, force, as_json):
+def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismatch, config, adapter, output, force,
+          as_json):
     """Concatenate the tasks of two or more banks (same N and d, task type, base model and
     submodules; smaller ranks are zero-padded to --rank, default the largest).
 
@@ -124,7 +130,7 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismat
     from ..io import load
 
     edit.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
-    loaded = [load(b) for b in banks]
+    loaded = [load(b, adapter=adapter) for b in banks]
     _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)  # merge's config
     out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error,
                      rank=rank_, allow_mismatch=allow_mismatch)
@@ -142,9 +148,10 @@ def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismat
 @click.option("--rank", "rank_", type=click.IntRange(min=1), help=_RANK_HELP)
 @click.option("--allow-mismatch", is_flag=True, help="With --from: " + _MISMATCH_HELP)
 @config_options
+@adapter_option
 @output_options
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, config, output, force, as_json):
+def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json):
     """Append one task, initialised from the bank itself or taken from another bank (--from)."""
     from .. import edit
     from ..io import load
@@ -154,11 +161,11 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         from ..errors import UsageError
 
         raise UsageError("--allow-mismatch applies only with --from")
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     other, task, other_path = None, None, None
     if from_:
         other_path, task = split_task_ref(from_)
-        other = load(other_path)
+        other = load(other_path, adapter=adapter)
     sources = [b for b in (bank, other) if b is not None]
     _check_out(bank, output, force, sources, config)
     out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
@@ -180,14 +187,15 @@ def split_task_ref(ref: str):
 @click.argument("src")
 @click.option("--rank", "rank_", type=click.IntRange(min=1), required=True, help="The new rank r.")
 @config_options
+@adapter_option
 @output_options
 @json_option
-def rank(src, rank_, config, output, force, as_json):
+def rank(src, rank_, config, adapter, output, force, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import edit
     from ..io import load
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     _check_out(bank, output, force, [bank], config)
     _save_edit(edit.change_rank(bank, rank_), output, force, [bank], as_json, config, [src])
 
@@ -196,16 +204,17 @@ def rank(src, rank_, config, output, force, as_json):
 @click.argument("src")
 @tasks_option("Default: all.", required=False)
 @click.option("--plot", type=click.Path(), help="Also draw a heatmap to this image (needs matplotlib).")
+@adapter_option
 @force_option
 @json_option
-def similarity(src, tasks, plot, force, as_json):
+def similarity(src, tasks, plot, adapter, force, as_json):
     """Cosine similarity between the tasks' full prompts (which source task is nearest?)."""
     from ..bank import input_paths
     from ..io import load
     from ..render import similarity_table
     from ..similarity import plot_heatmap, similarity as run
 
-    bank = load(src)
+    bank = load(src, adapter=adapter)
     if plot:  # before the work: an existing image without --force, an unwritable folder
         from pathlib import Path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import config_options, emit_json, json_option, main, say
+from .app import adapter_option, config_options, emit_json, json_option, main, say
 
 
 def hub_options(f):
@@ -56,9 +56,10 @@ def pull(repo, output, force, revision, token, quiet, as_json):
 @click.option("-m", "--message", help="Commit message.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @config_options
+@adapter_option
 @hub_options
 @json_option
-def push(src, repo, private, revision, message, create_pr, config, token, quiet, as_json):
+def push(src, repo, private, revision, message, create_pr, config, adapter, token, quiet, as_json):
     """Upload SRC to the model repo REPO (owner/repo) as a PEFT adapter folder with a model card.
 
     The bank is validated first. An adapter folder is uploaded byte for byte; a bare .safetensors file
@@ -71,7 +72,7 @@ def push(src, repo, private, revision, message, create_pr, config, token, quiet,
     from ..io import load
     from ..hub import push as run
 
-    bank = load(src).with_config(config)
+    bank = load(src, adapter=adapter).with_config(config)
     out = run(bank, repo, private=private, revision=revision, message=message, create_pr=create_pr, token=token,
               quiet=quiet)
     if as_json:

@@ -6,22 +6,25 @@ import sys
 
 import click
 
-from .app import emit_json, fail, json_option, main, say
+from .app import adapter_option, emit_json, fail, json_option, main, say
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--values", is_flag=True, help="Also read the data and report NaN/Inf per tensor and per task.")
+@adapter_option
 @json_option
-def validate(paths, values, as_json):
+def validate(paths, values, adapter, as_json):
     """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
     from ..io import validate as run
 
-    reports = [run(p, values=values) for p in paths]
+    reports = [run(p, values=values, adapter=adapter) for p in paths]
     if as_json:
         emit_json(reports if len(reports) > 1 else reports[0])
     else:
         for r in reports:
+            for line in r.get("warnings", []):
+                say(f"mptkit: warning: {line}", err=True)
             if r["valid"]:
                 say(f"{r['path']}: valid ({r['kind']})")
             else:
@@ -33,8 +36,9 @@ def validate(paths, values, as_json):
 @main.command()
 @click.argument("path")
 @click.option("--values", is_flag=True, help="Also read the data: per-task norms and non-finite counts.")
+@adapter_option
 @json_option
-def inspect(path, values, as_json):
+def inspect(path, values, adapter, as_json):
     """Describe a bank: shapes, tasks, parameter counts, metadata, provenance (header only).
 
     For hf://owner/repo[@rev][/path] only the safetensors header (range requests) and
@@ -44,12 +48,12 @@ def inspect(path, values, as_json):
     from ..io import load
     from ..render import summary_text
 
-    if path.startswith("hf://") and not values:
+    if path.startswith("hf://") and not values and adapter is None:
         from ..hub import remote_summary
 
         info = remote_summary(path)
     else:
-        bank = load(path)
+        bank = load(path, adapter=adapter)
         info = summary(bank)
         if values:
             info["values"] = value_stats(bank)
