@@ -11,6 +11,7 @@ from typing import Sequence
 
 from ._version import __version__
 from .errors import InvalidBank, UsageError
+from .text import plural
 from .tensor import Array
 
 KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")
@@ -54,7 +55,8 @@ def file_sha256(path: str, *, known: str | None = None) -> str:
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
-    entry = os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
+    # surrogateescape: a file name that is not UTF-8 hashes by its bytes
+    entry = os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest())
     try:
         with open(entry, encoding="ascii") as f:
             cached = f.read().strip()
@@ -216,26 +218,41 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
         if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
             idx = int(item)
             if not 0 <= idx < T:
-                raise UsageError(f"task {idx} is out of range: {bank.where} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task {idx} is out of range: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})")
             out.append(idx)
             continue
         m = _RANGE.match(item) if allow_ranges else None
         if m:
             a, b = int(m.group(1)), int(m.group(2))
             if a > b or b >= T:
-                raise UsageError(f"task range {item} does not fit: {bank.where} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task range {item} does not fit: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})")
             out.extend(range(a, b + 1))
             continue
         if item in names:
             out.append(names.index(item))
             continue
-        raise UsageError(f"unknown task {item!r}: {bank.where} has {T} tasks ({_task_list(bank)})")
+        raise UsageError(f"unknown task {item!r}: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})"
+                         + _did_you_mean(item, names))
     if unique and len(set(out)) != len(out):
         seen: set[int] = set()
         k = next(i for i in out if i in seen or seen.add(i))
         shown = spec if isinstance(spec, str) else ",".join(map(str, spec))
-        raise UsageError(f"task {k} ({bank.names()[k]}) is listed more than once in the selection {shown!r}")
+        what = f"task {k} ({bank.task_names[k]})" if bank.task_names else f"task {k}"
+        raise UsageError(f"{what} is listed more than once in the selection {shown!r}")
     return out
+
+
+def _did_you_mean(item: str, names: Sequence[str]) -> str:
+    """`` (did you mean 'mnli'?)`` for the names nearest ``item`` (case ignored), else ""."""
+    import difflib
+
+    lower: dict[str, str] = {}
+    for n in names:
+        lower.setdefault(n.lower(), n)
+    near = difflib.get_close_matches(item.lower(), list(lower), n=3, cutoff=0.6)
+    if not near:
+        return ""
+    return " (did you mean " + " or ".join(repr(lower[n]) for n in near) + "?)"
 
 
 def _task_list(bank: PromptBank) -> str:
@@ -243,4 +260,5 @@ def _task_list(bank: PromptBank) -> str:
         shown = bank.task_names[:20]
         more = f", ... {len(bank.task_names) - 20} more" if len(bank.task_names) > 20 else ""
         return "named " + ", ".join(shown) + more
-    return f"indices 0 to {bank.num_tasks - 1}; it names none"
+    span = "index 0" if bank.num_tasks == 1 else f"indices 0 to {bank.num_tasks - 1}"
+    return f"{span}; it names none"

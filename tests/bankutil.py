@@ -141,3 +141,61 @@ def peft_load(folder, kind="seq2seq"):
 
     model = PeftModel.from_pretrained(tiny_base_model(kind), str(folder))
     return model, model.prompt_encoder["default"]
+
+
+# -- one helper for each thing the tests check over and over -----------------------------------------------
+def _code(result) -> int:
+    return result.exit_code if hasattr(result, "exit_code") else result.returncode
+
+
+def error_lines(result, *words, where: str | None = None) -> list[str]:
+    """The run failed as every user mistake must: exit status 2, no traceback, no internal error, and
+    every stderr line an ``mptkit: error:`` sentence (naming ``where`` when given); ``words`` all appear.
+    Works on click results and on finished subprocesses. Returns the lines."""
+    err = result.stderr
+    assert _code(result) == 2, (_code(result), result.stdout, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines and all(x.startswith("mptkit: error: ") for x in lines), err
+    if where is not None:
+        assert all(str(where) in x for x in lines), (where, err)
+    for w in words:
+        assert w in err, (w, err)
+    return lines
+
+
+def one_error(result, *words, where: str | None = None) -> str:
+    """:func:`error_lines`, and there is exactly one line; returns it."""
+    lines = error_lines(result, *words, where=where)
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+_REPORT = """
+import atexit, sys
+atexit.register(lambda: print("LOADED", ",".join(m for m in {watch!r} if m in sys.modules) or "-", file=sys.stderr))
+"""
+_RUN_CLI = """
+from mptkit.cli import main
+main(sys.argv[1:])
+"""
+WATCHED = ("torch", "numpy", "huggingface_hub", "transformers", "peft", "jsonschema", "matplotlib")
+
+
+def loaded_by(code: str, *argv, watch=WATCHED, env=None, cwd=None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run Python ``code`` (with ``argv``) in a fresh interpreter; the finished process and which of
+    ``watch`` it had imported when it exited (the probe that proves what a command never imports)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run([sys.executable, "-c", _REPORT.format(watch=tuple(watch)) + code, *map(str, argv)],
+                       capture_output=True, text=True, env=e, cwd=cwd, timeout=120)
+    line = [x for x in r.stderr.splitlines() if x.startswith("LOADED ")]
+    assert line, r.stderr
+    mods = line[-1].split(" ", 1)[1]
+    return r, (set() if mods == "-" else set(mods.split(",")))
+
+
+def loaded_modules(*argv, **kw) -> tuple[int, set[str]]:
+    """Run ``mptkit ARGV`` in a fresh interpreter; its exit code and which watched modules it imported."""
+    r, mods = loaded_by(_RUN_CLI, *argv, **kw)
+    return r.returncode, mods

@@ -1,8 +1,12 @@
+import atexit
 import os
+import shutil
 import tempfile
 
-# Hub client settings must be in place before huggingface_hub is first imported.
+# Hub client settings must be in place before huggingface_hub is first imported, so this folder is
+# made at import time (before any fixture exists) and removed when the test process exits.
 _HF_HOME = tempfile.mkdtemp(prefix="mptkit-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["MPTKIT_CACHE"] = os.path.join(_HF_HOME, "mptkit-cache")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

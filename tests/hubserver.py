@@ -1,13 +1,15 @@
 """A small Hugging Face Hub-compatible HTTP server for tests (127.0.0.1 only, standard library).
 
-It serves the endpoints the real ``huggingface_hub`` client uses to create model repos, commit
-files, resolve revisions, list trees and download files (with ``Range``), as described in
-``shared/HUB_PROTOCOL.md``. Repos live in memory with commits and branches; a file is ``bytes`` or a
-:class:`Blob` (content read on demand, e.g. a 1 GB sparse file on disk). Files named like weights
-(``*.safetensors``, ``*.bin``) are served as the Hub serves LFS files: the tree lists
-``lfs: {oid: <sha256>, size, pointerSize}`` beside the git blob id of the pointer, and downloads
-carry ``X-Linked-Etag``/``X-Linked-Size``. Every request is logged with the number of body bytes
-sent, so tests can check what a command transferred.
+It serves the endpoints the real ``huggingface_hub`` client (1.x and 2.x) uses to create model
+repos, commit files, resolve revisions, list trees and download files (with ``Range``): the routes
+are in ``_Handler._route`` below, with the request and response shapes the client expects
+(``huggingface_hub/hf_api.py`` and ``file_download.py`` are where the client builds them). Repos
+live in memory with commits and branches; a file is ``bytes`` or a :class:`Blob` (content read on
+demand, e.g. a 1 GB sparse file on disk). Files named like weights (``*.safetensors``, ``*.bin``)
+are served as the Hub serves LFS files: the tree lists ``lfs: {oid: <sha256>, size, pointerSize}``
+beside the git blob id of the pointer, and downloads carry ``X-Linked-Etag``/``X-Linked-Size``.
+Every request is logged with the number of body bytes sent, so tests can check what a command
+transferred.
 
 Faults can be injected for robustness tests::
 

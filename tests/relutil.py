@@ -115,35 +115,31 @@ def dead_pid() -> int:
     return pid
 
 
-_SAVE_DRIVER = "import sys, mptkit; mptkit.save(mptkit.load(sys.argv[1]), sys.argv[2], force=True)"
-
-
 def cli_write_argv(src, out) -> list[str]:
-    """A command line for a separate interpreter that rewrites the whole bank ``src`` to ``out``:
-    ``python -m mptkit slice`` keeping every task when the CLI has it, else a driver calling
-    ``mptkit.save``."""
+    """A command line for a separate interpreter that rewrites the whole bank ``src`` to ``out``
+    (``python -m mptkit slice`` keeping every task)."""
     import sys
 
-    from mptkit.cli import main
+    import mptkit
 
-    if "slice" in main.commands:
-        import mptkit
-
-        T = mptkit.load(src).num_tasks
-        return [sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", f"0-{T - 1}", "-o", str(out), "--force"]
-    return [sys.executable, "-c", _SAVE_DRIVER, str(src), str(out)]
+    T = mptkit.load(src).num_tasks
+    return [sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", f"0-{T - 1}", "-o", str(out), "--force"]
 
 
 # -- the CLI's commands -----------------------------------------------------------------------------
 #: commands that only read (their inputs must not change either)
 READ_ONLY_COMMANDS = {"validate", "inspect", "similarity"}
+#: commands whose input or output is a Hub repo (tested against the loopback Hub)
+HUB_COMMANDS = {"pull", "push"}
 
 
 def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
-    """Every way the CLI writes an output, as ``{label: (output kind, argv)}`` turning ``src`` (a
-    bank with at least 2 tasks and an adapter config) and ``other`` (a second such bank, default
-    ``src``) into ``out``. Output kinds: "bank" (a .safetensors path or a folder), "folder"
-    (a folder only), "image" (an image file). Only commands the CLI has are listed."""
+    """Every way the CLI writes a local output, as ``{label: (output kind, argv)}`` turning ``src``
+    (a bank with at least 2 tasks and an adapter config) and ``other`` (a second such bank, default
+    ``src``) into ``out``. Output kinds: "bank" (a .safetensors path or a folder), "folder" (a
+    folder only), "image" (an image file). Every command the table names must exist, and every
+    command that writes (has -o/--output or --plot) must be in the table, so that the reliability
+    tests cannot silently skip one."""
     from mptkit.cli import main
 
     src, out, other = str(src), str(out), str(other or src)
@@ -158,9 +154,17 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "merge": ("bank", ["merge", src, other, "--rename-duplicates", "-o", out]),
         "add": ("bank", ["add", src, "--name", "new", "--init", "average", "-o", out]),
         "rank": ("bank", ["rank", src, "--rank", "3", "-o", out]),
+        "convert": ("bank", ["convert", src, "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
     }
-    return {k: v for k, v in table.items() if v[1][0] in main.commands}
+    named = {argv[0] for _, argv in table.values()}
+    unknown = named - set(main.commands)
+    assert not unknown, f"tests/relutil.py names commands the CLI does not have: {sorted(unknown)}"
+    writers = {name for name, cmd in main.commands.items()
+               if any(o in ("--output", "--plot") for p in cmd.params for o in p.opts)}
+    uncovered = writers - named - HUB_COMMANDS
+    assert not uncovered, f"add these writing commands to tests/relutil.py writing_commands: {sorted(uncovered)}"
+    return table
 
 
 def writing_labels() -> list[str]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
-from bankutil import DTYPES, load_tensors, peft_model, random_bank, run_mptkit, sha256_tree, tiny_base_model
+from bankutil import DTYPES, load_tensors, loaded_modules, peft_model, random_bank, run_mptkit, sha256_tree, tiny_base_model
 
 import mptkit
 from mptkit import numerics
@@ -258,17 +257,8 @@ def test_exact_derive_does_not_import_torch(tmp_path):
     """The byte path: a subprocess runs the CLI and reports whether torch was ever imported."""
     src = random_bank(tmp_path / "src.safetensors", T=3)
     out = tmp_path / "out.safetensors"
-    probe = (
-        "import atexit, sys, runpy\n"
-        "atexit.register(lambda: sys.stderr.write('TORCH-LOADED\\n' if 'torch' in sys.modules else 'NO-TORCH\\n'))\n"
-        f"sys.argv = ['mptkit', 'derive', {str(src)!r}, '--mode', 'exact', '--task', '1', '-o', {str(out)!r}]\n"
-        "runpy.run_module('mptkit', run_name='__main__')\n"
-    )
-    import subprocess
-
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "NO-TORCH" in r.stderr and "TORCH-LOADED" not in r.stderr
+    code, mods = loaded_modules("derive", src, "--mode", "exact", "--task", "1", "-o", out)
+    assert code == 0 and "torch" not in mods and "numpy" not in mods, mods
     assert out.exists()
     # and as a user runs it
     r2 = run_mptkit("derive", src, "--mode", "exact", "--task", "2", "-o", tmp_path / "o2.safetensors")

@@ -238,9 +238,9 @@ def test_atomic_write_leaves_no_temp_files_even_when_it_fails(tmp_path, monkeypa
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(stf, "write", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk on fire"):
         save(bank, out / "b.safetensors")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk on fire"):
         save(bank, out / "a.safetensors", force=True)
     assert sorted(os.listdir(out)) == ["a.safetensors"]
     assert load(out / "a.safetensors").num_tasks == 4  # the old version is intact
@@ -252,7 +252,7 @@ def test_existing_output_needs_force(tmp_path):
     target = tmp_path / "out.safetensors"
     save(bank, target)
     before = target.read_bytes()
-    with pytest.raises(OutputError, match=r"out.safetensors: already exists; pass --force to replace it"):
+    with pytest.raises(OutputError, match=r"out.safetensors: already exists; replacing it needs --force \(force=True in Python\)"):
         save(other, target)
     assert target.read_bytes() == before
     save(other, target, force=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bankutil import load_tensors, random_bank, run_mptkit
+from bankutil import load_tensors, one_error, random_bank, run_mptkit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,12 +22,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _one_error(result) -> str:
     """The run failed the way every user mistake must: exit 2, one line on stderr, no traceback."""
-    err = result.stderr
-    assert result.exit_code == 2, (result.stdout, err)
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("mptkit: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+    return one_error(result)
 
 
 def _bank_bytes(folder: Path) -> dict[str, bytes]:
@@ -364,8 +359,13 @@ def test_pull_refuses_an_existing_output_without_force(hub, cli, pushed, tmp_pat
     (out / "keep.txt").write_text("mine")
     assert "already exists" in _one_error(cli("pull", "owner/bank", "-o", out))
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a bank or an empty folder (issue 12, item 9): keep.txt is not a bank's file
+    assert "not part of a bank" in _one_error(cli("pull", "owner/bank", "-o", out, "--force"))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     assert cli("pull", "owner/bank", "-o", out, "--force").exit_code == 0
     assert sorted(_files(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert cli("pull", "owner/bank", "-o", out, "--force").exit_code == 0  # a pulled bank is replaced
 
 
 # -- offline ----------------------------------------------------------------------------------------
@@ -403,11 +403,10 @@ def test_offline_answers_from_a_filled_cache(hub, cli, pushed, tmp_path):
 
 # -- the module itself ----------------------------------------------------------------------------
 def test_huggingface_hub_is_imported_only_for_hub_work():
-    code = ("import sys; import mptkit, mptkit.cli; from click.testing import CliRunner; "
-            "r = CliRunner().invoke(mptkit.cli.main, ['inspect', 'examples/bank']); assert r.exit_code == 0; "
-            "print('huggingface_hub' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+    from bankutil import loaded_modules
+
+    code, mods = loaded_modules("inspect", "examples/bank", cwd=ROOT)
+    assert code == 0 and "huggingface_hub" not in mods, mods
 
 
 def test_endpoint_and_cache_follow_the_environment_at_call_time(monkeypatch, tmp_path):
@@ -442,13 +441,15 @@ def test_parse_ref(text, repo, rev, path):
     assert parse_ref(str(ref)) == ref == HubRef(repo, rev, path)
 
 
-@pytest.mark.parametrize("text", ["hf://o", "hf://o/r@", "hf://o/r/../x", "hf://o/r@../x", "hf://o--x/r",
-                                  "hf://datasets/o/r", "hf://-o/r"])
-def test_parse_ref_refuses(text):
+@pytest.mark.parametrize("text, why", [
+    ("hf://o", "expected owner/repo"), ("hf://o/r@", "empty revision"), ("hf://o/r/../x", "leaves the repo"),
+    ("hf://o/r@../x", "not a valid revision"), ("hf://o--x/r", "not a valid repo id"),
+    ("hf://datasets/o/r", "model repos"), ("hf://-o/r", "not a valid repo id")])
+def test_parse_ref_refuses(text, why):
     from mptkit.errors import UsageError
     from mptkit.hub import parse_ref
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=why):
         parse_ref(text)
 
 

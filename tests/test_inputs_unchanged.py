@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 from bankutil import random_bank, save_peft_bank, sha256_tree
-from relutil import READ_ONLY_COMMANDS, writing_commands
+from relutil import HUB_COMMANDS, READ_ONLY_COMMANDS, writing_commands
 
 INPUT_KINDS = ["peft-safetensors", "peft-bin", "bare-safetensors", "pickle-pt"]
-#: commands that talk to a Hub: checked by test_hub_commands_leave_inputs_unchanged
-HUB_COMMANDS = {"pull", "push"}
 
 
 def _read_only(src: str, out_dir: Path) -> dict[str, list[str]]:
@@ -135,11 +133,13 @@ def test_inputs_unchanged_in_a_real_process(inputs, tmp_path):
     root, paths = inputs
     before = _snapshot(root)
     src = str(paths["peft-safetensors"])
-    for argv in (["slice", src, "--tasks", "1", "-o", str(tmp_path / "s.safetensors")],
-                 ["validate", "--json", src],
-                 ["merge", src, src, "-o", src, "--force"]):
+    for argv, code in ((["slice", src, "--tasks", "1", "-o", str(tmp_path / "s.safetensors")], 0),
+                       (["validate", "--json", src], 0),
+                       (["merge", src, src, "--rename-duplicates", "-o", src, "--force"], 2)):  # onto its input
         r = run_mptkit(*argv)
-        assert r.returncode in (0, 2) and "Traceback" not in r.stderr
+        assert r.returncode == code and "Traceback" not in r.stderr, (argv, r.stderr)
+        if code == 2:
+            assert r.stderr.startswith("mptkit: error: ") and "inputs are never modified" in r.stderr, r.stderr
     assert json.loads(run_mptkit("validate", "--json", src).stdout)["valid"]
     assert _snapshot(root) == before
 

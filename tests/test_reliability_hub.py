@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bankutil import sha256_tree
+from bankutil import one_error, sha256_tree
 from relutil import TMP_MARK
 
 DOWNLOAD_FAULTS = [
@@ -65,11 +65,7 @@ def served(hub, cli, peft_banks):
 
 
 def _one_error(r) -> str:
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert "Traceback" not in r.output and "internal error" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mptkit: error: "), r.stderr
-    return lines[0]
+    return one_error(r)
 
 
 def _bank_files(folder: Path) -> dict[str, bytes]:

@@ -1,19 +1,18 @@
 """`mptkit validate` and `mptkit inspect`: PEFT-saved banks, values, every kind of broken file."""
 
 import json
+import re
 import os
 import pickle
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bankutil import random_bank, run_mptkit, write_bank
+from bankutil import error_lines, loaded_modules, random_bank, run_mptkit, write_bank
 
 KINDS = {"seq2seq": ("SEQ_2_SEQ_LM", 2), "causal": ("CAUSAL_LM", 1)}
 ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -50,13 +49,7 @@ def expect_error(cli, path, *words, values=False):
     args = ("--values",) if values else ()
     for cmd in ("validate", "inspect"):
         r = cli(cmd, *args, path)
-        assert r.exit_code == 2, (cmd, r.exit_code, r.stdout, r.stderr)
-        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
-        lines = r.stderr.strip().splitlines()
-        assert lines and all(ln.startswith("mptkit: error: ") for ln in lines), r.stderr
-        assert all(str(path) in ln for ln in lines), r.stderr
-        for w in words:
-            assert w in r.stderr, (w, r.stderr)
+        lines = error_lines(r, *words, where=path)
         if cmd == "validate":
             assert r.stdout == ""
     return lines
@@ -104,7 +97,7 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     if bare:
         assert f"prompt length N  {N} (virtual tokens x submodules unknown: no config)" in text
     else:
-        assert f"prompt length N  {N} = 5 virtual tokens x {S} submodule(s), {task_type}" in text
+        assert f"prompt length N  {N} = 5 virtual tokens x {S} submodule{'s' if S > 1 else ''}, {task_type}" in text
     assert f"hidden size d    {d}" in text and f"tasks T          {T}" in text and f"rank r           {r}" in text
     assert f"shared {shared:,} + per task {per_task:,} x {T} = {shared + T * per_task:,}" in text
     assert f"{T} separate prompts would hold {T * shared:,}" in text
@@ -123,7 +116,7 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     norms = [t["prompt_norm"] for t in v["tasks"]]
     assert len(set(norms)) == T  # non-trivial banks: every task differs
     text = cli("inspect", "--values", path).stdout
-    assert f"|prompt| {norms[1]:.6g}" in text
+    assert re.search(rf"\n\s+1\s+{re.escape(format(norms[1], '.6g'))}\s", text), text  # task 1's row, |prompt| first
 
 
 def test_inspect_lists_names_metadata_and_provenance(cli, tmp_path):
@@ -180,7 +173,7 @@ def test_nonfinite_values_are_counted_per_tensor_and_per_task(cli, peft_banks, t
     pe, cols, rows = (t[k].double() for k in ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows"))
     for k in range(3):
         full = pe * (cols[k] @ rows[k])
-        expected = (f"task {k} ({k}) has non-finite values: {int((~cols[k].isfinite()).sum())} in prefix_task_cols, "
+        expected = (f"task {k} has non-finite values: {int((~cols[k].isfinite()).sum())} in prefix_task_cols, "
                     f"{int((~rows[k].isfinite()).sum())} in prefix_task_rows, {int((~full.isfinite()).sum())} in its full prompt")
         assert expected in err
     v = json.loads(cli("inspect", "--values", "--json", folder).stdout)["values"]
@@ -346,8 +339,10 @@ def test_offsets_past_the_end_and_other_layout_problems(cli, tmp_path, real_bank
     expect_error(cli, p, f"tensor '{first}' starts at byte 8 of the data section but the data before it ends at byte 0")
     from safetensors import safe_open
 
+    from safetensors import SafetensorError
+
     for bad in ("tail.safetensors", "gap.safetensors"):
-        with pytest.raises(Exception):
+        with pytest.raises(SafetensorError, match="(?i)invalid|offset|metadata"):
             safe_open(str(tmp_path / bad), "pt")
 
 
@@ -515,7 +510,7 @@ def test_malicious_pickle_never_runs(cli, tmp_path, peft_banks):
         from mptkit import load
         from mptkit.errors import UnsafeFile
 
-        with pytest.raises(UnsafeFile):
+        with pytest.raises(UnsafeFile, match="adapter_model.bin: refused"):
             load(folder)
     r = run_mptkit("validate", *files, tmp_path / "folder-zip")  # and in a separate process
     assert r.returncode == 2 and r.stderr.count("refused") == 5
@@ -565,34 +560,20 @@ def test_validate_several_paths_mixed(cli, tmp_path, peft_banks, example_bank):
 
 
 # -- imports ---------------------------------------------------------------------------------------------
-_PROBE = """
-import sys
-from mptkit.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-heavy = sorted(m for m in ("torch", "huggingface_hub", "transformers", "peft", "numpy") if m in sys.modules)
-print("EXIT", code, "HEAVY", ",".join(heavy) or "none", file=sys.stderr)
-"""
-
-
 def test_inspect_and_validate_do_not_import_torch_or_the_hub(tmp_path, example_bank):
     bare = tmp_path / "bare.safetensors"
     shutil.copy(example_bank / "adapter_model.safetensors", bare)
     for args in (["inspect", example_bank], ["inspect", "--json", bare], ["validate", example_bank, bare],
                  ["validate", "--json", bare], ["inspect", tmp_path / "missing.safetensors"]):
-        r = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True, timeout=60)
-        assert "HEAVY none" in r.stderr, (args, r.stderr)
+        _, mods = loaded_modules(*args)
+        assert not mods & {"torch", "numpy", "huggingface_hub", "transformers", "peft"}, (args, mods)
     # ... and the probe does see torch when a command needs it
-    r = subprocess.run([sys.executable, "-c", _PROBE, "inspect", "--values", str(bare)], capture_output=True, text=True,
-                       timeout=60)
-    assert "HEAVY" in r.stderr and "torch" in r.stderr.split("HEAVY")[1]
+    assert "torch" in loaded_modules("inspect", "--values", bare)[1]
 
 
 def test_python_m_mptkit_exit_codes(example_bank, tmp_path):
     r = run_mptkit("inspect", example_bank)
-    assert r.returncode == 0 and "prompt length N  12 = 6 virtual tokens x 2 submodule(s), SEQ_2_SEQ_LM" in r.stdout
+    assert r.returncode == 0 and "prompt length N  12 = 6 virtual tokens x 2 submodules, SEQ_2_SEQ_LM" in r.stdout
     (tmp_path / "e.safetensors").write_bytes(b"")
     r = run_mptkit("inspect", tmp_path / "e.safetensors")
     assert r.returncode == 2 and r.stdout == ""

@@ -7,6 +7,6 @@ the README shows them.
 """
 
 from .app import main
-from . import read, derive, edit, hub  # noqa: E402,F401  (registers the commands, in this order)
+from . import read, derive, edit, convert, hub  # noqa: E402,F401  (registers the commands, in this order)
 
 __all__ = ["main"]

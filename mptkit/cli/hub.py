@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import config_options, emit_json, json_option, limit_options, main
+from .app import adapter_option, config_options, emit_json, json_option, limit_options, main, say
 
 
 def hub_options(f):
@@ -41,7 +41,7 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
     """
     from ..hub import pull as run
     from ..info import summary
-    from ..render import one_line, printable
+    from ..render import one_line
 
     bank, got = run(repo, output, revision=revision, force=force, tasks=tasks, token=token, quiet=quiet,
                     unverified=allow_unverified or None, timeout=timeout, deadline=deadline)
@@ -54,10 +54,9 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
         return
     how = " from the local cache (offline)" if got.cached_only else ""
     what = f" tasks {', '.join(bank.names())} of" if tasks is not None else ""
-    click.echo(printable(f"pulled{what} {got.ref} (commit {got.commit[:12]}){how} into {local}"
-                         + (" (the HF cache)" if output is None else "")))
-    click.echo(printable(f"  {one_line(s)}"))
-
+    say(f"pulled{what} {got.ref} (commit {got.commit[:12]}){how} into {local}"
+        + (" (the HF cache)" if output is None else ""))
+    say(f"  {one_line(s)}")
 
 @main.command()
 @click.argument("src")
@@ -67,9 +66,11 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
 @click.option("-m", "--message", help="Commit message.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @config_options
+@adapter_option
 @hub_options
 @json_option
-def push(src, repo, private, revision, message, create_pr, config, token, quiet, timeout, deadline, as_json):
+def push(src, repo, private, revision, message, create_pr, config, adapter, token, quiet, timeout, deadline,
+         as_json):
     """Upload SRC to the model repo REPO (owner/repo) as a PEFT adapter folder with a model card.
 
     The bank is validated first. An adapter folder is uploaded byte for byte; a bare .safetensors file
@@ -79,21 +80,20 @@ def push(src, repo, private, revision, message, create_pr, config, token, quiet,
       mptkit push bank/ owner/my-bank
       mptkit push bank.safetensors owner/my-bank --task-type SEQ_2_SEQ_LM --num-virtual-tokens 10 --private
     """
-    from ..hub import push as run
     from ..io import load
-    from ..render import printable
+    from ..hub import push as run
 
-    bank = load(src).with_config(config)
+    bank = load(src, adapter=adapter).with_config(config)
     out = run(bank, repo, private=private, revision=revision, message=message, create_pr=create_pr, token=token,
               quiet=quiet, timeout=timeout, deadline=deadline)
     if as_json:
         emit_json(out)
         return
     if out["pr_url"]:
-        click.echo(printable(f"opened a pull request on {out['repo']}: {out['pr_url']}"))
+        say(f"opened a pull request on {out['repo']}: {out['pr_url']}")
     elif out["changed"]:
-        click.echo(printable(f"pushed {src} to {out['repo']}@{out['revision']} (commit {out['commit'][:12]}): "
-                             f"{', '.join(out['files'])}"))
+        say(f"pushed {src} to {out['repo']}@{out['revision']} (commit {out['commit'][:12]}): "
+                   f"{', '.join(out['files'])}")
     else:
-        click.echo(printable(f"{out['repo']}@{out['revision']} already holds this bank and card (commit "
-                             f"{str(out['commit'])[:12]}); nothing to push"))
+        say(f"{out['repo']}@{out['revision']} already holds this bank and card (commit "
+                   f"{str(out['commit'])[:12]}); nothing to push")

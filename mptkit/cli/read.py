@@ -6,28 +6,29 @@ import sys
 
 import click
 
-from .app import emit_json, json_option, limit_options, main
+from .app import adapter_option, emit_json, fail, json_option, limit_options, main, say
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--values", is_flag=True, help="Also read the data and report NaN/Inf per tensor and per task.")
+@adapter_option
 @json_option
-def validate(paths, values, as_json):
+def validate(paths, values, adapter, as_json):
     """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
     from ..io import validate as run
-    from ..render import printable
 
-    reports = [run(p, values=values) for p in paths]
+    reports = [run(p, values=values, adapter=adapter) for p in paths]
     if as_json:
         emit_json(reports if len(reports) > 1 else reports[0])
     else:
         for r in reports:
+            for line in r.get("warnings", []):
+                say(f"mptkit: warning: {line}", err=True)
             if r["valid"]:
-                click.echo(printable(f"{r['path']}: valid ({r['kind']})"))
+                say(f"{r['path']}: valid ({r['kind']})")
             else:
-                for line in r["problems"]:
-                    click.echo(printable(f"mptkit: error: {line}"), err=True)
+                fail(r["problems"], as_json=False)
     if not all(r["valid"] for r in reports):
         sys.exit(2)
 
@@ -36,9 +37,10 @@ def validate(paths, values, as_json):
 @click.argument("path")
 @click.option("--values", is_flag=True, help="Also read the data: per-task norms and non-finite counts.")
 @click.option("--tasks", help="With --values: only these tasks (0,3,5-7 or names); an hf:// bank then sends only their bytes.")
+@adapter_option
 @limit_options
 @json_option
-def inspect(path, values, tasks, timeout, deadline, as_json):
+def inspect(path, values, tasks, adapter, timeout, deadline, as_json):
     """Describe a bank: shapes, tasks, parameter counts, metadata, provenance (header only).
 
     For hf://owner/repo[@rev][/path] only the safetensors header (range requests) and
@@ -52,23 +54,22 @@ def inspect(path, values, tasks, timeout, deadline, as_json):
         raise click.UsageError("--tasks selects the tasks whose values --values reads; give --values too")
     if path.startswith("hf://"):
         from ..hub import open_bank, remote_summary
+        from ..hub.http import limits
 
         if not values:
-            info = remote_summary(path, timeout=timeout, deadline=deadline)
+            info = remote_summary(path, adapter=adapter, timeout=timeout, deadline=deadline)
         else:
-            from ..hub.http import limits
-
-            bank = open_bank(path, limits=limits(timeout, deadline))
+            bank = open_bank(path, adapter=adapter, limits=limits(timeout, deadline))
             info = summary(bank)
     else:
-        bank = load(path)
+        bank = load(path, adapter=adapter)
         info = summary(bank)
     if values:
         info["values"] = _values(bank, tasks, value_stats)
     if as_json:
         emit_json(info)
         return
-    click.echo(summary_text(info))
+    say(summary_text(info))
 
 
 def _values(bank, tasks, value_stats) -> dict:

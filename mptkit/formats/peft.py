@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import InvalidBank, UsageError
+from ..errors import UsageError
+from .checkpoints import read_json_file
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -35,6 +37,15 @@ PEFT_DEFAULTS: dict = {
     "tokenizer_kwargs": None,
     "tokenizer_name_or_path": None,
 }
+
+#: PEFT's configs are ~1 kB; more than this is not one
+MAX_CONFIG_BYTES = 1_000_000
+#: the initialisations that make PEFT read prompt_tuning_init_state_dict_path at every load
+SOURCE_INITS = ("AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK", "ONLY_SOURCE_SHARED")
+#: what an adapter mptkit writes says about its initialisation: it needs no file and no tokenizer
+#: to load (a stale TEXT field makes PEFT's config refuse itself, e.g. tokenizer_kwargs without TEXT)
+CLEAN_INIT = {"prompt_tuning_init": "RANDOM", "prompt_tuning_init_state_dict_path": None, "prompt_tuning_init_task": 0,
+              "prompt_tuning_init_text": None, "tokenizer_name_or_path": None, "tokenizer_kwargs": None}
 
 #: the config fields a bare file keeps in its ``mptkit.config`` metadata
 HINT_FIELDS = ("task_type", "num_virtual_tokens", "num_transformer_submodules", "base_model_name_or_path",
@@ -90,15 +101,57 @@ def complete_config(config: Mapping | None, *, num_tokens: int, token_dim: int, 
         num_tasks=num_tasks,
         num_ranks=num_ranks,
         peft_type="MULTITASK_PROMPT_TUNING",
-        prompt_tuning_init="RANDOM",
-        prompt_tuning_init_state_dict_path=None,
-        prompt_tuning_init_task=0,
         inference_mode=True,
+        **CLEAN_INIT,
     )
     version = peft_version()
     if version and "peft_version" not in (config or {}):
         cfg["peft_version"] = version
     return cfg
+
+
+def repairs(config: Mapping | None) -> list[str]:
+    """What :func:`complete_config` changes in ``config`` so that PEFT loads the adapter without a
+    source file or a tokenizer: one phrase per field (empty when nothing needed repair)."""
+    out = []
+    for key, clean in CLEAN_INIT.items():
+        if config and key in config and config[key] != clean and not (key == "prompt_tuning_init_task" and not config[key]):
+            out.append(f"{key} {json.dumps(config[key], ensure_ascii=False)[:80]} -> {json.dumps(clean)}")
+    return out
+
+
+def load_time_warnings(config, folder: str) -> list[str]:
+    """What PEFT reads, or refuses, when it loads an adapter with this config: the
+    prompt_tuning_init_state_dict_path that a source initialisation re-reads at every load (and
+    whether it exists, checked with stat only: mptkit never reads it), the tokenizer a TEXT
+    initialisation loads for training, and the TEXT fields PEFT's config refuses."""
+    if not isinstance(config, dict):
+        return []
+    init, path = config.get("prompt_tuning_init"), config.get("prompt_tuning_init_state_dict_path")
+    tok = config.get("tokenizer_name_or_path")
+    out = []
+    if init in SOURCE_INITS:
+        if path is None:
+            out.append(f"prompt_tuning_init is {init} but prompt_tuning_init_state_dict_path is null: PEFT refuses to "
+                       "load this adapter (mptkit's outputs say RANDOM)")
+        else:
+            there = "exists" if os.path.exists(path) else "does not exist from here, so loading fails"
+            out.append(f"prompt_tuning_init is {init}: PEFT re-reads prompt_tuning_init_state_dict_path {path!r} every "
+                       f"time it loads this adapter (resolved from the directory PEFT runs in; that file {there}); "
+                       "mptkit's outputs say RANDOM with a null path")
+    elif path is not None:
+        out.append(f"prompt_tuning_init_state_dict_path {path!r} is set but unused (prompt_tuning_init is {init})")
+    if init == "TEXT":
+        if not tok or config.get("prompt_tuning_init_text") is None:
+            out.append("prompt_tuning_init is TEXT without tokenizer_name_or_path and prompt_tuning_init_text: PEFT "
+                       "refuses to load this adapter")
+        else:
+            there = "a local folder" if os.path.isdir(tok) else "not a local folder (a Hub model id?)"
+            out.append(f"prompt_tuning_init is TEXT: PEFT loads tokenizer {tok!r} when this adapter is loaded for "
+                       f"training (is_trainable=True); it is {there}")
+    elif config.get("tokenizer_kwargs"):
+        out.append(f"tokenizer_kwargs is set but prompt_tuning_init is {init}: PEFT refuses to load this adapter")
+    return [f"warning: {folder}: {w}" for w in out]
 
 
 def config_text(config: Mapping) -> str:
@@ -107,23 +160,7 @@ def config_text(config: Mapping) -> str:
 
 
 def read_config(path: str | Path, shown: str | None = None):
-    """Parse an adapter_config.json (any JSON value; the schema judges it), or a clear InvalidBank.
-    ``shown`` names the file in messages (an hf:// reference, say)."""
-    shown = shown or str(path)
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidBank(f"{shown}: not UTF-8 text; expected a JSON object") from None
-    except RecursionError:
-        raise InvalidBank(f"{shown}: the JSON is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise InvalidBank(f"{shown}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise InvalidBank(f"{shown}: not valid JSON ({str(e)[:80]})") from None
-    except OSError as e:
-        raise InvalidBank(f"{shown}: cannot read it ({e.strerror or e})") from None
-    try:  # a \u escape of half a surrogate pair parses, but is no text: it could not be printed or written
-        json.dumps(config, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidBank(f"{shown}: holds a \\u escape of a lone UTF-16 surrogate, which is not text") from None
-    return config
+    """Parse an adapter_config.json (any JSON value; the schema judges it), or a clear InvalidBank:
+    not a regular file (a FIFO would block), over :data:`MAX_CONFIG_BYTES`, not UTF-8, not strict
+    JSON, nested too deeply. ``shown`` names the file in messages (an hf:// reference, say)."""
+    return read_json_file(Path(path), shown or str(path), max_bytes=MAX_CONFIG_BYTES)

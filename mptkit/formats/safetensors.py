@@ -21,12 +21,25 @@ from dataclasses import dataclass
 from typing import BinaryIO, Mapping
 
 from ..errors import InvalidBank
+from ..strictjson import MAX_JSON_VALUES, JsonProblem, count_json_values, parse_json
 from ..tensor import DTYPES, Array, safetensors_layout_key
 
 #: safetensors' own limit on the header size
 MAX_HEADER_BYTES = 100_000_000
-#: most dimensions a tensor may have here (a bank's have 2 or 3; more would only cost time)
+#: most tensors one header may list (a whole-model file of the largest models has a few thousand
+#: per shard) and most __metadata__ keys (PEFT writes 1, mptkit 4)
+MAX_TENSORS = 200_000
+MAX_METADATA_KEYS = 10_000
+#: most dimensions a tensor may have here (a bank's have 2 or 3; whole models' up to 5)
 MAX_DIMS = 8
+#: bits per element of every dtype safetensors reads (a whole-model file holds other tensors, in
+#: any of these; a bank's are F32, BF16, F16 or F64)
+HEADER_DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "I32": 32, "U32": 32, "I64": 64, "U64": 64,
+    "F16": 16, "BF16": 16, "F32": 32, "F64": 64, "C64": 64,
+}
+_U64_MAX = (1 << 64) - 1
 #: most problems listed for one header (a hostile header can hold millions of entries)
 MAX_PROBLEMS = 20
 
@@ -82,20 +95,18 @@ def read_header(path: str) -> Header:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(min(size, 8 + MAX_HEADER_BYTES, 1 << 16))
-
-            def more(offset: int, n: int) -> bytes:
-                f.seek(offset)
-                return f.read(n)
-
-            return parse_header(path, head, size, more)
+            n = header_length(path, head, size)
+            raw = head[8 : 8 + n] if len(head) >= 8 + n else os.pread(f.fileno(), n, 8)
+            if len(raw) != n:
+                raise InvalidBank(f"{path}: the file ended early: it changed while being read")
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the file ({e.strerror or e})") from None
+    return parse_header(path, raw, size)
 
 
-def parse_header(path: str, head: bytes, size: int, more) -> Header:
-    """The checked header of a safetensors file of ``size`` bytes that starts with ``head`` (at
-    least its first 8 bytes, or the whole file); ``more(offset, n)`` reads the rest of a longer
-    header. ``path`` names the file in messages (an ``hf://`` file, read by range requests, too)."""
+def header_length(path: str, head: bytes, size: int) -> int:
+    """The header length a file of ``size`` bytes declares in its first bytes ``head``, checked
+    against the size (a local file, or one on the Hub read by range requests)."""
     if size == 0:
         raise InvalidBank(f"{path}: the file is empty (0 bytes); expected a safetensors file")
     what = sniff(head)
@@ -119,40 +130,62 @@ def parse_header(path: str, head: bytes, size: int, more) -> Header:
         )
     if n < 2:
         raise InvalidBank(f"{path}: the header is {n} bytes long; expected a JSON object")
-    raw = head[8 : 8 + n] if len(head) >= 8 + n else (head[8:] + more(len(head), 8 + n - len(head)))
-    if len(raw) != n:
-        raise InvalidBank(f"{path}: the file ended inside its header: it changed while being read")
+    return n
+
+
+def parse_header(path: str, raw: bytes, file_size: int) -> Header:
+    """Check the JSON header ``raw`` of a safetensors file of ``file_size`` bytes (named ``path`` in
+    messages). Everything safetensors refuses is refused (a key twice in one object, ``-0``,
+    NaN, a lone surrogate, offsets that do not tile the data; metadata values that are not strings are
+    the schema's to report, with the bank's other problems), and so is what
+    would cost memory the file did not bring: the JSON values are counted before any is built (a
+    95 MB header of 1.38 million tensors once took 1.3 GB and 44 s), and the tensor and metadata
+    counts are capped."""
+    n = count_json_values(raw)
+    if n > MAX_JSON_VALUES:
+        raise InvalidBank(f"{path}: the header holds up to {n:,} JSON values (counting ':', ',', '[' and '{{'), more "
+                          f"than the {MAX_JSON_VALUES:,} mptkit reads (at most {MAX_TENSORS:,} tensors); it is not a "
+                          "checkpoint mptkit can read")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidBank(f"{path}: the header is not valid UTF-8 (byte {e.start + 8} of the file)") from None
     try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise InvalidBank(f"{path}: the header JSON is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise InvalidBank(f"{path}: the header is not valid JSON ({e.msg} at byte {e.pos + 8})") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise InvalidBank(f"{path}: the header is not valid JSON ({str(e)[:80]})") from None
+        obj = parse_json(text)
+    except JsonProblem as e:
+        why = str(e)
+        raise InvalidBank(f"{path}: the header is {why}" if why.startswith("not valid JSON")
+                          else f"{path}: the header is refused: {why}") from None
     if not isinstance(obj, dict):
         raise InvalidBank(f"{path}: the header must be a JSON object, found a JSON {type(obj).__name__}")
     meta = obj.pop("__metadata__", None)
     if meta is not None and not isinstance(meta, dict):
         raise InvalidBank(f"{path}: __metadata__ must be a JSON object of strings, found {type(meta).__name__}")
-    try:  # safetensors' JSON parser refuses a \u escape that is half a UTF-16 surrogate pair
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        if meta:
-            json.dumps(meta, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidBank(f"{path}: the header holds an invalid \\u escape (a lone UTF-16 surrogate); "
-                          "safetensors cannot parse it") from None
-    header = Header(path, obj, meta, 8 + n, size)
+    if len(obj) > MAX_TENSORS:
+        raise InvalidBank(f"{path}: the header lists {len(obj):,} tensors, more than the {MAX_TENSORS:,} mptkit reads")
+    if meta and len(meta) > MAX_METADATA_KEYS:
+        raise InvalidBank(f"{path}: __metadata__ holds {len(meta):,} keys, more than the {MAX_METADATA_KEYS:,} "
+                          "mptkit reads")
+    header = Header(path, obj, meta, 8 + len(raw), file_size)
     problems = layout_problems(header)
     if len(problems) > MAX_PROBLEMS:
         problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems like these"]
     if problems:
         raise InvalidBank(f"{path}: {problems[0]}", [f"{path}: {p}" for p in problems])
     return header
+
+
+def _nbits(shape: list, dtype: str) -> int | None:
+    """The tensor's size in bits, or None where safetensors' unsigned 64-bit arithmetic overflows
+    (it multiplies the dimensions in order, then by the dtype's bits, and refuses an overflow even
+    when a later dimension is 0)."""
+    n = 1
+    for s in shape:
+        n *= s
+        if n > _U64_MAX:
+            return None
+    n *= HEADER_DTYPE_BITS[dtype]
+    return None if n > _U64_MAX else n
 
 
 def layout_problems(header: Header) -> list[str]:
@@ -167,23 +200,29 @@ def layout_problems(header: Header) -> list[str]:
             problems.append(f"tensor {_nm(name)}: expected an object with dtype, shape and data_offsets, found {_short(info)}")
             continue
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
-            problems.append(f"tensor {_nm(name)}: unknown dtype {_short(dtype, 40)} (expected one of {', '.join(DTYPES)})")
+        if not isinstance(dtype, str) or dtype not in HEADER_DTYPE_BITS:
+            problems.append(f"tensor {_nm(name)}: unknown dtype {_short(dtype, 40)} (expected one of {', '.join(DTYPES)}, "
+                            "or another safetensors dtype)")
             continue
         if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
             problems.append(f"tensor {_nm(name)}: shape must be a list of non-negative integers, found {_short(shape)}")
             continue
         if len(shape) > MAX_DIMS:
-            problems.append(f"tensor {_nm(name)}: shape has {len(shape)} dimensions; a prompt bank's tensors have 2 or 3")
+            problems.append(f"tensor {_nm(name)}: shape has {len(shape)} dimensions; mptkit reads at most {MAX_DIMS}")
             continue
-        if any(s >= 1 << 64 for s in shape):
-            problems.append(f"tensor {_nm(name)}: shape {_short(shape)} has a dimension of 2^64 or more")
+        nbits = _nbits(shape, dtype)
+        if nbits is None:
+            problems.append(f"tensor {_nm(name)}: shape {_short(shape)} of {dtype} is too large (its size overflows "
+                            "64 bits, which safetensors refuses)")
+            continue
+        if nbits % 8:
+            problems.append(f"tensor {_nm(name)}: {dtype}{_short(shape)} is not a whole number of bytes")
             continue
         if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
             problems.append(f"tensor {_nm(name)}: data_offsets must be two integers [begin, end], found {_short(offs)}")
             continue
         begin, end = offs
-        nbytes = math.prod(shape) * DTYPES[dtype][0]
+        nbytes = nbits // 8
         if begin < 0 or end < begin:
             problems.append(f"tensor {_nm(name)}: data_offsets {_short(offs)} are not an increasing byte range")
         elif end - begin != nbytes:

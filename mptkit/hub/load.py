@@ -32,13 +32,13 @@ REMOTE_NOTE = ("remote: read only the safetensors header (HTTP range requests) a
 
 
 def _read_local(path: str, shown: str, kind: str | None, facts: dict | None, snapshot: str | None = None,
-                root: str | None = None) -> PromptBank:
+                root: str | None = None, adapter: str | None = None) -> PromptBank:
     """Read a bank from the cache; messages name its files as ``hf://`` references (``root``
     stands for the ``snapshot`` folder)."""
     from ..formats import read
 
     try:
-        bank = read(path, kind=kind)
+        bank = read(path, kind=kind, adapter=adapter)
     except InvalidBank as e:
         if snapshot is None:
             raise
@@ -53,19 +53,25 @@ def _read_local(path: str, shown: str, kind: str | None, facts: dict | None, sna
     return bank
 
 
-def open_bank(ref: str | HubRef, *, kind: str | None = None, token: str | None = None,
+def open_bank(ref: str | HubRef, *, kind: str | None = None, adapter: str | None = None, token: str | None = None,
               unverified: bool | None = None, limits: http.Limits | None = None) -> PromptBank:
-    """The bank at ``ref``, its tensors read lazily from the Hub (see the module doc)."""
+    """The bank at ``ref``, its tensors read lazily from the Hub (see the module doc). ``adapter``
+    names one of several adapters: a sub-folder ``NAME/`` (as PEFT saves them), or one of the
+    adapters of a whole-model state dict."""
     r = parse_ref(ref) if isinstance(ref, str) else ref
     shown = str(r)
     if offline():
+        if adapter and not r.path:
+            r = HubRef(r.repo_id, r.revision, adapter) if _cached_folder(r, adapter) else r
         got = from_cache(r)
         return _read_local(got.path, shown, kind, {"repo": r.repo_id, "commit": got.commit, "partial": False},
-                           str(cache.pointer(r.repo_id, got.commit, "x").parent), str(HubRef(r.repo_id, r.revision)))
+                           str(cache.pointer(r.repo_id, got.commit, "x").parent), str(HubRef(r.repo_id, r.revision)),
+                           adapter if r.path != adapter else None)
     lim = limits or http.limits()
     with http.limited(lim):
         commit = resolve_commit(r, token)
-        files, rel = choose(r, commit, token)
+        files, rel, used = choose(r, commit, token, adapter)
+        adapter = None if used else adapter
         weights = files[-1]
         facts = {"repo": r.repo_id, "revision": r.revision or "main", "commit": commit, "file": weights.name,
                  "sha256": weights.sha256, "partial": False}
@@ -74,13 +80,13 @@ def open_bank(ref: str | HubRef, *, kind: str | None = None, token: str | None =
         if ranged:
             here = cache.cached(r, commit, weights.name, weights.digest)
             if here is not None and os.path.getsize(here) == weights.size:
-                ranged = False  # a full pull put it in the cache: read it there
+                ranged, facts["how"] = False, "cached"  # a full pull put it in the cache: read it there
         local = [download(r, commit, f, token, unverified=unverified) for f in (files[:-1] if ranged else files)]
     if not ranged:
         cache.remember(r.repo_id, r.revision or "main", commit)
         path = os.path.dirname(local[-1]) if len(files) == 2 else local[-1]
         return _read_local(path, shown, kind, facts, str(cache.pointer(r.repo_id, commit, "x").parent),
-                           str(HubRef(r.repo_id, r.revision)))
+                           str(HubRef(r.repo_id, r.revision)), adapter)
     config = config_file = None
     if len(files) == 2:
         config_file = str(HubRef(r.repo_id, r.revision, files[0].name))
@@ -95,10 +101,15 @@ def open_bank(ref: str | HubRef, *, kind: str | None = None, token: str | None =
     from ..formats import from_header
 
     bank = from_header(header, shown=shown, fmt="peft-adapter" if config_file else "safetensors", kind=kind,
-                       config=config, config_file=config_file)
+                       config=config, config_file=config_file, adapter=adapter)
     bank.source = Source(shown, bank.source.format, where.shown, weights.size, weights.sha256,
                          {**facts, "partial": True})
     return bank
+
+
+def _cached_folder(r: HubRef, name: str) -> bool:
+    commit = cache.commit_for(r.repo_id, r.revision or "main")
+    return bool(commit) and any(n.startswith(f"{name}/") for n in cache.snapshot_names(r.repo_id, commit))
 
 
 def resolve(ref: str) -> str:
@@ -171,13 +182,13 @@ def partial(bank: PromptBank, tasks) -> PromptBank:
 
 
 # -- remote inspect ------------------------------------------------------------------------------
-def remote_summary(ref: str, *, token: str | None = None, timeout: float | None = None,
+def remote_summary(ref: str, *, adapter: str | None = None, token: str | None = None, timeout: float | None = None,
                    deadline: float | None = None) -> dict:
     """What :func:`mptkit.info.summary` says about a bank on the Hub, from its safetensors header
     (range requests) and adapter_config.json only (a small or cached bank is read whole)."""
     from ..info import summary
 
-    bank = open_bank(ref, token=token, limits=http.limits(timeout, deadline))
+    bank = open_bank(ref, adapter=adapter, token=token, limits=http.limits(timeout, deadline))
     s = summary(bank)
     facts = bank.source.remote or {}
     if offline():
@@ -192,5 +203,10 @@ def remote_summary(ref: str, *, token: str | None = None, timeout: float | None 
         s["notes"].append(f"remote: {posixpath.basename(facts['file'])} is a pickle, which has no header to read "
                           "remotely: it was downloaded in full")
     else:
-        s["remote"]["downloaded"] = "the whole bank (small, or already in the HF cache)"
+        how = facts.get("how", "whole")
+        s["remote"]["downloaded"] = {"cached": "nothing: a full pull of this commit is in the HF cache"}.get(
+            how, "the whole bank, checked against the Hub's checksum, into the HF cache")
+        s["notes"].append("remote: read from the HF cache (a full pull of this commit)" if how == "cached" else
+                          f"remote: the bank is small (under {WHOLE_BELOW >> 20} MB) or has no LFS sha256, so it was "
+                          "downloaded whole, checked against the Hub's checksum, and kept in the HF cache")
     return s

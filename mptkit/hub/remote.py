@@ -165,13 +165,13 @@ class RemoteFile:
         head = bytearray(first)
         if first:
             self.fetch(0, first, head)
-
-        def more(offset: int, n: int) -> bytes:
-            buf = bytearray(n)
-            self.fetch(offset, n, buf)
-            return bytes(buf)
-
-        h = st.parse_header(w.shown, bytes(head), w.size, more)
+        n = st.header_length(w.shown, bytes(head), w.size)
+        raw = bytearray(head[8: 8 + n])
+        if len(raw) < n:
+            rest = bytearray(n - len(raw))
+            self.fetch(len(head), len(rest), rest)
+            raw += rest
+        h = st.parse_header(w.shown, bytes(raw), w.size)
         if len(head) > h.data_start:  # the probe's bytes past the header are data: keep them
             with self._lock:
                 self._kept.append((h.data_start, head[h.data_start:]))

@@ -108,23 +108,29 @@ def listing(ref: HubRef, commit: str, folder: str, token: str | None) -> tuple[d
     return files, folders
 
 
-def choose(ref: HubRef, commit: str, token: str | None) -> tuple[list[Listed], str]:
-    """The files of the bank at ``ref`` (config first, weights last) and its path in the repo."""
+def choose(ref: HubRef, commit: str, token: str | None,
+           adapter: str | None = None) -> tuple[list[Listed], str, bool]:
+    """The files of the bank at ``ref`` (config first, weights last), its path in the repo, and
+    whether ``adapter`` named a sub-folder (PEFT saves an adapter named X into ``X/``)."""
     path = ref.path
     parent = posixpath.dirname(path) if path else ""
     files, folders = listing(ref, commit, parent, token)
     if path:
         if path in files and posixpath.basename(path) != peft.CONFIG_NAME:
-            return [files[path]], path
+            return [files[path]], path, False
         if path in files:  # .../adapter_config.json names its folder
             path = parent
         elif path in folders:
             files, folders = listing(ref, commit, path, token)
         else:
             raise HubError(f"{ref}: no file or folder '{path}' in {ref.repo_id} at revision {ref.revision or 'main'}")
-    names = list(files)
-    picked, rel = pick(ref, names)
-    return [files[n] for n in picked], rel
+    sub = posixpath.join(path, adapter) if adapter else None
+    if sub in folders and posixpath.join(path, peft.CONFIG_NAME) not in files:
+        files, folders = listing(ref, commit, sub, token)
+        picked, rel = pick(HubRef(ref.repo_id, ref.revision, sub), list(files))
+        return [files[n] for n in picked], rel, True
+    picked, rel = pick(ref, list(files))
+    return [files[n] for n in picked], rel, False
 
 
 def pick(ref: HubRef, names: list[str]) -> tuple[list[str], str]:
@@ -231,7 +237,7 @@ def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = N
         return from_cache(ref)
     with http.limited(limits or http.limits()), client.progress(quiet):
         commit = resolve_commit(ref, token)
-        chosen, rel = choose(ref, commit, token)
+        chosen, rel, _ = choose(ref, commit, token)
         for f in chosen:
             download(ref, commit, f, token, unverified=unverified)
     cache.remember(ref.repo_id, ref.revision or "main", commit)
