@@ -31,6 +31,7 @@ A hostile server, per repo (issue 12)::
     server.hostile("owner/x", flip={"adapter_model.safetensors": 200})  # one byte changed, same size
     server.hostile("owner/x", checksums=False)               # the listing carries no usable checksum
     server.hostile("owner/x", slow=5.0)                      # file bodies: one byte every 5 s
+    server.hostile("owner/x", slow=5.0, slow_path="/commit/")  # ... or the answers to other requests
     server.hostile("owner/x", rate=2e6)                      # file bodies at 2 MB/s (not hostile: slow)
     server.hostile("owner/x", echo_auth=True)                # 401 quoting the Authorization header
     server.hostile("owner/x", error="text")                  # every answer: HTTP 500 with this text
@@ -205,7 +206,7 @@ class Fault:
 
 
 FAULT_KINDS = ("status", "truncate", "content_length", "garbage", "drop")
-HOSTILE_KINDS = ("etag", "linked_etag", "flip", "checksums", "slow", "rate", "echo_auth", "error", "ignore_range",
+HOSTILE_KINDS = ("etag", "linked_etag", "flip", "checksums", "slow", "slow_path", "rate", "echo_auth", "error", "ignore_range",
                  "listing", "repo_commit", "range_shift", "sizes")
 
 
@@ -447,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(max(declared, 0)))
         self.end_headers()
         req.status = resp.status
-        slow = self.hostile.get("slow") if "/resolve/" in req.path else None
+        slow = self.hostile.get("slow") if re.search(self.hostile.get("slow_path", "/resolve/"), req.path) else None
         rate = self.hostile.get("rate") if "/resolve/" in req.path else None
         if rate:
             body = (piece for chunk in body for piece in _pieces(chunk, 64 << 10, rate))

@@ -139,6 +139,14 @@ def test_a_server_dripping_bytes_is_given_up(hub, served, sandbox):
     assert sandbox.cache_files() == [] and os.listdir(sandbox.out) == [] and sandbox.outside() == []
 
 
+def test_a_push_whose_commit_answer_drips_is_given_up(hub, cli, peft_banks):
+    """The client's own requests (HfApi: create, preupload, commit) run under the same limits."""
+    hub.create_repo("owner/slowpush")
+    hub.hostile("owner/slowpush", slow=0.2, slow_path="/commit/")
+    msg = _one_error(cli("push", peft_banks("seq2seq"), "owner/slowpush", "--timeout", "1"))
+    assert "cannot commit the bank" in msg and "no progress" in msg, msg
+
+
 def test_the_overall_deadline_ends_a_transfer_that_keeps_going(hub, cli, sandbox):
     """A body that keeps coming (2 kB/s, enough to count as progress) is stopped by the deadline."""
     data = sparse_bank(sandbox.src / "b.safetensors", T=64, N=16, r=1, d=64, filled=range(64))
