@@ -66,7 +66,7 @@ def run(src: Path, root: Path, argv: list[str], env: dict, read_only: Path | Non
     code = os.waitstatus_to_exitcode(status) if status is not None else None
     return {"argv": " ".join(argv), "rc": "killed" if wall >= LIMIT_S else code, "wall_s": round(wall, 1),
             "rss_mb": round(ru.ru_maxrss / 1024), "outside": new[:3], "token_shown": TOKEN.removeprefix("hf_").encode() in text,
-            "raw_escape": any(c in text for c in (b"\x1b", b"\x07", b"\xc2\x9b")), "said": (lines[-1] if lines else "")[:150]}
+            "raw_escape": any(c in text for c in (b"\x1b", b"\x07", b"\xc2\x9b")), "said": (lines[-1] if lines else "")[:400]}
 
 
 def _tree(root: Path) -> set[Path]:
@@ -98,7 +98,7 @@ def attacks(tmp: Path):
     def flipped(hub, root):
         files = adapter(tmp)
         hub.commit("owner/bank", files)
-        hub.hostile("owner/bank", etag='"not-hex"', linked_etag='"not-hex"',
+        hub.hostile("owner/bank", linked_etag='"not-hex"',
                     flip={"adapter_model.safetensors": len(files["adapter_model.safetensors"]) - 3})
         return [(["pull", "owner/bank", "-o", "../out/p"], {}, None), (["validate", "../out/p"], {}, None)]
 

@@ -646,7 +646,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["ETag"] = f'"{_sha1(data)}"'
         if "etag" in bad:
             headers["ETag"] = bad["etag"]
-        if "linked_etag" in bad:
+        if "linked_etag" in bad and is_lfs(filename):
             headers["X-Linked-Etag"] = bad["linked_etag"]
         headers["Content-Type"] = "application/octet-stream"
         flip = (bad.get("flip") or {}).get(filename)

@@ -95,9 +95,11 @@ def test_etags_that_are_paths_never_become_paths(hub, cli, served, sandbox, tmp_
 
 
 # -- 2. one flipped byte under a non-hex ETag ----------------------------------------------------
-def test_a_flipped_byte_is_caught_whatever_the_etag(hub, cli, served, sandbox):
+@pytest.mark.parametrize("etags", [{"linked_etag": '"not-hex"'}, {"etag": '"not-hex"', "linked_etag": '"not-hex"'}],
+                         ids=["weights", "both"])
+def test_a_flipped_byte_is_caught_whatever_the_etag(hub, cli, served, sandbox, etags):
     size = len(served["adapter_model.safetensors"])
-    hub.hostile("owner/bank", etag='"not-hex"', linked_etag='"not-hex"', flip={"adapter_model.safetensors": size - 3})
+    hub.hostile("owner/bank", **etags, flip={"adapter_model.safetensors": size - 3})
     for argv in (["pull", "owner/bank", "-o", sandbox.out / "p"], ["pull", "owner/bank"],
                  ["derive", "hf://owner/bank", "--mode", "exact", "--task", "1", "-o", sandbox.out / "d.safetensors"],
                  ["validate", "hf://owner/bank"]):
@@ -310,3 +312,36 @@ def test_a_read_only_cache_is_blamed_on_the_cache(hub, served, sandbox):
     assert "cannot write to the HF cache at" in msg and ("read-only" in msg or "permission denied" in msg), msg
     assert "HF_HUB_CACHE" in msg and "Hub" not in msg.split("cannot write to the HF cache")[0]
     assert os.listdir(sandbox.out) == []
+
+
+def test_a_killed_download_leaves_a_temp_the_next_download_removes(hub, cli, served, sandbox):
+    """A download killed mid-way (SIGKILL: no clean-up) leaves its temp in ``blobs/``; its lock died
+    with it, so the next download in that repo removes it. A temp whose writer still holds the lock
+    is left alone."""
+    import fcntl
+    import signal
+    import sys
+    import time
+
+    hub.hostile("owner/bank", slow=0.05)
+    p = subprocess.Popen([sys.executable, "-m", "mptkit", "pull", "owner/bank"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    blobs = sandbox.home / "hub" / "models--owner--bank" / "blobs"
+    deadline = time.monotonic() + 60
+    while not (blobs.is_dir() and any(x.name.endswith(".incomplete") for x in blobs.iterdir())):
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)  # the temp exists: the kill lands mid-download by construction
+    p.wait()
+    left = [x for x in blobs.iterdir() if x.name.endswith(".incomplete")]
+    assert len(left) == 1
+    held = blobs / ".mptkit-download-1-0123456789ab.incomplete"  # another writer's, in use
+    fd = os.open(held, os.O_WRONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        hub.clear()
+        assert cli("pull", "owner/bank").exit_code == 0
+        assert sorted(x.name for x in blobs.iterdir() if x.name.endswith(".incomplete")) == [held.name]
+    finally:
+        os.close(fd)
+    assert sandbox.outside() == []

@@ -54,7 +54,7 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(eq=False)  # told apart by identity (the stack of active limits)
 class Limits:
     timeout: float  # seconds without progress
     deadline: float  # seconds for all of one operation's transfers
