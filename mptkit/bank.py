@@ -183,8 +183,10 @@ class PromptBank:
         srcs = []
         for b in sources or [self]:
             if b.source is not None:
-                srcs.append({"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256,
-                             **({"hub": dict(b.source.remote)} if b.source.remote else {})})
+                src = {"name": os.path.basename(os.path.normpath(b.source.path)) or b.source.path, "sha256": b.source.sha256}
+                if b.source.remote:  # a bank on the Hub: repo, commit, file, LFS sha256, partial
+                    src["hub"] = dict(b.source.remote)
+                srcs.append(src)
         return {"operation": operation, "arguments": arguments, "sources": srcs, "mptkit_version": __version__}
 
 
