@@ -67,7 +67,7 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("validate", bank, "--values", "--json", expect='"valid": true')
     ok("derive", bank, "--mode", "exact", "--task", "1", "-o", o("exact.safetensors"), expect="task 1")
     ok("derive", bank, "--mode", "exact", "--task", "2", "-o", o("exact-folder"))
-    ok("derive", bank, "--mode", "average", "-o", o("average.safetensors"), expect="mean of 4")
+    ok("derive", bank, "--mode", "average", "-o", o("average.safetensors"), expect="mean of the factors of 4 tasks")
     ok("derive", bank, "--mode", "average", "-o", o("average-folder"))
     ok("derive", bank, "--mode", "shared", "-o", o("shared.safetensors"))
     ok("derive", bank, "--mode", "shared", "--num-tasks", "2", "--seed", "0", "-o", o("fresh"))

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from ._version import __version__
 from .errors import InvalidBank, UsageError
+from .text import plural
 from .tensor import Array
 
 KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")
@@ -33,6 +34,9 @@ class Source:
     #: checked against), with what it covers (only "file" digests name the whole file)
     digest: str | None = None
     digest_scheme: str = "file"
+    #: for a bank on the Hub: repo, commit, file, its LFS sha256, and whether it was read by ranges
+    #: ("partial": only the bytes an operation needed, not checked against the sha256)
+    remote: dict | None = None
 
     @property
     def sha256(self) -> str:
@@ -47,9 +51,19 @@ class Source:
         sha256 when it costs nothing more (known, cached, or the operation read at least half of
         the file: ``reads`` None means all of it); otherwise the sha256 of the header and of the
         byte ranges the :class:`~mptkit.tensor.Array` handles in ``reads`` cover, so that taking one
-        task out of a 10 GB bank never reads the other 10 GB to name its source."""
+        task out of a 10 GB bank never reads the other 10 GB to name its source. A bank on the Hub
+        adds ``"hub"``: repo, revision, commit, file, its LFS sha256, and whether it was read by
+        ranges."""
+        out = self._digest(reads)
+        if self.remote:
+            out["hub"] = dict(self.remote)
+        return out
+
+    def _digest(self, reads) -> dict:
         if self.digest is not None and self.digest_scheme == "file":
             return {"sha256": self.digest, "scheme": "file"}
+        if self.remote:  # no local file to hash by ranges: what main read is all there is
+            return {"sha256": self.sha256, "scheme": "file"}
         cached = cached_sha256(self.data_file)
         ranges = None if reads is None or cached else _ranges_read(self.data_file, reads)
         if cached or ranges is None or 2 * sum(n for _, n in ranges) >= self.file_size:
@@ -114,7 +128,8 @@ def _cache_entry(path: str) -> str:
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
-    return os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode()).hexdigest())
+    # surrogateescape: a file name that is not UTF-8 hashes by its bytes
+    return os.path.join(_hash_cache_dir(), hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest())
 
 
 def cached_sha256(path: str) -> str | None:
@@ -127,12 +142,16 @@ def cached_sha256(path: str) -> str | None:
     return cached if re.fullmatch(r"[0-9a-f]{64}", cached) else None
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(path: str, *, known: str | None = None) -> str:
     """sha256 of a file. Hashing a multi-GB bank costs a full read, so the digest is remembered
     under the file's identity (device, inode, size, mtime in ns), as git's index does: a changed
     file gets a new key. ``MPTKIT_CACHE`` (or ``$XDG_CACHE_HOME/mptkit``) holds the cache; a cache
-    that cannot be written is simply not used."""
+    that cannot be written is simply not used. ``known``: the digest, computed while the file was
+    written (a verified download), remembered without reading the file again."""
     entry = _cache_entry(path)
+    if known is not None:
+        _remember(entry, known)
+        return known
     cached = cached_sha256(path)
     if cached:
         return cached
@@ -144,6 +163,11 @@ def file_sha256(path: str) -> str:
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the input any more ({e.strerror or e}); was it moved or deleted?") from None
     digest = h.hexdigest()
+    _remember(entry, digest)
+    return digest
+
+
+def _remember(entry: str, digest: str) -> None:
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
         tmp = f"{entry}.{os.getpid()}.tmp"
@@ -152,7 +176,6 @@ def file_sha256(path: str) -> str:
         os.replace(tmp, entry)
     except OSError:
         pass
-    return digest
 
 
 @dataclass
@@ -286,26 +309,41 @@ def select_tasks(bank: PromptBank, spec: str | Sequence[int | str], allow_ranges
         if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
             idx = int(item)
             if not 0 <= idx < T:
-                raise UsageError(f"task {idx} is out of range: {bank.where} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task {idx} is out of range: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})")
             out.append(idx)
             continue
         m = _RANGE.match(item) if allow_ranges else None
         if m:
             a, b = int(m.group(1)), int(m.group(2))
             if a > b or b >= T:
-                raise UsageError(f"task range {item} does not fit: {bank.where} has {T} tasks ({_task_list(bank)})")
+                raise UsageError(f"task range {item} does not fit: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})")
             out.extend(range(a, b + 1))
             continue
         if item in names:
             out.append(names.index(item))
             continue
-        raise UsageError(f"unknown task {item!r}: {bank.where} has {T} tasks ({_task_list(bank)})")
+        raise UsageError(f"unknown task {item!r}: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})"
+                         + _did_you_mean(item, names))
     if unique and len(set(out)) != len(out):
         seen: set[int] = set()
         k = next(i for i in out if i in seen or seen.add(i))
         shown = spec if isinstance(spec, str) else ",".join(map(str, spec))
-        raise UsageError(f"task {k} ({bank.names()[k]}) is listed more than once in the selection {shown!r}")
+        what = f"task {k} ({bank.task_names[k]})" if bank.task_names else f"task {k}"
+        raise UsageError(f"{what} is listed more than once in the selection {shown!r}")
     return out
+
+
+def _did_you_mean(item: str, names: Sequence[str]) -> str:
+    """`` (did you mean 'mnli'?)`` for the names nearest ``item`` (case ignored), else ""."""
+    import difflib
+
+    lower: dict[str, str] = {}
+    for n in names:
+        lower.setdefault(n.lower(), n)
+    near = difflib.get_close_matches(item.lower(), list(lower), n=3, cutoff=0.6)
+    if not near:
+        return ""
+    return " (did you mean " + " or ".join(repr(lower[n]) for n in near) + "?)"
 
 
 def _task_list(bank: PromptBank) -> str:
@@ -313,4 +351,5 @@ def _task_list(bank: PromptBank) -> str:
         shown = bank.task_names[:20]
         more = f", ... {len(bank.task_names) - 20} more" if len(bank.task_names) > 20 else ""
         return "named " + ", ".join(shown) + more
-    return f"indices 0 to {bank.num_tasks - 1}; it names none"
+    span = "index 0" if bank.num_tasks == 1 else f"indices 0 to {bank.num_tasks - 1}"
+    return f"{span}; it names none"

@@ -16,10 +16,11 @@ from dataclasses import replace
 from typing import Sequence
 
 from .bank import PromptBank, select_tasks
+from .combine import (check_compatible as _check_compatible, exact_hint, exact_refit_rank,
+                      labeller as _labeller, need_tasks as _need_tasks, output_rank)
 from .errors import IncompatibleBanks, UsageError
 from .schema import check
 from . import fit, numerics
-from .options import storage_dtype
 from .tensor import Array
 
 
@@ -93,10 +94,13 @@ def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
 
 # -- merge ---------------------------------------------------------------------------------------
 def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_duplicates: bool = False,
-          refit: bool = False, max_error: float | None = None, rank: int | str | None = None) -> PromptBank:
+          refit: bool = False, max_error: float | None = None, rank: int | str | None = None,
+          allow_mismatch: bool = False) -> PromptBank:
     """Concatenate the banks' tasks. They must share N and d (and the config's split of N into
-    virtual tokens x submodules where known); different dtypes need ``dtype``; smaller ranks are
-    zero-padded to the largest. The shared prompts must be equal bit for bit, unless ``refit``: then
+    virtual tokens x submodules where known), and, where their configs say, task_type, base model
+    and num_transformer_submodules (``allow_mismatch`` combines them anyway, keeping the first
+    bank's config); different dtypes need ``dtype``; smaller ranks are zero-padded to ``rank``
+    (default: the largest; a refit is exact once ``rank`` reaches :func:`exact_refit_rank`). The shared prompts must be equal bit for bit, unless ``refit``: then
     the first bank's shared prompt is kept and the other banks' tasks are re-expressed under it
     (:mod:`mptkit.fit`), each task's relative error reported; ``max_error`` refuses a larger one, and
     with ``rank="auto"`` each re-expressed task gets its smallest rank within ``max_error``. ``rank`` R
@@ -104,19 +108,26 @@ def merge(banks: Sequence[PromptBank], *, dtype: str | None = None, rename_dupli
     ``rename_duplicates`` (suffixes ``-2``, ...)."""
     banks = list(banks)
     check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank)
-    out_dtype = _check_compatible(banks, dtype)
-    names, renamed = _merged_names(banks, rename_duplicates)
-    parts, results = _combine(banks, out_dtype, refit, max_error, fit.check_rank(rank, max_error) if rank is not None else None)
+    rank = fit.check_rank(rank, max_error) if rank is not None else None
+    out_dtype = _check_compatible(banks, dtype, allow_mismatch)
+    names, renamed, named = _merged_names(banks, rename_duplicates)
+    parts, results = _combine(banks, out_dtype, refit, max_error, rank)
     if renamed:
         results["renamed"] = renamed
+    if named:
+        results["named"] = named
+    results["from"] = [{"source": _labeller(banks)(b), "tasks": [sum(x.num_tasks for x in banks[:i]), b.num_tasks]}
+                       for i, b in enumerate(banks)]
     args = {"dtype": out_dtype, "rename_duplicates": rename_duplicates, "refit": refit,
-            **({"max_error": max_error} if max_error is not None else {}), **({"rank": rank} if rank is not None else {})}
+            **({"max_error": max_error} if max_error is not None else {}),
+            **({"rank": rank} if rank is not None else {}), **({"allow_mismatch": True} if allow_mismatch else {})}
     first = replace(banks[0], config=next((b.config for b in banks if b.config), None))
     return _result(first, parts, names, "merge", args, banks, results,
                    provenance=[e for b in banks for e in b.provenance])
 
 
-def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float | None = None, rank=None) -> None:
+def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float | None = None,
+                        rank: int | str | None = None) -> None:
     """The rules :func:`merge`'s options obey, checkable before any bank is read."""
     if num_banks < 2:
         raise UsageError(f"merge needs at least two banks, found {num_banks}")
@@ -126,48 +137,20 @@ def check_merge_options(num_banks: int, *, refit: bool = False, max_error: float
         raise UsageError("--rank auto applies only with --refit (it picks the rank of each re-expressed task)")
 
 
-def _check_compatible(banks: Sequence[PromptBank], dtype: str | None) -> str:
-    """Same N, d and submodule split; one dtype or ``dtype``. Returns the output dtype."""
-    first, label = banks[0], _labeller(banks)
-    for b in banks:
-        _need_tasks(b)
-    for b in banks[1:]:
-        diffs = []
-        if b.num_tokens != first.num_tokens:
-            diffs.append(f"prompt length N differs ({label(first)} has N={first.num_tokens}, {label(b)} has N={b.num_tokens})")
-        if b.token_dim != first.token_dim:
-            diffs.append(f"hidden size d differs ({label(first)} has d={first.token_dim}, {label(b)} has d={b.token_dim})")
-        if diffs:
-            raise IncompatibleBanks(f"cannot combine {label(b)} with {label(first)}: " + "; ".join(diffs)
-                                    + " (banks for different base models or prompt lengths do not mix)")
-        split_a, split_b = _split(first), _split(b)
-        if split_a and split_b and split_a != split_b:
-            raise IncompatibleBanks(
-                f"cannot combine {label(b)} with {label(first)}: both have N={first.num_tokens} but "
-                f"{label(first)} is {split_a[0]} virtual tokens x {split_a[1]} submodule(s) and {label(b)} is "
-                f"{split_b[0]} x {split_b[1]} (their prompt rows mean different things)")
-    if dtype is not None:
-        return storage_dtype(dtype)
-    found = {b.dtype for b in banks}
-    if len(found) > 1:
-        listing = ", ".join(f"{label(b)} {b.dtype}" for b in banks)
-        raise IncompatibleBanks(f"the banks have different dtypes ({listing}); give --dtype to convert them to one")
-    return first.dtype
-
-
-def _split(bank: PromptBank):
-    v, s = bank.num_virtual_tokens, bank.num_submodules
-    return (v, s) if v and s else None
-
-
 def _merged_names(banks: Sequence[PromptBank], rename_duplicates: bool):
-    """The merged bank's names (None when no bank names its tasks) and {position: new name}."""
+    """The merged bank's names (None when no bank names its tasks), {position: renamed duplicate},
+    and {position: name given to a task of a bank that names none}."""
     if not any(b.task_names for b in banks):
-        return None, {}
+        return None, {}, {}
     label = _labeller(banks)
-    names, start = [], 0
+    names, start, named = [], 0, {}
     for b in banks:
-        names += list(b.task_names) if b.task_names else default_names(b.num_tasks, start)
+        if b.task_names:
+            names += list(b.task_names)
+        else:
+            invented = default_names(b.num_tasks, start)
+            named.update({str(start + k): n for k, n in enumerate(invented)})
+            names += invented
         start += b.num_tasks
     counts = Counter(names)
     dups = [n for n, c in counts.items() if c > 1]
@@ -187,21 +170,20 @@ def _merged_names(banks: Sequence[PromptBank], rename_duplicates: bool):
             renamed[str(i)] = {"from": n, "to": names[i]}
         seen.add(names[i])
     check_names(names, "merged task names")
-    return names, renamed
+    for pos, r in renamed.items():
+        if pos in named:
+            named[pos] = r["to"]
+    return names, renamed, named
 
 
-def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error: float | None, rank=None):
+def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error: float | None,
+             out_rank: int | str | None = None):
     """The merged tensors and the refit report. Bytes only when dtype, rank and shared prompt agree.
-    ``rank``: the output rank (default the largest; "auto": each refit task's smallest rank within
-    ``max_error``, the output rank then being the largest of all)."""
-    own = max(b.rank for b in banks)
-    if rank not in (None, "auto"):
-        if rank < own:
-            big = max(banks, key=lambda b: b.rank)
-            raise UsageError(f"--rank {rank} is below the rank of {_labeller(banks)(big)} ({big.rank}); lower it first "
-                             f"with `mptkit rank` (which reports each task's error)")
-        own = rank
-    converted = [_convert(b, out_dtype, own) for b in banks]
+    ``out_rank``: the output rank (default the largest; "auto": each refit task's smallest rank
+    within ``max_error``, the output rank then being the largest of all)."""
+    auto = out_rank == "auto"
+    rank = output_rank(banks, None if auto else out_rank, _labeller(banks))
+    converted = [_convert(b, out_dtype, rank) for b in banks]
     pe0 = converted[0]["prompt_embeddings"]
     base = bytes(pe0.read())
     differing = [i for i in range(1, len(banks)) if bytes(converted[i]["prompt_embeddings"].read()) != base]
@@ -212,22 +194,33 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
         raise IncompatibleBanks(
             f"the shared prompts differ: {label(banks[i])}'s prompt_embeddings is not {label(banks[0])}'s "
             f"({numerics.describe_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
-            "Pass --refit to re-express them under the first bank's shared prompt")
+            f"Pass --refit to re-express them under the first bank's shared prompt: "
+            f"{exact_hint(exact_refit_rank(pe0, converted[i]['prompt_embeddings'], banks[i].rank), rank)}")
     if differing:
         errors, found = {}, []
         for i in differing:
-            cols, rows, ranks, errs = _refit(pe0, converted[i], (own if rank != "auto" else "auto", max_error))
+            cols, rows, ranks, errs = _refit(pe0, converted[i], ("auto" if auto else rank, max_error))
             converted[i] = {"prompt_embeddings": pe0, "prefix_task_cols": cols, "prefix_task_rows": rows}
             offset = sum(b.num_tasks for b in banks[:i])
             names = banks[i].names()
             for k, e in enumerate(errs):
                 errors[str(offset + k)] = {"source": label(banks[i]), "task": names[k], "relative_error": e,
-                                           **({"rank": ranks[k]} if rank == "auto" else {})}
+                                           **({"rank": ranks[k]} if auto else {})}
                 found.append((label(banks[i]), names[k], e))
         results["refit"] = errors
-        fit.check_errors(found, max_error, "refit")
-    out_rank = max(c["prefix_task_cols"].shape[2] for c in converted)
-    converted = [c if c["prefix_task_cols"].shape[2] == out_rank else _pad(c, out_rank) for c in converted]
+        worst = max(errors.values(), key=lambda x: x["relative_error"])
+        needs = [exact_refit_rank(pe0, banks[i].tensors["prompt_embeddings"], banks[i].rank) for i in differing]
+        need = None if None in needs else max(needs)
+        results["rank"] = max(c["prefix_task_cols"].shape[2] for c in converted)
+        if need is not None and need > results["rank"] and worst["relative_error"] > 0:
+            results["exact_rank"] = need
+        if max_error is not None and worst["relative_error"] > max_error:
+            exact = (f"; an output rank of {need} (--rank {need}) makes this refit exact" if need and need > rank else "")
+            raise IncompatibleBanks(
+                f"refit error too large: task {worst['task']} of {worst['source']} is re-expressed with relative "
+                f"error {worst['relative_error']:.3g}, above --max-error {max_error:g}{exact}; nothing was written")
+    top = max(c["prefix_task_cols"].shape[2] for c in converted)  # "auto" refits may need more than the inputs
+    converted = [c if c["prefix_task_cols"].shape[2] == top else _pad(c, top) for c in converted]
     parts = {
         "prompt_embeddings": pe0,
         "prefix_task_cols": Array.cat([c["prefix_task_cols"] for c in converted]),
@@ -285,22 +278,31 @@ def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = 
 
 
 # -- add -----------------------------------------------------------------------------------------
-def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int | None = None,
+def add_task(bank: PromptBank, name: str | None, *, init: str | None = None, seed: int | None = None,
              source: PromptBank | None = None, source_task: int | str | None = None,
-             refit: bool = False, max_error: float | None = None, rank: int | str | None = None) -> PromptBank:
+             refit: bool = False, max_error: float | None = None, rank: int | str | None = None,
+             allow_mismatch: bool = False) -> PromptBank:
     """Append one task named ``name``. Its factors come from ``init``: ``"average"`` (the mean of
     the bank's cols and of its rows, as PEFT's AVERAGE_SOURCE_TASKS computes them), ``"exact:K"``
     (a copy of task K), ``"random"`` (PEFT's N(0, 0.02); ``seed`` makes it reproducible), or from
-    ``source``'s task ``source_task`` under the same shared-prompt rules as :func:`merge` (its
-    dtype follows this bank's; ``rank`` as for :func:`merge`)."""
+    ``source``'s task ``source_task`` under the same rules as :func:`merge` (shared prompt,
+    ``refit``, ``rank``, config checks and ``allow_mismatch``; its dtype follows this bank's).
+    In a bank that names no tasks ``name`` may be None (the bank stays unnamed); naming the new
+    task there names the others ``task<index>``, reported in the provenance (``named``)."""
     _need_tasks(bank)
     check_add_options(init=init, source=source, seed=seed, refit=refit, max_error=max_error, rank=rank)
-    names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
-    if name in names:
-        raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {bank.where}")
-    names.append(name)
-    check_names(names)
-    results: dict = {} if bank.task_names else {"named": {str(i): n for i, n in enumerate(names[:-1])}}
+    rank = fit.check_rank(rank, max_error) if rank is not None else None
+    if name is None and bank.task_names:
+        raise UsageError(f"{bank.where} names its tasks; give the new one a name (--name)")
+    if name is None:
+        names, results = None, {}
+    else:
+        names = list(bank.task_names) if bank.task_names else default_names(bank.num_tasks)
+        if name in names:
+            raise UsageError(f"task name {name!r} is already used by task {names.index(name)} of {bank.where}")
+        names.append(name)
+        check_names(names)
+        results = {} if bank.task_names else {"named": {str(i): n for i, n in enumerate(names[:-1])}}
     if source is not None:
         if source_task is None:
             if source.num_tasks != 1:
@@ -308,14 +310,15 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
             source_task = 0
         k = source.task_index(source_task)
         single = replace(source, tensors=_take(source, [k]), task_names=None)
-        _check_compatible([bank, single], bank.dtype)
-        parts, found = _combine([bank, single], bank.dtype, refit, max_error,
-                                fit.check_rank(rank, max_error) if rank is not None else None)
+        _check_compatible([bank, single], bank.dtype, allow_mismatch)
+        parts, found = _combine([bank, single], bank.dtype, refit, max_error, rank)
         results.update(found)
         origin = os.path.basename(os.path.normpath(source.source.path)) if source.source else "a bank in memory"
-        args = {"name": name, "from": origin, "task": source.names()[k], "refit": refit}
+        args = {"name": name, "from": origin, "task": source.names()[k], "source_task": k, "refit": refit,
+                **({"rank": rank} if rank is not None else {})}
         return _result(bank, parts, names, "add", args, [bank, source], results,
                        reads=[*bank.tensors.values(), *single.tensors.values()])
+    output_rank([bank], rank, _labeller([bank]))
     kind, _, ref = init.partition(":")
     if kind == "exact" and ref:
         k = bank.task_index(ref)
@@ -323,11 +326,12 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
         tensors = {"prompt_embeddings": one["prompt_embeddings"],
                    "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], one["prefix_task_cols"]]),
                    "prefix_task_rows": Array.cat([bank.tensors["prefix_task_rows"], one["prefix_task_rows"]])}
-        return _result(bank, tensors, names, "add", {"name": name, "init": f"exact:{k}"}, [bank], results)
+        args = {"name": name, "init": f"exact:{k}", **({"rank": rank} if rank is not None else {})}
+        return _result(bank, _padded(bank, tensors, rank), names, "add", args, [bank], results)
     if init not in ("average", "random"):
         raise UsageError(f"--init must be average, exact:K or random, found {init!r}")
     cols, rows = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
-    args = {"name": name, "init": init}
+    args = {"name": name, "init": init, **({"rank": rank} if rank is not None else {})}
     if init == "average":  # the same float64 mean as `derive --mode average`
         new_c, new_r = numerics.mean_over_tasks(cols, cols.dtype), numerics.mean_over_tasks(rows, rows.dtype)
     else:
@@ -338,11 +342,18 @@ def add_task(bank: PromptBank, name: str, *, init: str | None = None, seed: int 
     tensors = {"prompt_embeddings": bank.tensors["prompt_embeddings"],
                "prefix_task_cols": Array.cat([cols, new_c]),
                "prefix_task_rows": Array.cat([rows, new_r])}
-    return _result(bank, tensors, names, "add", args, [bank], results)
+    return _result(bank, _padded(bank, tensors, rank), names, "add", args, [bank], results)
+
+
+def _padded(bank: PromptBank, tensors: dict[str, Array], rank: int | None) -> dict[str, Array]:
+    """``tensors`` (of ``bank``'s rank) zero-padded to ``rank`` (exact)."""
+    if rank is None or rank == bank.rank:
+        return tensors
+    return _convert(bank.with_tensors(tensors, None), bank.dtype, rank)
 
 
 def check_add_options(*, init=None, source=None, seed=None, refit: bool = False, max_error: float | None = None,
-                      rank=None) -> None:
+                      rank: int | str | None = None) -> None:
     """The rules :func:`add_task`'s options obey, checkable before any bank is read."""
     if (init is None) == (source is None):
         raise UsageError("give exactly one of --init (average, exact:K, random) and --from OTHER[:TASK]")
@@ -352,10 +363,8 @@ def check_add_options(*, init=None, source=None, seed=None, refit: bool = False,
         raise UsageError("--refit and --max-error apply only with --from")
     if max_error is not None and not refit:
         raise UsageError("--max-error applies only with --refit")
-    if rank is not None and (source is None or not refit):
-        raise UsageError("--rank applies only with --from and --refit (the rank of the re-expressed task)")
-    if rank is not None:
-        fit.check_rank(rank, max_error)
+    if rank is not None and fit.check_rank(rank, max_error) == "auto" and (source is None or not refit):
+        raise UsageError("--rank auto applies only with --from and --refit (the rank of the re-expressed task)")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -374,17 +383,6 @@ def _result(bank: PromptBank, tensors, names, operation: str, args: dict, source
         entry["results"] = results
     prov = list(bank.provenance if provenance is None else provenance) + [entry]
     return bank.with_tensors(dict(tensors), list(names) if names else None, provenance=prov, source=None)
-
-
-def _labeller(banks: Sequence[PromptBank]):
-    """How messages name each of several banks: its path, else its position."""
-    labels = {id(b): b.source.path if b.source else f"bank {i + 1}" for i, b in enumerate(banks)}
-    return lambda b: labels.get(id(b), b.where)
-
-
-def _need_tasks(bank: PromptBank) -> None:
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to edit)")
 
 
 def _spec(tasks) -> str:

@@ -5,6 +5,7 @@ whether a path holds a valid bank without raising."""
 from __future__ import annotations
 
 import os
+import re
 
 from .bank import PromptBank
 from .errors import MptkitError
@@ -21,13 +22,20 @@ def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | Non
     tensors stay on disk until read. ``kind`` forces a schema ("bank", "task", "shared");
     ``adapter`` picks one of several adapters (required when there are several)."""
     name = os.fspath(path)
-    if name.startswith("hf://"):
-        from .hub import resolve
+    if name.startswith("hf://"):  # the header and the bytes an operation reads, not the whole bank
+        from .hub import open_bank
 
-        bank = read(resolve(name), kind=kind, adapter=adapter)
-        bank.source.path = name
-        return bank
+        return open_bank(name, kind=kind, adapter=adapter)
+    if not os.path.lexists(name) and _REPO_SHAPE.match(name):
+        from .errors import InvalidBank
+
+        raise InvalidBank(f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, "
+                          f"write hf://{name}")
     return read(name, kind=kind, adapter=adapter)
+
+
+#: what a Hub repo id looks like (``owner/repo`` or ``owner/repo@rev``), for the hint above
+_REPO_SHAPE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./%-]+)?$")
 
 
 def validate(path: str | os.PathLike, values: bool = False, adapter: str | None = None) -> dict:
@@ -47,7 +55,8 @@ def validate(path: str | os.PathLike, values: bool = False, adapter: str | None 
         for t in stats["tasks"]:
             if t["nonfinite_cols"] or t["nonfinite_rows"] or t["nonfinite_prompt"]:
                 report["problems"].append(
-                    f"{path}: task {t['task']} ({t['name']}) has non-finite values: "
+                    f"{path}: task {t['task']}" + (f" ({t['name']})" if t["name"] != str(t["task"]) else "")
+                    + " has non-finite values: "
                     f"{t['nonfinite_cols']} in prefix_task_cols, {t['nonfinite_rows']} in prefix_task_rows, "
                     f"{t['nonfinite_prompt']} in its full prompt"
                 )

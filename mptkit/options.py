@@ -13,6 +13,11 @@ from typing import Any, Mapping
 from .errors import UsageError
 from .tensor import DTYPE_BY_NAME
 
+#: Hub transfers (``--timeout``, ``--deadline``; :mod:`mptkit.hub.http`): seconds a server may send
+#: less than 1 kB before it is given up, and seconds all of one command's transfers may take
+HUB_TIMEOUT = 30.0
+HUB_DEADLINE = 3600.0
+
 #: the ``dtype`` names every command takes (``--dtype``), as torch names them
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 

@@ -5,7 +5,7 @@ Text that came from a file or a server goes through :func:`printable`."""
 
 from __future__ import annotations
 
-from .text import clean as printable
+from .text import clean as printable, plural, spans
 
 
 def size(n: int | None) -> str:
@@ -27,7 +27,8 @@ def summary_text(s: dict) -> str:
     if s["num_virtual_tokens"]:
         sub = s["num_transformer_submodules"]
         tt = f", {s['task_type']}" if s["task_type"] else ""
-        row("prompt length N", f"{s['N']} = {s['num_virtual_tokens']} virtual tokens x {sub} submodule(s){tt}")
+        row("prompt length N", f"{s['N']} = {plural(s['num_virtual_tokens'], 'virtual token')} x "
+            f"{plural(sub, 'submodule')}{tt}")
     else:
         row("prompt length N", f"{s['N']} (virtual tokens x submodules unknown: no config)")
     row("hidden size d", s["d"])
@@ -39,12 +40,14 @@ def summary_text(s: dict) -> str:
             shown = ", ".join(f"{i}:{n}" for i, n in enumerate(names[:12]))
             row("task names", shown + (f", ... ({len(names)} in all)" if len(names) > 12 else ""))
         else:
-            row("task names", f"none (tasks are indices 0-{s['num_tasks'] - 1})")
+            row("task names", f"none ({_indices(s['num_tasks'])})")
         row("parameters", f"shared {p['shared']:,} + per task {p['per_task']:,} x {s['num_tasks']} = {p['total']:,}")
         sep = p["as_separate_prompts"]
         ratio = sep / p["total"]
-        row("vs full prompts", f"{s['num_tasks']} separate prompts would hold {sep:,}: "
-            f"{'saving' if p['saving'] >= 0 else 'costing'} {abs(p['saving']) * 100:.1f}% ({ratio:.2f}x)")
+        one = s["num_tasks"] == 1
+        row("vs full prompts", f"{plural(s['num_tasks'], 'separate prompt')} would hold {sep:,}: "
+            f"{'saving' if p['saving'] >= 0 else 'costing'} {abs(p['saving']) * 100:.1f}% ({ratio:.2f}x)"
+            + (" (one task: the factors cost more than the prompt they make)" if one and p["saving"] < 0 else ""))
     else:
         row("parameters", f"{p['shared']:,} (shared prompt only)")
     if s["base_model"]:
@@ -64,12 +67,25 @@ def summary_text(s: dict) -> str:
         bad = ", ".join(f"{k} {n}" for k, n in v["nonfinite"].items())
         row("non-finite", bad)
         row("|shared|", f"{v['prompt_embeddings_norm']:.6g}")
-        for t in v["tasks"]:
-            nf = t["nonfinite_cols"] + t["nonfinite_rows"]
-            label = f"{t['task']:>3} {t['name']:<16}" if s["task_names"] else f"{t['task']:>3}"
-            row("per task" if t["task"] == 0 else "", f"{label} |prompt| {t['prompt_norm']:.6g}  "
-                f"|cols| {t['cols_norm']:.6g}  |rows| {t['rows_norm']:.6g}" + (f"  NON-FINITE {nf}" if nf else ""))
+        for i, cells in enumerate(_value_table(v["tasks"], bool(s["task_names"]))):
+            row("per task" if i == 0 else "", cells)
     return "\n".join(lines)
+
+
+def _indices(n: int) -> str:
+    return "task 0" if n == 1 else f"tasks 0 to {n - 1}"
+
+
+def _value_table(tasks: list, named: bool) -> list[str]:
+    """inspect --values' per-task table: a header and one row per task, every column aligned."""
+    head = ["task"] + (["name"] if named else []) + ["|prompt|", "|cols|", "|rows|", "non-finite"]
+    rows = [[str(t["task"])] + ([printable(t["name"])] if named else [])
+            + [f"{t[k]:.6g}" for k in ("prompt_norm", "cols_norm", "rows_norm")]
+            + [f"NON-FINITE {n}" if (n := t["nonfinite_cols"] + t["nonfinite_rows"]) else ""] for t in tasks]
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    left = {1, len(head) - 1} if named else {len(head) - 1}  # names and notes align left, numbers right
+    fmt = lambda r: "  ".join(x.ljust(w) if c in left else x.rjust(w) for c, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(head).rstrip(), *(fmt(r).rstrip() for r in rows)]
 
 
 def one_line(s: dict) -> str:
@@ -93,27 +109,110 @@ def one_line(s: dict) -> str:
     return ", ".join(parts)
 
 
-def edit_report(bank, output) -> list[str]:
-    """What an editing command says it wrote, and what the operation found (its provenance results)."""
-    results = (bank.provenance[-1].get("results") or {}) if bank.provenance else {}
-    names = bank.names()
-    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    lines = [f"wrote {output}: {bank.num_tasks} task(s) ({shown}), rank {bank.rank}, {bank.dtype}"]
-    if "seed" in results:
-        lines.append(f"  random seed {results['seed']}")
+def edit_report(bank, output, labels=()) -> list[str]:
+    """What an editing command says it wrote, and what it kept, changed and found, in the sources'
+    own terms (their task indices and names); ``labels`` name the sources as the user did."""
+    entry = bank.provenance[-1] if bank.provenance else {}
+    op, args, results = entry.get("operation"), entry.get("arguments") or {}, entry.get("results") or {}
+    src = labels[0] if labels else "the source"
+    head = f"wrote {output}: {plural(bank.num_tasks, 'task')}"
+    if bank.task_names:
+        head += f" ({_listing(bank.task_names)})"
+    lines = [head + f", rank {bank.rank}, {bank.dtype}"]
+    lines += [f"  {x}" for x in _changes(op, args, results, bank, src, labels)]
+    return [printable(x) for x in lines]
+
+
+def _listing(names, limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _tasks(idx, names=None) -> str:
+    """``task 2 (rte)``, ``tasks 2, 0 (rte, sst2)``, ``tasks 0-3``."""
+    idx = list(idx)
+    shown = f"{'task' if len(idx) == 1 else 'tasks'} {spans(idx)}"
+    return shown + (f" ({_listing(list(names))})" if names else "")
+
+
+def _changes(op, args, results, bank, src, labels) -> list[str]:
+    T = bank.num_tasks
+    out: list[str] = []
+    if op == "slice":
+        idx = args["tasks"]
+        out.append(f"kept {_tasks(idx, args.get('names'))} of {src}"
+                   + ("" if idx == list(range(len(idx))) else f", now {_tasks(range(len(idx)))}"))
+    elif op == "remove":
+        dropped = args["tasks"]
+        kept = [i for i in range(T + len(dropped)) if i not in set(dropped)]
+        out.append(f"removed {_tasks(dropped, args.get('names'))} of {src}; kept {_tasks(kept)}"
+                   + ("" if kept == list(range(len(kept))) else f", now {_tasks(range(len(kept)))}"))
+    elif op == "rename":
+        for old, new in (args.get("renames") or {}).items():
+            out.append(f"renamed task {old!r} -> {new!r}" if not str(old).isdigit() else f"named task {old} {new!r}")
+        if "names" in args:
+            out.append(f"named {_tasks(range(T))}: {_listing(args['names'])}")
+    elif op == "add":
+        out.append(f"added task {T - 1}" + (f" ({args['name']})" if args.get("name") else "") + ": " + _origin(args, src, labels))
+    elif op == "merge":
+        parts = [f"{_tasks(range(a, a + n))} from {f['source']}" + ("" if a == 0 else f" (its {spans(range(n))})")
+                 for f in results.get("from", []) for a, n in [f["tasks"]]]
+        if parts:
+            out.append("; ".join(parts))
+    elif op == "rank":
+        out.append(f"rank {args.get('from_rank')} -> {args.get('rank')}")
     if results.get("named"):
-        lines.append("  unnamed tasks were named " + ", ".join(f"{i}={n}" for i, n in results["named"].items()))
+        named = {int(k): v for k, v in results["named"].items()}
+        groups = [(f["source"], f["tasks"][0], [k for k in sorted(named) if f["tasks"][0] <= k < sum(f["tasks"])])
+                  for f in results.get("from", [])] or [(src, 0, sorted(named))]
+        for who, start, pos in groups:
+            if pos:
+                out.append(f"{who} named none of its tasks: its {_tasks([k - start for k in pos])} "
+                           f"{'is' if len(pos) == 1 else 'are'} named {_listing([named[k] for k in pos])} here "
+                           "(rename them with mptkit rename)")
+    if "seed" in results:
+        out.append(f"random seed {results['seed']}")
     for pos, r in (results.get("renamed") or {}).items():
-        lines.append(f"  renamed duplicate: task {pos} {r['from']!r} -> {r['to']!r}")
+        origin = _source_of(int(pos), results)
+        out.append(f"renamed duplicate: task {pos} {r['from']!r}" + (f" (task {origin[1]} of {origin[0]})" if origin else "")
+                   + f" -> {r['to']!r}")
     for pos, r in (results.get("refit") or {}).items():
         at = f"rank {r['rank']}, " if "rank" in r else ""
-        lines.append(f"  refit task {pos} ({r['task']} from {r['source']}): {at}relative error {r['relative_error']:.3g}")
+        out.append(f"refit task {pos} ({r['task']} of {r['source']}): {at}relative error {r['relative_error']:.3g}")
+    if results.get("exact_rank"):
+        need = results["exact_rank"]
+        out.append(f"the refit is a fit at rank {results.get('rank', bank.rank)}; an output rank of {need} makes it "
+                   f"exact (run again with --rank {need})")
     errors, ranks = results.get("relative_error") or {}, results.get("rank") or {}
     if any(errors.values()) or ranks:
         for name, e in errors.items():
             at = f"rank {ranks[name]}, " if name in ranks else ""
-            lines.append(f"  task {name}: {at}relative error {e:.3g}")
-    return [printable(x) for x in lines]
+            out.append(f"task {name}: {at}relative error {e:.3g}")
+    return out
+
+
+def _source_of(pos: int, results: dict):
+    """(source, its task index) of output task ``pos`` of a merge, from its results' ``from``."""
+    for f in results.get("from", []):
+        start, n = f["tasks"]
+        if start <= pos < start + n:
+            return f["source"], pos - start
+    return None
+
+
+def _origin(args, src, labels) -> str:
+    init = args.get("init") or ""
+    if "from" in args:
+        other = labels[1] if len(labels) > 1 else args["from"]
+        task = args.get("task")
+        k = args.get("source_task")
+        return f"task {task}" + (f" ({k})" if k is not None and str(k) != str(task) else "") + f" of {other}"
+    if init == "average":
+        return f"the mean of the factors of {src}'s tasks"
+    if init.startswith("exact:"):
+        return f"a copy of task {init.partition(':')[2]} of {src}"
+    if init == "random":
+        return "fresh random factors, N(0, 0.02)"
+    return init
 
 
 def similarity_table(result: dict) -> list[str]:
@@ -144,8 +243,8 @@ def derive_report(out, path, src) -> str:
     args = out.provenance[-1]["arguments"]
     mode = args["mode"]
     what = {"exact": f"task {args.get('task')}" + (f" ({args['task_name']})" if "task_name" in args else ""),
-            "average": f"the mean of {args.get('num_source_tasks')} tasks' factors",
-            "shared": "the shared prompt" + (f" + {args['num_tasks']} fresh task(s) (seed {args['seed']})"
+            "average": f"the mean of the factors of {plural(args.get('num_source_tasks') or 0, 'task')}",
+            "shared": "the shared prompt" + (f" + {plural(args['num_tasks'], 'fresh task')} (seed {args['seed']})"
                                              if "num_tasks" in args else "")}[mode]
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
     return printable(f"wrote {path}: {what} of {src} ({shape}, {out.dtype})")

@@ -62,10 +62,13 @@ class TaskPrompts(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_bank(cls, bank: PromptBank | str | os.PathLike, *, device=None, dtype: torch.dtype | None = None,
-                  cached: bool = False) -> "TaskPrompts":
+    def from_bank(cls, bank: PromptBank | str | os.PathLike, *, tasks=None, device=None,
+                  dtype: torch.dtype | None = None, cached: bool = False) -> "TaskPrompts":
         """Load a bank (a path, adapter folder, ``hf://`` reference or :class:`PromptBank`, e.g. a
-        derived one). ``dtype`` defaults to torch's default dtype (float32), which is what PEFT's
+        derived one). ``tasks`` (indices, ranges or names: ``[3, 5]``, ``"sst2,mnli"``) keeps only
+        those tasks, in that order, named as in the bank (by their indices in the bank where it names
+        none); only their bytes are read, so from an ``hf://`` bank only their byte ranges are
+        transferred. ``dtype`` defaults to torch's default dtype (float32), which is what PEFT's
         prompt encoder holds whatever the file's dtype; ``cached=True`` calls :meth:`cache`."""
         if not isinstance(bank, PromptBank):
             from .io import load
@@ -74,11 +77,20 @@ class TaskPrompts(nn.Module):
         if bank.shared_only:
             where = bank.where
             raise UsageError(f"{where} holds only the shared prompt; serving prompts needs task factors")
+        arrays, names, config = dict(bank.tensors), bank.task_names, bank.config
+        if tasks is not None:
+            from .bank import select_tasks
+
+            idx = select_tasks(bank, tasks, unique=True)
+            arrays["prefix_task_cols"] = arrays["prefix_task_cols"].rows(idx)
+            arrays["prefix_task_rows"] = arrays["prefix_task_rows"].rows(idx)
+            names = [bank.names()[i] for i in idx]
+            config = {**config, "num_tasks": len(idx)} if config else None
         dtype = dtype or torch.get_default_dtype()
-        t = {k: a.to_torch(device, dtype) for k, a in bank.tensors.items()}
+        t = {k: a.to_torch(device, dtype) for k, a in arrays.items()}
         module = cls(t["prompt_embeddings"], t["prefix_task_cols"], t["prefix_task_rows"],
-                     task_names=bank.task_names, num_virtual_tokens=bank.num_virtual_tokens,
-                     num_transformer_submodules=bank.num_submodules, config=bank.config)
+                     task_names=names, num_virtual_tokens=bank.num_virtual_tokens,
+                     num_transformer_submodules=bank.num_submodules, config=config)
         if cached:
             module.cache()
         return module

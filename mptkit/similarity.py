@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from . import numerics, progress
+from . import progress
 from .bank import PromptBank, select_tasks
 from .errors import UsageError
 

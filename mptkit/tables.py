@@ -45,10 +45,15 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name[: -len(".npy")] + SIDECAR_SUFFIX) if p.name.lower().endswith(".npy") else p
 
 
+#: what a prompt table may be written as (any other suffix is refused with a suggestion)
+TABLE_FILES = {".npy": "npy", ".safetensors": "safetensors"}
+
+
 def output_kind(path: str | os.PathLike) -> str:
-    """"npy", "safetensors" or "folder" (any other path)."""
-    name = os.fspath(path).lower()
-    return "npy" if name.endswith(".npy") else "safetensors" if name.endswith(".safetensors") else "folder"
+    """"npy", "safetensors" or "folder" (the suffix rule of :func:`mptkit.formats.targets.output_kind`)."""
+    from .formats.targets import output_kind as kind
+
+    return kind(path, files=TABLE_FILES)
 
 
 def write_table(path: str | os.PathLike, chunks, *, shape: tuple, dtype: str, info: dict, names: list[str],

@@ -41,6 +41,8 @@ _SAFETENSORS_DTYPE_RANK = {
 }
 
 CHUNK_BYTES = 8 << 20
+#: bytes asked of a segment's reader at once when writing (a range request each, for a remote file)
+READER_CHUNK_BYTES = 64 << 20
 
 
 def itemsize(dtype: str) -> int:
@@ -58,12 +60,17 @@ def safetensors_layout_key(name: str, dtype: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class Segment:
-    """``length`` bytes at ``offset`` of ``path`` (a file) or of ``buffer`` (memory)."""
+    """``length`` bytes at ``offset`` of ``path`` (a file), of ``buffer`` (memory), or of
+    ``reader``: any object with ``read_into(offset, out)`` that fills the writable buffer ``out``
+    with the bytes at ``offset`` (a file on the Hub read by range requests, say), and optionally
+    ``prefetch([(offset, length), ...])``, told first which ranges an operation will read, and
+    ``copy_to(offset, length, f)``, which writes the bytes to the binary file ``f``."""
 
     offset: int
     length: int
     path: str | None = None
     buffer: memoryview | None = None
+    reader: object | None = None
 
 
 class Array:
@@ -155,7 +162,7 @@ class Array:
         for seg in self.segments:
             lo, hi = max(start, pos), min(start + length, pos + seg.length)
             if lo < hi:
-                out.append(Segment(seg.offset + lo - pos, hi - lo, seg.path, seg.buffer))
+                out.append(Segment(seg.offset + lo - pos, hi - lo, seg.path, seg.buffer, seg.reader))
             pos += seg.length
             if pos >= start + length:
                 break
@@ -166,10 +173,23 @@ class Array:
         (``os.copy_file_range``) without passing through Python, where the OS allows it."""
         f.flush()
         out_fd = f.fileno()
+        _prefetch(self.segments)
         with _Inputs() as inputs:
             for seg in self.segments:
                 if seg.buffer is not None:
                     f.write(seg.buffer[seg.offset : seg.offset + seg.length])
+                    f.flush()
+                    continue
+                if seg.reader is not None and hasattr(seg.reader, "copy_to"):
+                    seg.reader.copy_to(seg.offset, seg.length, f)  # streamed straight into f
+                    f.flush()
+                    continue
+                if seg.reader is not None:
+                    buf = bytearray(min(seg.length, READER_CHUNK_BYTES))
+                    for lo in range(0, seg.length, len(buf)):
+                        view = memoryview(buf)[: min(len(buf), seg.length - lo)]
+                        seg.reader.read_into(seg.offset + lo, view)
+                        f.write(view)
                     f.flush()
                     continue
                 fd = inputs.fd(seg.path)
@@ -203,10 +223,15 @@ class Array:
         if len(out) < self.nbytes:
             raise ValueError(f"buffer of {len(out)} bytes is smaller than {self!r} ({self.nbytes} bytes)")
         pos = 0
+        _prefetch(self.segments)
         with _Inputs() as inputs:
             for seg in self.segments:
                 if seg.buffer is not None:
                     out[pos : pos + seg.length] = seg.buffer[seg.offset : seg.offset + seg.length]
+                    pos += seg.length
+                    continue
+                if seg.reader is not None:
+                    seg.reader.read_into(seg.offset, out[pos : pos + seg.length])
                     pos += seg.length
                     continue
                 fd = inputs.fd(seg.path)
@@ -283,6 +308,17 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
     return done
 
 
+def _prefetch(segments: Sequence[Segment]) -> None:
+    """Tell each reader that has ``prefetch`` every range about to be read from it, so it can
+    fetch neighbouring ranges together."""
+    spans: dict[int, tuple[object, list[tuple[int, int]]]] = {}
+    for s in segments:
+        if s.reader is not None and hasattr(s.reader, "prefetch"):
+            spans.setdefault(id(s.reader), (s.reader, []))[1].append((s.offset, s.length))
+    for reader, wanted in spans.values():
+        reader.prefetch(wanted)
+
+
 def _coalesce(segments: Sequence[Segment]) -> list[Segment]:
     """Merge neighbouring segments that continue each other in the same file or buffer."""
     out: list[Segment] = []
@@ -293,9 +329,9 @@ def _coalesce(segments: Sequence[Segment]) -> list[Segment]:
             p = out[-1]
             same = (p.path is not None and p.path == s.path) or (
                 p.buffer is not None and p.buffer is s.buffer
-            )
+            ) or (p.reader is not None and p.reader is s.reader)
             if same and p.offset + p.length == s.offset:
-                out[-1] = Segment(p.offset, p.length + s.length, p.path, p.buffer)
+                out[-1] = Segment(p.offset, p.length + s.length, p.path, p.buffer, p.reader)
                 continue
         out.append(s)
     return out

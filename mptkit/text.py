@@ -33,3 +33,43 @@ def printable(text: str) -> str:
 def clean(text, secrets: tuple[str, ...] = ()) -> str:
     """:func:`redact`, then :func:`printable`: what is safe to print of any text."""
     return printable(redact(str(text), secrets))
+
+
+def _json_escape(c: str) -> str:
+    n = ord(c)
+    if n <= 0xFFFF:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+
+
+def json_text(obj) -> str:
+    """``obj`` as indented JSON that is safe to print: tokens redacted, and every character Python
+    does not call printable (C1 controls such as U+009B, lone surrogates from file names that are
+    not UTF-8, bidirectional overrides) written as a ``\\uXXXX`` escape, which JSON readers decode
+    back to the same text. Other non-ASCII text stays as it is."""
+    import json
+
+    text = redact(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    if text.isascii():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 task``, ``2 tasks`` (``many`` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def spans(indices) -> str:
+    """Indices as ranges, in the order given: ``[0, 1, 2, 5, 3]`` -> ``0-2, 5, 3``."""
+    out: list[str] = []
+    items = list(indices)
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        out.append(str(items[i]) if j == i else f"{items[i]}-{items[j]}" if j > i + 1 else f"{items[i]}, {items[j]}")
+        i = j + 1
+    return ", ".join(out)

@@ -154,7 +154,8 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "merge": ("bank", ["merge", src, other, "--rename-duplicates", "-o", out]),
         "add": ("bank", ["add", src, "--name", "new", "--init", "average", "-o", out]),
         "rank": ("bank", ["rank", src, "--rank", "3", "-o", out]),
-        "decompose": ("bank", ["decompose", src, "--rank", "1", "-o", out]),
+        # --shared: the factors only (the search for a shared prompt is tested in test_tables.py)
+        "decompose": ("bank", ["decompose", src, "--shared", src, "--rank", "2", "-o", out]),
         "convert": ("bank", ["convert", src, "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
     }

@@ -97,12 +97,13 @@ def test_every_command_writes_banks_that_peft_loads(case, banks, cli, tmp_path):
 def test_text_reports(banks, cli, tmp_path):
     res = cli("merge", banks["named"], banks["named"], "--rename-duplicates", "-o", tmp_path / "m")
     assert res.exit_code == 0
-    assert f"wrote {tmp_path / 'm'}: 6 task(s) (sst2, mnli, qqp, sst2-2, mnli-2, qqp-2), rank 2, F32" in res.output
-    assert "renamed duplicate: task 3 'sst2' -> 'sst2-2'" in res.output
+    assert f"wrote {tmp_path / 'm'}: 6 tasks (sst2, mnli, qqp, sst2-2, mnli-2, qqp-2), rank 2, F32" in res.output
+    assert f"renamed duplicate: task 3 'sst2' (task 0 of {banks['named']}) -> 'sst2-2'" in res.output
     res = cli("rank", banks["named"], "--rank", "1", "-o", tmp_path / "r")
     assert "task mnli: relative error" in res.output
     res = cli("add", banks["peft"], "--name", "x", "--init", "random", "-o", tmp_path / "a")
-    assert "random seed" in res.output and "unnamed tasks were named 0=task0, 1=task1, 2=task2" in res.output
+    assert "random seed" in res.output
+    assert f"{banks['peft']} named none of its tasks: its tasks 0-2 are named task0, task1, task2 here" in res.output
 
 
 def refusal(cli, *args):

@@ -252,7 +252,7 @@ def test_existing_output_needs_force(tmp_path):
     target = tmp_path / "out.safetensors"
     save(bank, target)
     before = target.read_bytes()
-    with pytest.raises(OutputError, match=r"out.safetensors: already exists; pass --force to replace it"):
+    with pytest.raises(OutputError, match=r"out.safetensors: already exists; replacing it needs --force \(force=True in Python\)"):
         save(other, target)
     assert target.read_bytes() == before
     save(other, target, force=True)

@@ -359,8 +359,13 @@ def test_pull_refuses_an_existing_output_without_force(hub, cli, pushed, tmp_pat
     (out / "keep.txt").write_text("mine")
     assert "already exists" in _one_error(cli("pull", "owner/bank", "-o", out))
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a bank or an empty folder (issue 12, item 9): keep.txt is not a bank's file
+    assert "not part of a bank" in _one_error(cli("pull", "owner/bank", "-o", out, "--force"))
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     assert cli("pull", "owner/bank", "-o", out, "--force").exit_code == 0
     assert sorted(_files(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert cli("pull", "owner/bank", "-o", out, "--force").exit_code == 0  # a pulled bank is replaced
 
 
 # -- offline ----------------------------------------------------------------------------------------

@@ -6,18 +6,25 @@ Truncation at every offset of the header, random bit flips, structured damage to
 pickles. Every case must give a valid bank (whose bytes all read) or one clear InvalidBank naming
 the file; never another exception, a hang, or an allocation out of proportion to the file
 (see tests/fuzzcases.py). The CLI's validate and inspect are run on the structured cases too.
-Crashing cases found are kept under tests/regressions/ and replayed by ``test_regressions``.
+Hypothesis adds random bytes, mutated real headers and random adapter configs, judged by the same
+oracle. Crashing cases found are kept under tests/regressions/ and replayed by ``test_regressions``.
 benchmarks/soak_kill.py runs many more cases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import shutil
+import struct
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fuzzcases as fz
 from bankutil import save_peft_bank
@@ -166,3 +173,151 @@ def report_counts():
     yield
     print("\nfuzz cases run: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items()))
           + f"; total {sum(COUNTS.values())}")
+
+
+# -- hypothesis-generated inputs: random bytes, mutated real headers, random adapter configs --------
+# (the same oracle, fuzzcases.check, judges every case above and below)
+ROOT = Path(__file__).resolve().parent.parent
+REAL = (ROOT / "examples" / "bank" / "adapter_model.safetensors").read_bytes()
+(_N,) = struct.unpack("<Q", REAL[:8])
+REAL_HEADER = json.loads(REAL[8:8 + _N])
+REAL_DATA = REAL[8 + _N:]
+KEYS = ["prompt_embeddings", "prefix_task_cols", "prefix_task_rows"]
+
+
+def fuzz(n: int):
+    """Bounded, deterministic hypothesis settings: ``n`` examples, no deadline, no example database."""
+    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@contextlib.contextmanager
+def _scratch():
+    d = Path(tempfile.mkdtemp(prefix="mptkit-fuzz-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+# -- random bytes ----------------------------------------------------------------------------------
+PREFIXES = [b"", b"PK\x03\x04", b"PK\x03\x04\x14\x00\x00\x00", b"\x80\x02", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8",
+            b"\x80\x04\x95", b"version https://git-lfs.github.com/spec/v1\n", b"<!DOCTYPE html>", b"{", b"\xef\xbb\xbf",
+            struct.pack("<Q", 2), struct.pack("<Q", 100), struct.pack("<Q", 100_000_000), struct.pack("<Q", 2 ** 64 - 1)]
+
+
+@given(prefix=st.sampled_from(PREFIXES), body=st.binary(max_size=300),
+       suffix=st.sampled_from([".safetensors", ".safetensors", ".bin", ".pt", ".pth"]))
+@fuzz(70)
+def test_random_bytes(prefix, body, suffix):
+    with _scratch() as d:
+        p = d / f"x{suffix}"
+        p.write_bytes(prefix + body)
+        assert fz.check(p, cli=True) == "invalid"  # random bytes are never a bank
+
+
+# -- mutated real headers --------------------------------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=10)
+INTERESTING = [-1, 0, 1, 2, 3, 4, 12, 32, 2 ** 31, 2 ** 32, 2 ** 40, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 30]
+ints = st.sampled_from(INTERESTING) | st.integers(-5, 5000)
+dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "f32", "", "F32 "]) | json_values
+
+mutation = st.one_of(
+    st.tuples(st.just("dtype"), st.sampled_from(KEYS), dtypes),
+    st.tuples(st.just("shape"), st.sampled_from(KEYS), st.lists(ints, max_size=5)),
+    st.tuples(st.just("offsets"), st.sampled_from(KEYS), st.lists(ints, min_size=0, max_size=3)),
+    st.tuples(st.just("entry"), st.sampled_from(KEYS + ["extra", "__metadata__"]), json_values),
+    st.tuples(st.just("delete"), st.sampled_from(KEYS + ["__metadata__"]), st.none()),
+    st.tuples(st.just("meta"), st.sampled_from(["format", "mptkit.task_names", "mptkit.provenance", "mptkit.config", "x"]),
+              json_values),
+    st.tuples(st.just("meta-json"), st.sampled_from(["mptkit.task_names", "mptkit.provenance", "mptkit.config"]),
+              json_values),
+    st.tuples(st.just("length"), st.none(), st.sampled_from([0, 1, 7, _N - 1, _N + 1, _N + 8, 99_999_999, 100_000_000,
+                                                             100_000_001, 2 ** 63, 2 ** 64 - 1]) | st.integers(0, 2 ** 64 - 1)),
+    st.tuples(st.just("data"), st.none(), st.integers(-len(REAL_DATA), 64)),
+    st.tuples(st.just("header-bytes"), st.none(), st.tuples(st.integers(0, _N - 1), st.binary(min_size=1, max_size=4))),
+)
+
+
+def apply(mutations) -> bytes:
+    header = json.loads(json.dumps(REAL_HEADER))
+    data, length, raw_edit = REAL_DATA, None, None
+    for kind, key, value in mutations:
+        if kind == "dtype" and isinstance(header.get(key), dict):
+            header[key]["dtype"] = value
+        elif kind == "shape" and isinstance(header.get(key), dict):
+            header[key]["shape"] = value
+        elif kind == "offsets" and isinstance(header.get(key), dict):
+            header[key]["data_offsets"] = value
+        elif kind == "entry":
+            header[key] = value
+        elif kind == "delete":
+            header.pop(key, None)
+        elif kind in ("meta", "meta-json"):
+            meta = header.setdefault("__metadata__", {})
+            if isinstance(meta, dict):
+                meta[key] = json.dumps(value) if kind == "meta-json" else value
+        elif kind == "length":
+            length = value
+        elif kind == "data":
+            data = data[:value] if value < 0 else data + b"\x7f" * value
+        elif kind == "header-bytes":
+            raw_edit = value
+    text = bytearray(json.dumps(header, allow_nan=True).encode())
+    if raw_edit is not None:
+        pos, b = raw_edit
+        text[pos % len(text):pos % len(text) + len(b)] = b
+    return struct.pack("<Q", len(text) if length is None else length) + bytes(text) + data
+
+
+@given(mutations=st.lists(mutation, min_size=1, max_size=3))
+@fuzz(80)
+def test_mutated_headers(mutations):
+    with _scratch() as d:
+        p = d / "bank.safetensors"
+        p.write_bytes(apply(mutations))
+        fz.check(p, cli=True)
+        folder = d / "folder"  # the same file inside an adapter folder, with the real config
+        shutil.copytree(ROOT / "examples" / "bank", folder)
+        shutil.copy(p, folder / "adapter_model.safetensors")
+        fz.check(folder, cli=True)
+
+
+def test_unmutated_header_is_valid():
+    with _scratch() as d:
+        p = d / "bank.safetensors"
+        p.write_bytes(apply([]))  # the real header, re-serialised: the baseline the mutations start from
+        assert fz.check(p, cli=True) == "valid"
+
+
+config_fields = st.sampled_from(["peft_type", "task_type", "num_virtual_tokens", "num_transformer_submodules",
+                                 "token_dim", "num_tasks", "num_ranks", "prompt_tuning_init", "inference_mode"])
+config_values = st.sampled_from([None, 0, 1, 2, 4, 6, 12, 32, -1, "SEQ_2_SEQ_LM", "CAUSAL_LM", "RANDOM", "x", True, 2.0,
+                                 [], {}]) | json_values
+
+
+@given(changes=st.dictionaries(config_fields, config_values, max_size=4), whole=st.none() | json_values)
+@fuzz(30)
+def test_random_adapter_configs(changes, whole):
+    with _scratch() as d:
+        folder = d / "folder"
+        shutil.copytree(ROOT / "examples" / "bank", folder)
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        cfg.update(changes)
+        (folder / "adapter_config.json").write_text(json.dumps(cfg if whole is None else whole))
+        fz.check(folder, cli=True)
+
+
+def test_huge_header_is_refused_before_reading_it(tmp_path):
+    """A length field saying 99 MB over 1 kB of header is refused before anything is read; a file that
+    really holds 20 MB of header is read, refused as not JSON, with memory in proportion to it."""
+    p = tmp_path / "h.safetensors"
+    p.write_bytes(struct.pack("<Q", 99_000_000) + b"{" + b" " * 1000)
+    assert fz.check(p, factor=64, floor=64 << 10) == "invalid"
+    with open(p, "wb") as f:
+        f.write(struct.pack("<Q", 20_000_000) + b'{"a":"')
+        f.truncate(8 + 20_000_000)
+    assert fz.check(p, factor=3, floor=0) == "invalid"

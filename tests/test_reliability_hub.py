@@ -12,6 +12,7 @@ repo lookup and pull's own messages.)
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,11 @@ def no_retry_pauses(monkeypatch):
     import huggingface_hub.file_download as fd
     import huggingface_hub.utils._http as http
 
+    import mptkit.hub.http as mhttp
+
     monkeypatch.setattr(fd, "time", _NoSleep())
     monkeypatch.setattr(http, "time", _NoSleep())
+    monkeypatch.setattr(mhttp, "pause", lambda s: None)
 
 
 @pytest.fixture
@@ -181,26 +185,35 @@ def test_a_failed_download_then_a_good_one_reads_the_right_values(hub, cli, serv
     import mptkit
     from bankutil import load_tensors
 
-    hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", keep=500, times=None)
-    with pytest.raises(mptkit.MptkitError):
-        mptkit.load("hf://owner/bank")
-    hub.clear()
-    bank = mptkit.load("hf://owner/bank")
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / "adapter_model.safetensors").write_bytes(served["adapter_model.safetensors"])
     want = load_tensors(tmp_path / "ref")
-    for k, a in bank.tensors.items():
-        assert bytes(a.read()) == want[k].contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
+
+    def same(bank):
+        for k, a in bank.tensors.items():
+            assert bytes(a.read()) == want[k].contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
+
+    hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", keep=0, times=None)
+    with pytest.raises(mptkit.MptkitError, match="download adapter_model.safetensors: the connection broke after byte 0 of"):
+        mptkit.load("hf://owner/bank")
+    hub.clear()
+    same(mptkit.load("hf://owner/bank"))
+    shutil.rmtree(os.environ["HF_HOME"])
+    # bodies cut after 500 bytes: each try resumes where the last one stopped, and the bytes are right
+    hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", keep=500, times=None)
+    same(mptkit.load("hf://owner/bank"))
+    assert len([q for q in hub.requests if q.path.endswith("adapter_model.safetensors")]) > 1
 
 
 def test_same_size_garbage_is_caught_and_not_cached(hub, cli, served, tmp_path):
-    """Bytes of the right length but the wrong content pass the client's size check; mptkit compares
-    them with the etag the cache names them by, removes them, and the next pull gets the real ones."""
+    """Bytes of the right length but the wrong content pass a size check; mptkit compares them with
+    the checksum the Hub lists, keeps nothing, and the next pull gets the real ones."""
     size = len(served["adapter_model.safetensors"])
     for body in (b"\x07" * size, served["adapter_model.safetensors"][:-1] + b"\x00"):  # junk; one byte changed
         hub.fault("garbage", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", times=None, body=body)
         msg = _one_error(cli("pull", "owner/bank", "-o", tmp_path / "a"))
-        assert "corrupt" in msg and "removed from the cache" in msg
+        assert "corrupt" in msg and "nothing was kept" in msg
+        assert not list((Path(os.environ["HF_HOME"]) / "hub" / "models--owner--bank" / "blobs").glob("*.incomplete"))
         assert not (tmp_path / "a").exists()
         hub.clear()
         assert cli("pull", "owner/bank", "-o", tmp_path / "b").exit_code == 0

@@ -213,6 +213,8 @@ def test_every_command_refuses_without_running_code(cli, evil, good, tmp_path):
             assert r.exit_code == 2, (label, what, r.exit_code, r.output)
             if what.startswith("validate --values --json"):  # the report on stdout lists the problem
                 assert json.loads(r.stdout)["valid"] is False
+            elif "--json" in argv:  # errors are JSON on stdout
+                assert json.loads(r.stdout)["error"], (label, what, r.stdout)
             else:
                 assert r.stderr.startswith("mptkit: error: "), (label, what, r.stderr)
             assert "Traceback" not in r.stderr, (label, what, r.stderr)

@@ -1,174 +1,143 @@
-"""Crash consistency of writes (issue 7, items 1 and 3).
+"""Crash consistency of writes (issue 7, items 1 and 3; issue 11: kills land by construction).
 
-Writers are real processes killed with SIGKILL at random moments while they write a ~42 MB bank:
-the output then either does not exist or holds a complete bank (with --force: the previous version
-or the new one, byte for byte); a killed writer's temps are hidden, never look like outputs, and
-are removed by the next write. Concurrent writers to one output leave one complete bank from one
-of them. Counts are bounded here; benchmarks/soak_kill.py runs many more.
+Writers are real processes stopped at a known point of their write (tests/stophooks.py: the writer
+sends itself SIGSTOP there; the test waits until the kernel says it stopped) and then SIGKILLed, so
+every kill lands where the test says, whatever the machine's load. After a kill the output either
+does not exist or holds a complete bank (with --force: the previous version or the new one, byte
+for byte); a killed writer's temps are hidden, never look like outputs, and the next write removes
+them. Concurrent writers to one output leave one complete bank from one of them.
+``benchmarks/soak_kill.py`` adds many kills at random moments.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import mptkit
 from mptkit.formats import atomic
-from relutil import (TMP_MARK, big_bank, cli_write_argv, dead_pid, digest, fork_save, kill_when_writing, stat_key,
-                     temps, wait_exit, write_seconds)
+from relutil import TMP_MARK, digest, fork_save, medium_bank, temps, wait_exit
+from stophooks import cli_stopping_argv, fork_stopping, kill, wait_stopped
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
-KILLS = {"file": 8, "file-force": 6, "folder-force": 6, "folder": 4, "fallback": 4, "cli": 3}
+DURING = ("header", "mid-tensor", "before-install")  # the output is not in place yet
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory):
-    """Two large banks A and B, and the digests of each saved as a file and as a folder."""
-    root = tmp_path_factory.mktemp("big")
-    a, b = big_bank(root / "A.safetensors", 1), big_bank(root / "B.safetensors", 2)
-    refs = {}
-    for name, src in (("A", a), ("B", b)):
-        bank = mptkit.load(src)
-        for kind, out in (("file", root / f"ref{name}.safetensors"), ("folder", root / f"ref{name}")):
-            mptkit.save(bank, out)
-            refs[name, kind] = digest(out)
-    write_s = write_seconds(b, root / "timing.safetensors")
-    return {"A": a, "B": b, "refs": refs, "write_s": write_s, "root": root}
+def banks(tmp_path_factory):
+    """Two banks A and B (adapter folders of ~400 kB), and the digests of each saved as a file and
+    as a folder."""
+    root = tmp_path_factory.mktemp("writes")
+    out = {"root": root, "refs": {}}
+    for name, seed in (("A", 1), ("B", 2)):
+        out[name] = medium_bank(root / name, seed=seed)
+        bank = mptkit.load(out[name])
+        for kind, ref in (("file", root / f"ref{name}.safetensors"), ("folder", root / f"ref{name}")):
+            mptkit.save(bank, ref)
+            out["refs"][name, kind] = digest(ref)
+    return out
 
 
-def _check_after_kill(out: Path, allowed: set, fresh: bool) -> None:
-    got = digest(out)
-    assert got in allowed or (fresh and got is None), f"{out}: partial or foreign output after a kill"
-    if got is not None:
-        mptkit.load(out)  # a complete, valid bank
-    for t in temps(out):  # leftovers are hidden and never look like outputs
+def _prepare(banks, out: Path, kind: str, force: bool) -> None:
+    if force:
+        mptkit.save(mptkit.load(banks["A"]), out, force=True)
+    elif out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+
+def _leftovers_are_hidden_temps(out: Path) -> list[Path]:
+    left = temps(out)
+    for t in left:  # hidden, and never shaped like an output
         assert t.name.startswith(".") and TMP_MARK in t.name and not t.name.endswith(".safetensors")
+        assert t.is_dir() and (t / atomic.MARKER).is_file()
+    return left
 
 
-def _kill_series(big, out: Path, kind: str, n: int, *, force: bool, seed: int, no_renameat2=False):
-    """n writes of B to ``out`` (holding A first when ``force``), each killed at a random moment."""
-    rng = random.Random(seed)
-    allowed = {big["refs"]["B", kind]} | ({big["refs"]["A", kind]} if force else set())
-    interrupted = 0
-    for _ in range(n):
-        if force and digest(out) != big["refs"]["A", kind]:  # put the previous version back
-            mptkit.save(mptkit.load(big["A"]), out, force=True)
-        elif not force and digest(out) is not None:  # the last writer finished: start afresh
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        before = stat_key(out)
-        pid = fork_save(big["B"], out, force=force, no_renameat2=no_renameat2)
-        interrupted += kill_when_writing(pid, out, rng.uniform(0, 1.0) * big["write_s"], before)
-        if no_renameat2 and digest(out) is None and force:
-            # the fallback moves the old folder aside for an instant; the next write puts it back
-            atomic.clean_stale_temps(out)
-        _check_after_kill(out, allowed, fresh=not force)
-    return interrupted
-
-
-def _clean_write_removes_temps(big, out: Path, had_temps: bool):
-    assert had_temps, "no kill left a temp: the kills did not land inside a write"
-    mptkit.save(mptkit.load(big["B"]), out, force=True)
-    assert temps(out) == []
-    kind = "folder" if out.is_dir() else "file"
-    assert digest(out) == big["refs"]["B", kind]
-
-
-@pytest.mark.parametrize("kind,force", [("file", False), ("file", True), ("folder", True), ("folder", False)])
-def test_sigkill_mid_write_leaves_nothing_partial(big, tmp_path, kind, force):
+@pytest.mark.parametrize("point", [*DURING, "after-install"])
+@pytest.mark.parametrize("kind,force", [("file", False), ("file", True), ("folder", False), ("folder", True)])
+def test_sigkill_at_each_point_of_a_write(banks, tmp_path, kind, force, point):
     out = tmp_path / ("out.safetensors" if kind == "file" else "out")
-    n = KILLS[kind + ("-force" if force else "")]
-    interrupted = _kill_series(big, out, kind, n, force=force, seed=f"{kind}-{force}")
-    assert interrupted >= 1, "every writer finished before its kill: the bank is too small for this machine"
-    _clean_write_removes_temps(big, out, had_temps=interrupted >= 1)
+    _prepare(banks, out, kind, force)
+    pid = fork_stopping(banks["B"], out, force=force, point=point)
+    wait_stopped(pid, point)
+    assert kill(pid) == -signal.SIGKILL  # the kill landed at `point`, by construction
+    expected = banks["refs"]["B", kind] if point == "after-install" else (banks["refs"]["A", kind] if force else None)
+    assert digest(out) == expected, f"{out} after a kill at {point}"
+    if expected is not None:
+        mptkit.load(out)  # a complete, valid bank
+    assert len(_leftovers_are_hidden_temps(out)) == 1  # the killed writer's temp, still there
+    mptkit.save(mptkit.load(banks["B"]), out, force=True)  # the next write removes it
+    assert temps(out) == [] and digest(out) == banks["refs"]["B", kind]
 
 
-def test_sigkill_without_renameat2_keeps_previous_folder(big, tmp_path):
-    """Where folders cannot be swapped atomically the old one is moved aside first; a writer killed
-    in between leaves it under a temp name, and the next write puts it back."""
+def test_sigkill_between_the_two_renames_of_the_fallback_keeps_the_previous_folder(banks, tmp_path):
+    """Where folders cannot be swapped atomically the old one is moved aside (into the writer's own
+    temp) first; a writer killed in between leaves no output, and the next write to that output
+    puts the previous version back before anything else."""
     out = tmp_path / "out"
-    interrupted = _kill_series(big, out, "folder", KILLS["fallback"], force=True, seed=5, no_renameat2=True)
-    assert interrupted >= 1
-    _clean_write_removes_temps(big, out, had_temps=True)
-
-
-def test_stale_old_folder_is_restored_not_deleted(big, tmp_path):
-    out = tmp_path / "out"
-    mptkit.save(mptkit.load(big["A"]), out)
-    aside = out.with_name(f".out{TMP_MARK}{dead_pid()}-0123abcd.old")
-    os.rename(out, aside)  # as a writer killed between its two renames leaves it
+    _prepare(banks, out, "folder", True)
+    pid = fork_stopping(banks["B"], out, force=True, point="between-renames")
+    wait_stopped(pid)
+    assert kill(pid) == -signal.SIGKILL
+    assert not out.exists()
+    (temp,) = _leftovers_are_hidden_temps(out)
+    assert digest(temp / atomic.OLD) == banks["refs"]["A", "folder"]
     atomic.clean_stale_temps(out)
-    assert digest(out) == big["refs"]["A", "folder"] and not aside.exists()
+    assert digest(out) == banks["refs"]["A", "folder"] and temps(out) == []
 
 
-def test_temps_of_live_writers_are_kept_and_dead_ones_removed(tmp_path):
+def test_sigkill_of_the_cli_process(banks, tmp_path):
+    """The real CLI in a fresh interpreter, stopped half-way through its first tensor and killed."""
     out = tmp_path / "out.safetensors"
-    live = tmp_path / f".out.safetensors{TMP_MARK}{os.getpid()}-00000000"
-    dead = tmp_path / f".out.safetensors{TMP_MARK}{dead_pid()}-11111111"
-    dead_dir = tmp_path / f".out.safetensors{TMP_MARK}{dead_pid()}-22222222"
-    other = tmp_path / f".other{TMP_MARK}{dead_pid()}-33333333"
-    for p in (live, dead, other):
-        p.write_bytes(b"partial")
-    dead_dir.mkdir()
-    (dead_dir / "adapter_model.safetensors").write_bytes(b"partial")
-    mptkit.save(mptkit.load(Path(__file__).parent.parent / "examples" / "bank"), out)
-    assert live.exists() and other.exists()  # a running writer's temp, another output's temp
-    assert not dead.exists() and not dead_dir.exists()
-
-
-def test_sigkill_of_the_cli_process(big, tmp_path):
-    """`python -m mptkit` itself killed while writing (a real interpreter, not a fork)."""
-    rng = random.Random(11)
-    out, ref = tmp_path / "out.safetensors", tmp_path / "ref.safetensors"
-    subprocess.run(cli_write_argv(big["B"], ref), check=True, capture_output=True)
-    interrupted = left = 0
-    for _ in range(KILLS["cli"]):
-        proc = subprocess.Popen(cli_write_argv(big["B"], out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        interrupted += kill_when_writing(proc.pid, out, rng.uniform(0, 1.0) * big["write_s"], stat_key(out))
-        proc.returncode = -signal.SIGKILL  # reaped by kill_when_writing
-        _check_after_kill(out, {digest(ref)}, fresh=True)
-        left += bool(temps(out))  # the next run removes them
-        if out.exists():
-            out.unlink()
-    assert interrupted >= 1 and left >= 1
-    subprocess.run(cli_write_argv(big["B"], out), check=True, capture_output=True)
-    assert temps(out) == [] and digest(out) == digest(ref)
+    proc = subprocess.Popen(cli_stopping_argv("mid-tensor", "slice", banks["B"], "--tasks", "0-3", "-o", out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_stopped(proc.pid)
+    assert kill(proc.pid) == -signal.SIGKILL
+    proc.returncode = -signal.SIGKILL  # reaped by kill()
+    assert not out.exists() and len(_leftovers_are_hidden_temps(out)) == 1
+    res = subprocess.run([sys.executable, "-m", "mptkit", "slice", str(banks["B"]), "--tasks", "0-3", "-o", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert temps(out) == [] and mptkit.load(out).num_tasks == 4
 
 
 # -- concurrent writers (item 3) -------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["file", "folder"])
-def test_concurrent_writers_with_force_leave_one_complete_bank(big, tmp_path, kind):
+def test_concurrent_writers_with_force_leave_one_complete_bank(banks, tmp_path, kind):
     out = tmp_path / ("out.safetensors" if kind == "file" else "out")
-    mptkit.save(mptkit.load(big["A"]), out)
-    pids = [fork_save(big[v], out, force=True) for v in ("A", "B", "A", "B")]
+    mptkit.save(mptkit.load(banks["A"]), out)
+    pids = [fork_save(banks[v], out, force=True) for v in ("A", "B", "A", "B")]
     codes = [wait_exit(p) for p in pids]
     assert codes == [0, 0, 0, 0]
-    assert digest(out) in {big["refs"]["A", kind], big["refs"]["B", kind]}
+    assert digest(out) in {banks["refs"]["A", kind], banks["refs"]["B", kind]}
     assert temps(out) == []
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
-def test_concurrent_writers_without_force_never_clobber(big, tmp_path, kind):
+def test_concurrent_writers_without_force_never_clobber(banks, tmp_path, kind):
     """Without --force exactly one writer wins; the others get 'already exists' (exit 2), even when
     they checked before the winner renamed its output into place."""
     out = tmp_path / ("out.safetensors" if kind == "file" else "out")
     versions = ("A", "B", "B", "A")
-    pids = [fork_save(big[v], out, force=False) for v in versions]
+    pids = [fork_save(banks[v], out, force=False) for v in versions]
     codes = [wait_exit(p) for p in pids]
     assert sorted(codes) == [0, 2, 2, 2], codes
     winner = versions[codes.index(0)]
-    assert digest(out) == big["refs"][winner, kind]
+    assert digest(out) == banks["refs"][winner, kind]
     assert temps(out) == []
 
 
-def test_noreplace_refuses_an_output_created_after_the_check(big, tmp_path, monkeypatch):
+def test_noreplace_refuses_an_output_created_after_the_check(banks, tmp_path, monkeypatch):
     """The race itself, made deterministic: the output appears between the check and the rename."""
+    from mptkit import formats
+
     out = tmp_path / "out.safetensors"
     real_check = atomic.check_target
 
@@ -178,5 +147,6 @@ def test_noreplace_refuses_an_output_created_after_the_check(big, tmp_path, monk
 
     monkeypatch.setattr(atomic, "check_target", check_then_race)
     with pytest.raises(mptkit.MptkitError, match="already exists"):
-        mptkit.save(mptkit.load(big["A"]), out)
+        mptkit.save(mptkit.load(banks["A"]), out)
     assert out.read_bytes() == b"someone else's output" and temps(out) == []
+    assert formats.atomic is atomic

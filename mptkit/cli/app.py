@@ -1,23 +1,29 @@
-"""The ``mptkit`` command group and what its commands share: error handling (one sentence, exit 2;
-``--debug`` for the traceback), ``--json``, ``-o/--output``/``--force``, and the config options
-built from :data:`mptkit.options.CONFIG_FIELDS`. Commands only parse, call the Python API and
-print (:mod:`mptkit.render` holds the text)."""
+"""The ``mptkit`` command group and what its commands share: error handling, ``--json``,
+``-o/--output``/``--force``, and the config options built from :data:`mptkit.options.CONFIG_FIELDS`.
+Commands only parse, call the Python API and print (:mod:`mptkit.render` holds the text).
+
+Exit status: 0 on success; 2 for every user mistake (an :class:`~mptkit.errors.MptkitError`, and
+click's usage errors), printed as ``mptkit: error: ...`` lines on stderr, or with ``--json`` as
+``{"error": ..., "problems": [...]}`` on stdout; 130 on Ctrl-C, with one sentence saying whether the
+output was completed; 1 only for a bug. ``--debug`` adds the traceback and changes no exit status.
+Everything printed passes through :func:`mptkit.text.clean` (:func:`say`, :func:`emit_json`)."""
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import json
 import os
 import sys
+import traceback
 
 import click
 
 from .._version import __version__
 from ..errors import MptkitError
-from ..text import clean
+from ..text import clean, json_text
 
 _DEBUG_ENV = "MPTKIT_DEBUG"
+EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
 #: address space torch needs to import and work: under ~650 MB its import aborts the process
 #: (std::bad_alloc, exit 134) or OpenBLAS exits it, before any Python code could catch anything
 TORCH_ADDRESS_SPACE = 1 << 30
@@ -54,35 +60,86 @@ _GUARD = _TorchGuard()
 
 
 class _Group(click.Group):
-    """Turns mptkit errors into one line and exit 2; anything unexpected into one line and exit 1."""
+    """Runs a command; turns every way it can end into one exit status and one style of message."""
+
+    _json = False
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that handles the outcome itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "mptkit"  # also under python -m mptkit
+        words = argv[: argv.index("--")] if "--" in argv else argv
+        self._json = "--json" in words
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as e:  # usage errors: our style, exit 2
+            self._debug_traceback(e, "--debug" in words)
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+            fail([e.format_message().rstrip(".") + hint], as_json=self._json)
+            sys.exit(EXIT_USER)
+        except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            fail([interrupted_sentence()], as_json=self._json, kind="interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MptkitError as e:
-            if _debug(ctx):
-                raise
-            for line in e.problems:
-                click.echo(clean(f"mptkit: error: {line}"), err=True)
+            self._debug_traceback(e, _debug(ctx))
+            fail(e.problems, as_json=self._json)
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
         except ImportError as e:  # a broken or partial install, or a library that cannot load here
-            if _debug(ctx):
-                raise
+            self._debug_traceback(e, _debug(ctx))
             what = e.name or "a module mptkit needs"
-            click.echo(clean(f"mptkit: error: cannot import {what} ({_one_line(e)}); reinstall it "
-                             "(pip install --force-reinstall mptkit, with torch installed first)"), err=True)
-            ctx.exit(2)
-        except Exception as e:  # a bug, not the user's mistake: still no traceback by default
-            if _debug(ctx):
-                raise
-            click.echo(clean(f"mptkit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)"),
-                       err=True)
-            ctx.exit(1)
+            fail([f"cannot import {what} ({_one_line(e)}); reinstall it "
+                  "(pip install --force-reinstall mptkit, with torch installed first)"], as_json=self._json)
+            ctx.exit(EXIT_USER)
+        except Exception as e:  # a bug, not the user's mistake
+            self._debug_traceback(e, _debug(ctx))
+            fail([f"internal error: {type(e).__name__}: {e} (a bug in mptkit; "
+                  + ("the traceback is above)" if _debug(ctx) else "run with --debug for the traceback)")],
+                 as_json=self._json)
+            ctx.exit(EXIT_BUG)
+
+    @staticmethod
+    def _debug_traceback(e: BaseException, debug: bool) -> None:
+        if debug:
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they are defined, which is the order of the README
+
+
+def fail(problems, *, as_json: bool, kind: str = "error") -> None:
+    """Print problems as ``mptkit: error: ...`` lines on stderr, or with ``as_json`` as one JSON
+    object on stdout."""
+    problems = [str(p) for p in problems] or ["unknown error"]
+    if as_json:
+        emit_json({"error": problems[0], "problems": problems})
+        return
+    for line in problems:
+        prefix = "mptkit: error: " if kind == "error" else "mptkit: "
+        click.echo(clean(prefix + line), err=True)
+
+
+def interrupted_sentence() -> str:
+    """What Ctrl-C stopped: an output half-written (so not written), one completed, or nothing."""
+    atomic = sys.modules.get("mptkit.formats.atomic")
+    progress = dict(getattr(atomic, "progress", {}) or {})
+    writing = [p for p, state in progress.items() if state == "writing"]
+    written = [p for p, state in progress.items() if state == "written"]
+    if writing:
+        return f"interrupted: {writing[-1]} was not written (nothing there changed)"
+    if written:
+        return f"interrupted after {written[-1]} was completely written (the output is complete)"
+    return "interrupted before any output was written"
 
 
 def _one_line(e: Exception) -> str:
@@ -96,14 +153,17 @@ def _debug(ctx) -> bool:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="mptkit")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Also show the traceback of an error (exit statuses stay the same).")
 @click.pass_context
 def main(ctx, debug):
     """Inspect, validate, derive, edit and share multitask prompt tuning (MPT) prompt banks.
 
     A bank is a .safetensors file, a PEFT adapter folder, a .bin/.pt pickle (weights only), or
-    hf://owner/repo[@rev][/path]. Outputs ending in .safetensors are bare state dicts; any other
-    output path is a PEFT adapter folder.
+    hf://owner/repo[@rev][/path]. An output ending in .safetensors is a bare state dict; one with no
+    suffix (or ending in /) is a PEFT adapter folder; other suffixes are refused.
+
+    Exit status: 0 success, 2 a user error (one line on stderr; JSON on stdout with --json), 130
+    interrupted, 1 a bug. Shell completion: eval "$(_MPTKIT_COMPLETE=bash_source mptkit)".
     """
     ctx.ensure_object(dict)["debug"] = debug
     if _GUARD not in sys.meta_path:
@@ -133,13 +193,15 @@ def quiet_option(f):
 
 
 def force_option(f):
-    return click.option("--force", is_flag=True, help="Replace an existing output.")(f)
+    return click.option("--force", is_flag=True, help=(
+        "Replace an existing output, if it is a bank (or an empty folder); anything else is never replaced."))(f)
 
 
 def output_options(f):
     f = force_option(f)
     f = click.option("-o", "--output", required=True, type=click.Path(), help=(
-        "Output: a path ending in .safetensors (bare state dict) or a folder (PEFT adapter)."))(f)
+        "Output: a path ending in .safetensors (bare state dict), or a folder without a suffix or ending "
+        "in / (PEFT adapter)."))(f)
     return f
 
 
@@ -157,8 +219,8 @@ def echo_repairs(bank, output) -> None:
 
     fixed = folder_repairs(bank, output)
     if fixed:
-        click.echo(clean(f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
-                         f"without a source file or tokenizer: {'; '.join(fixed)}"))
+        say(f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+            f"without a source file or tokenizer: {'; '.join(fixed)}")
 
 
 def dtype_option(help: str):
@@ -207,10 +269,31 @@ def _checked(field):
     return callback
 
 
+def limit_options(f):
+    """--timeout and --deadline for Hub transfers (:mod:`mptkit.hub.http`); without them the
+    environment variables and the API's defaults apply."""
+    from ..options import HUB_DEADLINE, HUB_TIMEOUT
+
+    f = click.option("--deadline", type=float, metavar="SECONDS", help=(
+        f"Hub transfers: give up when they take longer than this in all (default {HUB_DEADLINE:g}, or "
+        "MPTKIT_HUB_DEADLINE)."))(f)
+    f = click.option("--timeout", type=float, metavar="SECONDS", help=(
+        f"Hub transfers: give up on a server that sends less than 1 kB in this many seconds (default "
+        f"{HUB_TIMEOUT:g}, or MPTKIT_HUB_TIMEOUT)."))(f)
+    return f
+
+
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    """``obj`` as JSON on stdout, with control characters escaped and tokens redacted."""
+    click.echo(json_text(obj))
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print ``text`` (one line or several), each line made safe by :func:`mptkit.text.clean`."""
+    for line in str(text).split("\n"):
+        click.echo(clean(line), err=err)
 
 
 def echo_lines(lines) -> None:
     for line in lines:
-        click.echo(line)
+        say(line)

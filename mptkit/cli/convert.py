@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .app import adapter_option, config_options, dtype_option, echo_repairs, emit_json, json_option, main, output_options
+from .app import (adapter_option, config_options, dtype_option, echo_repairs, emit_json, json_option, main,
+                  output_options, say)
 
 
 @main.command()
@@ -29,7 +30,6 @@ def convert(src, dtype, config, adapter, output, force, as_json):
     from ..convert import convert as run
     from ..formats import check_output
     from ..io import load, save
-    from ..render import printable
 
     bank = load(src, adapter=adapter)
     out = run(bank, dtype=dtype, config=config)
@@ -41,7 +41,6 @@ def convert(src, dtype, config, adapter, output, force, as_json):
                    "provenance": out.provenance[-1]})
         return
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
-    click.echo(printable(f"wrote {path}: {src} ({bank.source.format}) as "
-                         f"{'a bare .safetensors bank' if str(path).lower().endswith('.safetensors') else 'a PEFT adapter folder'}"
-                         f" ({shape}, {out.dtype})"))
+    what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
+    say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
     echo_repairs(out, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .app import (adapter_option, config_options, dtype_option, echo_repairs, emit_json, force_option, json_option, main,
-                  output_options, quiet_option)
+                  output_options, quiet_option, say, echo_lines)
 
 
 @main.command()
@@ -44,7 +44,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
                    "N": out.num_tokens, "d": out.token_dim, "num_tasks": out.num_tasks, "r": out.rank,
                    "task_names": out.task_names, "provenance": entry})
         return
-    click.echo(derive_report(out, path, src))
+    say(derive_report(out, path, src))
     echo_repairs(bank.with_config(config), path)
 
 
@@ -88,6 +88,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
         raise UsageError("--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt")
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
+        _check_export_output(output, force, input_paths(bank))  # before the arithmetic
         result = run(bank, task, dtype=dtype, config=config)
         path = save_adapter(result, output, force=force, inputs=input_paths(bank))
         entry = result.provenance[-1]
@@ -96,7 +97,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
                        "N": result.prompt.shape[0], "d": result.prompt.shape[1], "config": result.config,
                        "provenance": entry})
             return
-        click.echo(export_report(result, path, src))
+        say(export_report(result, path, src))
         return
     sel = "all" if all_ else tasks
     if kind == "folder":
@@ -107,7 +108,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     if as_json:
         emit_json(report)
         return
-    click.echo(table_report(report, src))
+    say(table_report(report, src))
 
 
 @main.command()
@@ -136,15 +137,17 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
       mptkit decompose new-task/ --shared bank/ --rank 2 -o more.safetensors
     """
     from ..bank import input_paths
-    from ..decompose import decompose as run
+    from ..decompose import check_output, decompose as run
     from ..fit import check_rank
     from ..io import load, save
     from ..render import edit_report
     from ..tables import read_prompts
 
-    check_rank(rank_, max_error)
+    rank_ = check_rank(rank_, max_error)
     source = read_prompts(prompts)
     base = load(shared) if shared else None
+    check_output(source, output, rank_, shared=base, config=config, force=force,  # before the work
+                 inputs=[*prompts, *(input_paths(base) if base else [])])
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
     save(bank, output, force=force, inputs=[*prompts, *(input_paths(base) if base else [])])
     results = bank.provenance[-1]["results"]
@@ -152,5 +155,14 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
         emit_json({"output": str(output), "num_tasks": bank.num_tasks, "task_names": bank.task_names, "rank": bank.rank,
                    "dtype": bank.dtype, "N": bank.num_tokens, "d": bank.token_dim, **results})
         return
-    for line in edit_report(bank, output):
-        click.echo(line)
+    echo_lines(edit_report(bank, output))
+
+
+def _check_export_output(output, force, inputs) -> None:
+    """export writes a PROMPT_TUNING adapter folder: any other output is refused before the work."""
+    from pathlib import Path
+
+    from ..formats import atomic, targets
+
+    if targets.output_kind(output, files={}) == "folder":
+        atomic.check_target(Path(output), folder=True, force=force, inputs=inputs)

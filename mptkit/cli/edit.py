@@ -7,12 +7,30 @@ import os
 import click
 
 from .app import (adapter_option, config_options, dtype_option, echo_lines, echo_repairs, emit_json, force_option,
-                  json_option, main, output_options, quiet_option, tasks_option)
+                  json_option, main, output_options, quiet_option, say, tasks_option)
 
 
-def _save_edit(bank, output, force, sources, as_json, config) -> None:
+_REFIT_HELP = ("Re-express the tasks of banks whose shared prompt differs from the first's: a fit at the output "
+               "rank, exact at a high enough rank (the report names it; at most min(N, d)).")
+_RANK_HELP = ("The output rank (default: the largest input rank); smaller ranks are zero-padded, which is exact. "
+              "A higher rank can make a --refit exact.")
+_MISMATCH_HELP = ("Combine banks whose task_type, base model or num_transformer_submodules differ (refused by "
+                  "default); the output keeps the first bank's config and task head.")
+
+
+def _check_out(bank, output, force, sources, config) -> None:
+    """Refuse the output before any work (existing, not a bank, the input, unwritable, a folder whose
+    config is incomplete)."""
+    from ..bank import input_paths
+    from ..formats import check_output
+
+    check_output(bank.with_config(config), output, force=force, inputs=tuple(input_paths(*sources)))
+
+
+def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None:
     """Write an edited bank (with the --task-type/... ``config`` fields, for a folder output from a
-    bare file) and say what was written and what the operation found."""
+    bare file) and say what was written and what the operation found, naming the sources by
+    ``labels`` (what the user typed)."""
     from ..bank import input_paths
     from ..io import save
     from ..render import edit_report
@@ -20,11 +38,12 @@ def _save_edit(bank, output, force, sources, as_json, config) -> None:
     bank = bank.with_config(config)
     save(bank, output, force=force, inputs=input_paths(*sources))
     if as_json:
-        results = (bank.provenance[-1].get("results") or {}) if bank.provenance else {}
+        entry = bank.provenance[-1] if bank.provenance else {}
         emit_json({"output": str(output), "num_tasks": bank.num_tasks, "task_names": bank.task_names,
-                   "rank": bank.rank, "dtype": bank.dtype, **results})
+                   "rank": bank.rank, "dtype": bank.dtype, "operation": entry.get("operation"),
+                   "arguments": entry.get("arguments", {}), **(entry.get("results") or {})})
         return
-    echo_lines(edit_report(bank, output))
+    echo_lines(edit_report(bank, output, labels))
     echo_repairs(bank, output)
 
 
@@ -48,8 +67,9 @@ def rename(src, pairs, names, config, adapter, output, force, as_json):
     if bad:
         raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
     bank = load(src, adapter=adapter)
+    _check_out(bank, output, force, [bank], config)
     out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
-    _save_edit(out, output, force, [bank], as_json, config)
+    _save_edit(out, output, force, [bank], as_json, config, [src])
 
 
 @main.command("slice")
@@ -65,7 +85,8 @@ def slice_(src, tasks, config, adapter, output, force, as_json):
     from ..io import load
 
     bank = load(src, adapter=adapter)
-    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config)
+    _check_out(bank, output, force, [bank], config)
+    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
 
 
 @main.command()
@@ -81,63 +102,79 @@ def remove(src, tasks, config, adapter, output, force, as_json):
     from ..io import load
 
     bank = load(src, adapter=adapter)
-    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config)
+    _check_out(bank, output, force, [bank], config)
+    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
 
 
 @main.command()
 @click.argument("banks", nargs=-1, required=True, metavar="A B [C ...]")
 @dtype_option("Convert every bank to this dtype (needed when they differ).")
 @click.option("--rename-duplicates", is_flag=True, help="Suffix clashing task names (-2, -3...) instead of failing.")
-@click.option("--refit", is_flag=True, help="Re-express the tasks of banks whose shared prompt differs from the first's.")
+@click.option("--refit", is_flag=True, help=_REFIT_HELP)
 @click.option("--max-error", type=float, help="With --refit: fail if a task's relative error exceeds this.")
-@click.option("--rank", "rank_", metavar="R|auto", help=(
-    "Output rank (default: the largest); auto with --refit --max-error E: each re-expressed task's smallest rank within E."))
+@click.option("--rank", "rank_", metavar="R|auto", help=_RANK_HELP + (
+    " auto (with --refit --max-error E): each re-expressed task's smallest rank within E."))
+@click.option("--allow-mismatch", is_flag=True, help=_MISMATCH_HELP)
 @config_options
 @adapter_option
 @output_options
 @quiet_option
 @json_option
-def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, config, adapter, output, force, as_json):
-    """Concatenate the tasks of two or more banks (same N and d; ranks are zero-padded)."""
+def merge(banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismatch, config, adapter, output, force,
+          as_json):
+    """Concatenate the tasks of two or more banks (same N and d, task type, base model and
+    submodules; smaller ranks are zero-padded to --rank, default the largest).
+
+    A target trained with PEFT from a source bank also changes the shared prompt, so merging it back
+    needs --refit; that is a fit at the output rank, and exact at a rank the message names (--rank).
+    """
     from .. import edit
     from ..io import load
 
     edit.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
     loaded = [load(b, adapter=adapter) for b in banks]
+    _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)  # merge's config
     out = edit.merge(loaded, dtype=dtype, rename_duplicates=rename_duplicates, refit=refit, max_error=max_error,
-                     rank=rank_)
-    _save_edit(out, output, force, loaded, as_json, config)
+                     rank=rank_, allow_mismatch=allow_mismatch)
+    _save_edit(out, output, force, loaded, as_json, config, banks)
 
 
 @main.command()
 @click.argument("src")
-@click.option("--name", required=True, help="The new task's name.")
+@click.option("--name", help="The new task's name (needed when the bank names its tasks).")
 @click.option("--init", help="average | exact:K | random: how to make the new task's factors.")
 @click.option("--seed", type=int, help="With --init random: the random seed (recorded in the provenance).")
 @click.option("--from", "from_", metavar="OTHER[:TASK]", help="Copy a task of another bank (same shared prompt).")
-@click.option("--refit", is_flag=True, help="With --from: re-express the task if the shared prompts differ.")
+@click.option("--refit", is_flag=True, help="With --from: " + _REFIT_HELP[0].lower() + _REFIT_HELP[1:])
 @click.option("--max-error", type=float, help="With --refit: fail if the relative error exceeds this.")
-@click.option("--rank", "rank_", metavar="R|auto", help=(
-    "With --refit: the output rank; auto (with --max-error E): the new task's smallest rank within E."))
+@click.option("--rank", "rank_", metavar="R|auto", help=_RANK_HELP + (
+    " auto (with --refit --max-error E): the new task's smallest rank within E."))
+@click.option("--allow-mismatch", is_flag=True, help="With --from: " + _MISMATCH_HELP)
 @config_options
 @adapter_option
 @output_options
 @quiet_option
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, rank_, config, adapter, output, force, as_json):
-    """Append one task, initialised from the bank itself or taken from another bank."""
+def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json):
+    """Append one task, initialised from the bank itself or taken from another bank (--from)."""
     from .. import edit
     from ..io import load
 
     edit.check_add_options(init=init, source=from_, seed=seed, refit=refit, max_error=max_error, rank=rank_)
+    if allow_mismatch and not from_:
+        from ..errors import UsageError
+
+        raise UsageError("--allow-mismatch applies only with --from")
     bank = load(src, adapter=adapter)
-    other, task = None, None
+    other, task, other_path = None, None, None
     if from_:
         other_path, task = split_task_ref(from_)
         other = load(other_path, adapter=adapter)
+    sources = [b for b in (bank, other) if b is not None]
+    _check_out(bank, output, force, sources, config)
     out = edit.add_task(bank, name, init=init, seed=seed, source=other, source_task=task, refit=refit,
-                        max_error=max_error, rank=rank_)
-    _save_edit(out, output, force, [b for b in (bank, other) if b is not None], as_json, config)
+                        max_error=max_error, rank=rank_, allow_mismatch=allow_mismatch)
+    _save_edit(out, output, force, sources, as_json, config, [src] + ([other_path] if other_path else []))
 
 
 def split_task_ref(ref: str):
@@ -168,7 +205,8 @@ def rank(src, rank_, max_error, config, adapter, output, force, as_json):
 
     check_rank(rank_, max_error)  # before loading anything
     bank = load(src, adapter=adapter)
-    _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config)
+    _check_out(bank, output, force, [bank], config)
+    _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config, [src])
 
 
 @main.command()
@@ -192,6 +230,12 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
     from ..similarity import plot_heatmap, similarity as run
 
     bank = load(src, adapter=adapter)
+    if plot:  # before the work: an existing image without --force, an unwritable folder
+        from pathlib import Path
+
+        from ..formats import atomic
+
+        atomic.check_target(Path(plot), folder=False, force=force, inputs=input_paths(bank))
     result = run(bank, tasks, top=top)
     if plot:
         plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
@@ -200,4 +244,4 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
         return
     echo_lines(similarity_top(result) if top or len(result["tasks"]) > 20 else similarity_table(result))
     if plot:
-        click.echo(f"wrote {plot}")
+        say(f"wrote {plot}")

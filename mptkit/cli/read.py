@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .app import adapter_option, emit_json, json_option, main
+from .app import adapter_option, emit_json, fail, json_option, limit_options, main, say
 
 
 @main.command()
@@ -17,7 +17,6 @@ from .app import adapter_option, emit_json, json_option, main
 def validate(paths, values, adapter, as_json):
     """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
     from ..io import validate as run
-    from ..render import printable
 
     reports = [run(p, values=values, adapter=adapter) for p in paths]
     if as_json:
@@ -25,12 +24,11 @@ def validate(paths, values, adapter, as_json):
     else:
         for r in reports:
             for line in r.get("warnings", []):
-                click.echo(printable(f"mptkit: warning: {line}"), err=True)
+                say(f"mptkit: warning: {line}", err=True)
             if r["valid"]:
-                click.echo(printable(f"{r['path']}: valid ({r['kind']})"))
+                say(f"{r['path']}: valid ({r['kind']})")
             else:
-                for line in r["problems"]:
-                    click.echo(printable(f"mptkit: error: {line}"), err=True)
+                fail(r["problems"], as_json=False)
     if not all(r["valid"] for r in reports):
         sys.exit(2)
 
@@ -38,28 +36,56 @@ def validate(paths, values, adapter, as_json):
 @main.command()
 @click.argument("path")
 @click.option("--values", is_flag=True, help="Also read the data: per-task norms and non-finite counts.")
+@click.option("--tasks", help="With --values: only these tasks (0,3,5-7 or names); an hf:// bank then sends only their bytes.")
 @adapter_option
+@limit_options
 @json_option
-def inspect(path, values, adapter, as_json):
+def inspect(path, values, tasks, adapter, timeout, deadline, as_json):
     """Describe a bank: shapes, tasks, parameter counts, metadata, provenance (header only).
 
     For hf://owner/repo[@rev][/path] only the safetensors header (range requests) and
-    adapter_config.json are fetched; --values downloads the bank.
+    adapter_config.json are fetched; --values reads the tensors (with --tasks, only those tasks').
     """
     from ..info import summary, value_stats
     from ..io import load
     from ..render import summary_text
 
-    if path.startswith("hf://") and not values and adapter is None:
-        from ..hub import remote_summary
+    if tasks is not None and not values:
+        raise click.UsageError("--tasks selects the tasks whose values --values reads; give --values too")
+    if path.startswith("hf://"):
+        from ..hub import open_bank, remote_summary
+        from ..hub.http import limits
 
-        info = remote_summary(path)
+        if not values:
+            info = remote_summary(path, adapter=adapter, timeout=timeout, deadline=deadline)
+        else:
+            bank = open_bank(path, adapter=adapter, limits=limits(timeout, deadline))
+            info = summary(bank)
     else:
         bank = load(path, adapter=adapter)
         info = summary(bank)
-        if values:
-            info["values"] = value_stats(bank)
+    if values:
+        info["values"] = _values(bank, tasks, value_stats)
     if as_json:
         emit_json(info)
         return
-    click.echo(summary_text(info))
+    say(summary_text(info))
+
+
+def _values(bank, tasks, value_stats) -> dict:
+    """value_stats of the whole bank, or of the tasks ``tasks`` alone (labelled with their own indices)."""
+    if tasks is None:
+        return value_stats(bank)
+    from ..bank import select_tasks
+
+    idx = select_tasks(bank, tasks, unique=True)
+    t = dict(bank.tensors)
+    t["prefix_task_cols"] = t["prefix_task_cols"].rows(idx)
+    t["prefix_task_rows"] = t["prefix_task_rows"].rows(idx)
+    names = bank.names()
+    sub = bank.with_tensors(t, [names[i] for i in idx] if bank.task_names else None)
+    stats = value_stats(sub)
+    for entry in stats["tasks"]:
+        entry["task"] = idx[entry["task"]]
+        entry["name"] = names[entry["task"]]
+    return stats

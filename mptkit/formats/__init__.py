@@ -26,7 +26,7 @@ from ..schema import (
     decode_metadata,
 )
 from ..tensor import DTYPES, Array
-from . import atomic, checkpoints, peft
+from . import atomic, checkpoints, peft, targets
 from . import safetensors as st
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
@@ -288,7 +288,9 @@ def _config_problems(config, config_file, tensors, names, data_file=None) -> lis
 
 # -- writing -------------------------------------------------------------------------------------
 def is_file_output(path: str | os.PathLike) -> bool:
-    return os.fspath(path).lower().endswith(".safetensors")
+    """True for a bank-file output (``.safetensors``), False for a folder; an :class:`OutputError`
+    for any other path (:func:`mptkit.formats.targets.output_kind`)."""
+    return targets.output_kind(path) == "file"
 
 
 def folder_repairs(bank: PromptBank, path: str | os.PathLike) -> list[str]:
@@ -303,30 +305,59 @@ def metadata_for(bank: PromptBank, *, with_config: bool) -> dict[str, str]:
     if bank.task_names:
         meta[META_TASK_NAMES] = json.dumps(bank.task_names, ensure_ascii=False)
     if bank.provenance:
-        meta[META_PROVENANCE] = json.dumps(bank.provenance, ensure_ascii=False, sort_keys=True)
+        meta[META_PROVENANCE] = json.dumps(_valid_text(bank.provenance), ensure_ascii=False, sort_keys=True)
     hints = peft.config_hints(bank.config)
     if with_config and hints:
         meta[META_CONFIG] = json.dumps(hints, sort_keys=True)
     return meta
 
 
+def _valid_text(obj):
+    """``obj`` with every string made valid UTF-8: a file name that is not (``os.fsdecode`` keeps
+    its bytes as lone surrogates) is recorded with those bytes escaped (``bad\\udcff``), since
+    safetensors (and JSON parsers) refuse a header that is not UTF-8."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_text(v) for v in obj]
+    return obj
+
+
+def replaceable_bank(target: Path, folder: bool) -> str | None:
+    """What ``force`` may replace for a bank output: an empty folder, or a file or folder that holds
+    nothing but a bank's files and that mptkit reads as a bank; else why not."""
+    why = targets.replaceable_output(target, folder)
+    if why or (folder and not any(target.iterdir())):
+        return why
+    try:
+        read(target)
+    except InvalidBank as e:
+        return f"is not a bank mptkit reads ({e.message})"
+    return None
+
+
 def _target(bank: PromptBank, path, force: bool, inputs) -> tuple[Path, bool]:
     """The output path and whether it is a folder, after refusing what must never be written."""
+    folder = not is_file_output(path)
     target = Path(path)
-    if os.fspath(path).startswith("hf://"):
-        raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
-    folder = not is_file_output(target)
     srcs = [*inputs, *input_paths(bank)]
     srcs += sorted({seg.path for a in bank.tensors.values() for seg in a.segments if seg.path})  # every file read
-    atomic.check_target(target, folder=folder, force=force, inputs=srcs)
+    atomic.check_target(target, folder=folder, force=force, inputs=srcs, replaceable=replaceable_bank)
     return target, folder
 
 
 def check_output(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> None:
-    """Refuse an output that :func:`save` would refuse, before any work is done: a Hub reference,
-    an existing output without ``force``, an input (``inputs``, or a file ``bank`` reads), a file
-    where a folder is wanted (and the reverse), or a folder whose adapter config cannot be completed
-    from ``bank.config``."""
+    """Refuse an output that :func:`save` would refuse, before any work is done: a path that is not
+    a ``.safetensors`` file or a folder, a Hub reference, an existing output without ``force`` (or,
+    with it, one that is not a bank), the working directory, an input (``inputs``, or a file
+    ``bank`` reads), a file where a folder is wanted (and the reverse), a folder that cannot be
+    written, or a folder whose adapter config cannot be completed from ``bank.config``."""
     _, folder = _target(bank, path, force, inputs)
     if folder:
         peft.complete_config(bank.config, num_tokens=bank.num_tokens, token_dim=bank.token_dim,

@@ -1,11 +1,18 @@
-"""Atomic outputs: a temp file or folder beside the target, fsync, then one rename.
+"""Atomic outputs: a temp beside the target, fsync, then one rename.
 
 A reader of the output path sees either nothing, the previous version, or the complete new one.
 Replacing an existing folder uses Linux's ``renameat2(RENAME_EXCHANGE)`` where available, so even
 the swap leaves no moment without a complete output; elsewhere the old folder is moved aside first.
-Temp names carry the writer's pid; temps left by a killed writer are removed by the next write.
 Without ``replace`` (no --force) the final rename refuses to clobber an output that another process
 created meanwhile (``RENAME_NOREPLACE``), so a run without --force never replaces anything.
+
+Every temp is a hidden folder beside the target, locked by its writer (:mod:`mptkit.formats.temps`
+says what proves a temp stale, and the reaper removes nothing else). While a temp exists, SIGTERM
+and SIGHUP (where they would kill the process outright) first remove it, then take their usual
+effect; Ctrl-C removes it through KeyboardInterrupt. :data:`progress` records, for the CLI's last
+words, whether each output was completed.
+
+The rules for what may be replaced are in :mod:`mptkit.formats.targets`.
 """
 
 from __future__ import annotations
@@ -14,73 +21,90 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
-import shutil
-import uuid
+import signal
+import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from ..errors import OutputError
+from .targets import NAME_MAX, check_target, name_max, os_error_reason  # noqa: F401  (re-exported)
+from .temps import MARKER, NEW, OLD, TMP_MARK, Temp as _Temp, clean_stale_temps  # noqa: F401  (re-exported)
 
-TMP_MARK = ".mptkit-tmp-"
+#: what this process's writes reached, by output path: "writing", then "written" once it is in place
+progress: dict[str, str] = {}
 
 
-def _tmp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+# -- signals -----------------------------------------------------------------------------------------
+_CLEANUP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
-def _pid_alive(pid: int) -> bool:
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while a temp existed: unwind (removing it), then die by the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _removed_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP that would kill the process outright (default action) raise inside instead,
+    so the temps are removed on the way out; then the signal is delivered again, with its default
+    action, and the process ends as it would have without mptkit."""
+    saved = {}
+    if _main_thread():
+        for s in _CLEANUP_SIGNALS:
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(s) == signal.SIG_DFL:
+                    saved[s] = signal.signal(s, _raise_terminated)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        yield
+    except _Terminated as t:
+        for s, h in saved.items():
+            signal.signal(s, h)
+        saved = {}
+        signal.signal(t.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), t.signum)
+        raise SystemExit(128 + t.signum) from None  # only if the signal is blocked
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
-def clean_stale_temps(target: Path) -> None:
-    """Remove temps of ``target`` left by writers that no longer run. A previous version moved
-    aside (``.old``, where folders cannot be exchanged atomically) by a writer killed before its
-    replacement was in place is put back instead."""
-    pat = re.compile(re.escape(f".{target.name}{TMP_MARK}") + r"(\d+)-[0-9a-f]+(\.old)?$")
-    try:
-        entries = list(target.parent.iterdir())
-    except OSError:
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Signals arriving inside are acted on when it ends: a rename and its record in
+    :data:`progress` happen together (Python runs signal handlers only in the main thread)."""
+    if not _main_thread():
+        yield
         return
-    for p in entries:
-        m = pat.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
-            if m.group(2) and not (target.exists() or target.is_symlink()):
-                with contextlib.suppress(OSError):
-                    os.rename(p, target)
-                continue
-            with contextlib.suppress(OSError):
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    pending: list[int] = []
+    saved = {}
+    for s in (signal.SIGINT, *_CLEANUP_SIGNALS):
+        with contextlib.suppress(ValueError, OSError):
+            saved[s] = signal.signal(s, lambda n, f: pending.append(n))
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+        for n in pending:
+            h = saved.get(n)
+            if callable(h):
+                h(n, None)
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), n)
 
 
-def check_target(target: Path, *, folder: bool, force: bool, inputs: Iterable[str] = ()) -> None:
-    """Refuse outputs that would lose data: an existing one without --force, the input itself, or
-    a file where a folder is wanted (and the reverse)."""
-    real = os.path.realpath(target)
-    for src in inputs:
-        rs = os.path.realpath(src)
-        how = ("is" if real == rs else "is inside" if real.startswith(rs + os.sep)
-               else "contains" if rs.startswith(real + os.sep) else None)
-        if how:
-            raise OutputError(f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)")
-    if target.is_symlink() or target.exists():
-        if folder and not target.is_dir():
-            raise OutputError(
-                f"{target}: exists and is a file, but an adapter-folder output needs a folder "
-                "(name a path ending in .safetensors to write a bare file)"
-            )
-        if not folder and target.is_dir():
-            raise OutputError(f"{target}: exists and is a folder, but a .safetensors output is a file")
-        if not force:
-            raise OutputError(f"{target}: already exists; pass --force to replace it")
-
-
+# -- installing --------------------------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -91,15 +115,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _os_error(target: Path, e: OSError) -> OutputError:
-    reason = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EFBIG: "the file is larger than this process may write (file size limit)",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-    }.get(e.errno, e.strerror or str(e))
-    return OutputError(f"{target}: cannot write the output: {reason}; nothing was written")
+    return OutputError(f"{target}: cannot write the output: {os_error_reason(e)}; nothing was written")
 
 
 def _prepare_parent(target: Path) -> None:
@@ -111,37 +127,67 @@ def _prepare_parent(target: Path) -> None:
 
 
 def _exists_error(target: Path) -> OutputError:
-    return OutputError(f"{target}: already exists (another process wrote it meanwhile); pass --force to replace it")
+    return OutputError(f"{target}: already exists (another process wrote it meanwhile); "
+                       "replacing it needs --force (force=True in Python)")
 
 
-def _install(tmp: Path, target: Path, *, replace: bool) -> None:
-    """Move the finished temp ``tmp`` to ``target`` in one rename."""
-    if not replace:
-        try:
-            if _renameat2(tmp, target, RENAME_NOREPLACE):
-                return
-        except FileExistsError:
-            raise _exists_error(target) from None
-        if target.exists() or target.is_symlink():  # no renameat2: a small race remains
-            raise _exists_error(target)
-        os.rename(tmp, target)
-        return
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    try:
+        if _renameat2(src, dst, RENAME_NOREPLACE):
+            return
+    except FileExistsError:
+        raise _exists_error(dst) from None
+    if dst.exists() or dst.is_symlink():  # no renameat2: a small race remains
+        raise _exists_error(dst)
+    os.rename(src, dst)
+
+
+def _install(tmp: _Temp, *, replace: bool) -> None:
+    """Move the finished ``tmp.new`` to the target in one rename, and record it in :data:`progress`."""
+    target, new = tmp.target, tmp.new
+    with _signals_deferred():
+        if not replace:
+            _rename_noreplace(new, target)
+        else:
+            _replace(tmp)
+        progress[os.fspath(target)] = "written"
+
+
+def _replace(tmp: _Temp) -> None:
+    target, new = tmp.target, tmp.new
     for attempt in range(5):  # retried when a concurrent writer creates or swaps target meanwhile
         try:
-            if tmp.is_dir() and target.is_dir() and not target.is_symlink():
-                if _renameat2(tmp, target, RENAME_EXCHANGE):
-                    shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
-                else:
-                    old = tmp.with_name(tmp.name + ".old")
-                    os.rename(target, old)
-                    os.rename(tmp, target)
-                    shutil.rmtree(old, ignore_errors=True)
+            if new.is_dir() and target.is_dir() and not target.is_symlink():
+                if not _renameat2(new, target, RENAME_EXCHANGE):  # new now holds the old version
+                    os.rename(target, tmp.path / OLD)  # a kill here: the reaper puts it back
+                    os.rename(new, target)
             else:
-                os.replace(tmp, target)
+                os.replace(new, target)
             return
         except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or attempt == 4 or not tmp.exists():
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT) or attempt == 4 or not new.exists():
                 raise
+
+
+@contextlib.contextmanager
+def _writing(target: Path, replace: bool) -> Iterator[_Temp]:
+    key = os.fspath(target)
+    with _removed_on_signals():
+        progress[key] = "writing"
+        _prepare_parent(target)
+        tmp = None
+        try:
+            tmp = _Temp(target)
+            yield tmp
+            _install(tmp, replace=replace)
+            _fsync_dir(target.parent)
+        except OSError as e:
+            if progress.get(key) != "written":
+                raise _os_error(target, e) from None
+        finally:
+            if tmp is not None:
+                with _signals_deferred():  # an interrupt now waits until the temp is gone
+                    tmp.remove()
 
 
 @contextlib.contextmanager
@@ -149,23 +195,25 @@ def atomic_file(target: Path, *, replace: bool = True) -> Iterator:
     """Yield a binary file object; on clean exit it becomes ``target`` in one rename (which does
     not replace an existing ``target`` unless ``replace``)."""
     target = Path(target)
-    _prepare_parent(target)
-    tmp = _tmp_name(target)
-    try:
-        with open(tmp, "xb") as f:
+    with _writing(target, replace) as tmp:
+        with open(tmp.new, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _install(tmp, target, replace=replace)
-        _fsync_dir(target.parent)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _os_error(target, e) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temp folder to fill; on clean exit it replaces ``target`` atomically (or, without
+    ``replace``, becomes ``target`` only if nothing is there)."""
+    target = Path(target)
+    with _writing(target, replace) as tmp:
+        tmp.new.mkdir()
+        yield tmp.new
+        for p in tmp.new.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp.new)
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
@@ -187,30 +235,3 @@ def _renameat2(a: Path, b: Path, flags: int) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
-    """Yield a temp folder to fill; on clean exit it replaces ``target`` atomically (or, without
-    ``replace``, becomes ``target`` only if nothing is there)."""
-    target = Path(target)
-    _prepare_parent(target)
-    tmp = _tmp_name(target)
-    try:
-        tmp.mkdir()
-        yield tmp
-        for p in sorted(tmp.rglob("*"), reverse=True):  # files, then the folders that hold them
-            if p.is_dir():
-                _fsync_dir(p)
-                continue
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        _install(tmp, target, replace=replace)
-        _fsync_dir(target.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _os_error(target, e) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -95,35 +95,42 @@ def read_header(path: str) -> Header:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(min(size, 8 + MAX_HEADER_BYTES, 1 << 16))
-            if size == 0:
-                raise InvalidBank(f"{path}: the file is empty (0 bytes); expected a safetensors file")
-            what = sniff(head)
-            if size < 8:
-                raise InvalidBank(
-                    f"{path}: the file is only {size} bytes; a safetensors file starts with an 8-byte header length"
-                    + (f" (it looks like {what})" if what else "")
-                )
-            (n,) = struct.unpack("<Q", head[:8])
-            if what and (n > size - 8 or n > MAX_HEADER_BYTES):
-                raise InvalidBank(f"{path}: this is {what}")
-            if n > MAX_HEADER_BYTES:
-                raise InvalidBank(
-                    f"{path}: the header length field says {n} bytes, more than safetensors allows "
-                    f"({MAX_HEADER_BYTES}); the file is not a valid safetensors file"
-                )
-            if n > size - 8:
-                raise InvalidBank(
-                    f"{path}: the header length field says {n} bytes but only {size - 8} bytes follow it "
-                    "(a truncated download, or not a safetensors file)"
-                )
-            if n < 2:
-                raise InvalidBank(f"{path}: the header is {n} bytes long; expected a JSON object")
+            n = header_length(path, head, size)
             raw = head[8 : 8 + n] if len(head) >= 8 + n else os.pread(f.fileno(), n, 8)
             if len(raw) != n:
                 raise InvalidBank(f"{path}: the file ended early: it changed while being read")
     except OSError as e:
         raise InvalidBank(f"{path}: cannot read the file ({e.strerror or e})") from None
     return parse_header(path, raw, size)
+
+
+def header_length(path: str, head: bytes, size: int) -> int:
+    """The header length a file of ``size`` bytes declares in its first bytes ``head``, checked
+    against the size (a local file, or one on the Hub read by range requests)."""
+    if size == 0:
+        raise InvalidBank(f"{path}: the file is empty (0 bytes); expected a safetensors file")
+    what = sniff(head)
+    if size < 8:
+        raise InvalidBank(
+            f"{path}: the file is only {size} bytes; a safetensors file starts with an 8-byte header length"
+            + (f" (it looks like {what})" if what else "")
+        )
+    (n,) = struct.unpack("<Q", head[:8])
+    if what and (n > size - 8 or n > MAX_HEADER_BYTES):
+        raise InvalidBank(f"{path}: this is {what}")
+    if n > MAX_HEADER_BYTES:
+        raise InvalidBank(
+            f"{path}: the header length field says {n} bytes, more than safetensors allows "
+            f"({MAX_HEADER_BYTES}); the file is not a valid safetensors file"
+        )
+    if n > size - 8:
+        raise InvalidBank(
+            f"{path}: the header length field says {n} bytes but only {size - 8} bytes follow it "
+            "(a truncated download, or not a safetensors file)"
+        )
+    if n < 2:
+        raise InvalidBank(f"{path}: the header is {n} bytes long; expected a JSON object")
+    return n
 
 
 def parse_header(path: str, raw: bytes, file_size: int) -> Header:

@@ -11,6 +11,8 @@ import sys
 
 from .._version import __version__
 from ..errors import HubError, MptkitError
+from ..text import clean
+from .http import Refused
 from .refs import HubRef, cache_dir, endpoint
 
 
@@ -58,9 +60,27 @@ def quiet_logger(name: str):
         log.setLevel(level)
 
 
+def said(text, token: str | None = None, limit: int | None = 160) -> str:
+    """What a server said, fit to quote: its first line, at most ``limit`` characters, the token
+    (and anything shaped like one) redacted, control characters escaped."""
+    from huggingface_hub.utils import get_token
+
+    lines = str(text or "").strip().splitlines()
+    secrets = tuple(s for s in (token, _quiet_token(get_token)) if s)
+    return clean(lines[0][:limit] if lines else "", secrets)
+
+
+def _quiet_token(get) -> str | None:
+    try:
+        return get()
+    except Exception:  # a broken login cache is not this message's business
+        return None
+
+
 @contextlib.contextmanager
-def errors(ref: HubRef | str, doing: str):
-    """Turn the client's exceptions into one :class:`HubError` sentence."""
+def errors(ref: HubRef | str, doing: str, token: str | None = None):
+    """Turn the client's exceptions (and :class:`~mptkit.hub.http.Refused`) into one
+    :class:`HubError` sentence; the token is never part of it."""
     from huggingface_hub import errors as he
 
     rev = ref.revision if isinstance(ref, HubRef) else None
@@ -73,6 +93,8 @@ def errors(ref: HubRef | str, doing: str):
             yield
     except MptkitError:
         raise
+    except Refused as e:
+        raise HubError(f"{ref}: cannot {doing}: {said(e.reason, token)}") from None
     except he.OfflineModeIsEnabled as e:
         raise HubError(f"{ref}: cannot {doing}: HF_HUB_OFFLINE is set, so the Hub is not asked") from e
     except he.RevisionNotFoundError as e:
@@ -91,15 +113,15 @@ def errors(ref: HubRef | str, doing: str):
         raise HubError(f"{ref}: cannot {doing}: the file is not in {repo} at revision {rev or 'main'}") from e
     except he.HfHubHTTPError as e:
         code = getattr(getattr(e, "response", None), "status_code", None)
-        msg = (getattr(e, "server_message", None) or "").strip().splitlines()
-        detail = f": {msg[0][:160]}" if msg else ""
+        msg = said(getattr(e, "server_message", None), token)
+        detail = f": {msg}" if msg else ""
         if code in (401, 403):
             raise HubError(f"{ref}: the Hub refused to {doing} (HTTP {code}{detail}); a token with access to "
                            f"{repo} is needed, with write access to push (HF_TOKEN, `hf auth login` or --token)") from e
         raise HubError(f"{ref}: the Hub at {where()} answered HTTP {code} when asked to {doing}{detail}") from e
     except Exception as e:  # transport failures and answers the client could not parse
         module = type(e).__module__ or ""
-        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        text = said(e, token) or type(e).__name__
         transport = module.startswith(("httpx", "httpcore", "requests", "urllib3"))
         if transport or isinstance(e, (ConnectionError, TimeoutError)):
             raise HubError(f"{ref}: cannot {doing}: the connection to {where()} failed "

@@ -8,10 +8,10 @@ from pathlib import Path
 from ..bank import PromptBank
 from ..errors import HubError, MptkitError, UsageError
 from ..formats import peft
-from . import client
+from . import client, http
 from .card import CARD_NAME, model_card
 from .refs import COMMIT, HubRef, offline, parse_ref
-from .transfer import BANK_FILES
+from .transfer import BANK_FILES, listing, resolve_commit
 
 
 # -- push ----------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
 
 def push(bank: PromptBank, repo: str, *, private: bool = False, revision: str | None = None,
          message: str | None = None, create_pr: bool = False, token: str | None = None,
-         quiet: bool | None = None) -> dict:
+         quiet: bool | None = None, timeout: float | None = None, deadline: float | None = None) -> dict:
     """Upload ``bank`` as a PEFT adapter folder plus a generated model card to the model repo
     ``repo`` (created if missing; ``revision``, a branch, is created from main if missing). A bank
     read from an adapter folder and left unchanged is uploaded byte for byte; any other bank is
@@ -76,23 +76,29 @@ def push(bank: PromptBank, repo: str, *, private: bool = False, revision: str | 
                CommitOperationAdd(path_in_repo=weights.name, path_or_fileobj=str(weights)),
                CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8"))]
         api = client.api(token)
-        with client.progress(quiet):
-            with client.errors(ref, "create the repo"):
+        with http.limited(http.limits(timeout, deadline)), client.progress(quiet):
+            with client.errors(ref, "create the repo", token):
                 api.create_repo(ref.repo_id, private=True if private else None, exist_ok=True)
             if revision and revision != "main" and not revision.startswith("refs/") and not COMMIT.match(revision):
-                with client.errors(ref, f"create the branch {revision}"):
+                with client.errors(ref, f"create the branch {revision}", token):
                     api.create_branch(ref.repo_id, branch=revision, exist_ok=True)
-            with client.errors(ref, "look up the branch"):
-                try:
-                    head = api.repo_info(ref.repo_id, revision=revision)
-                    before, there = head.sha, {x.rfilename for x in (head.siblings or [])}
-                except RevisionNotFoundError:
-                    before, there = None, set()  # a PR ref that does not exist yet: the commit says so
+            try:
+                before = resolve_commit(ref, token)
+                there = set(listing(ref, before, "", token)[0])
+            except HubError as e:
+                if not isinstance(e.__cause__, RevisionNotFoundError):
+                    raise
+                before, there = None, set()  # a PR ref that does not exist yet: the commit says so
             # PEFT prefers adapter_model.safetensors: a stale one would shadow an uploaded .bin
             ops += [CommitOperationDelete(path_in_repo=w) for w in BANK_FILES if w != weights.name and w in there]
-            with client.errors(ref, "commit the bank"), client.quiet_logger("huggingface_hub.hf_api"):  # we say "nothing to push"
+            with client.errors(ref, "commit the bank", token), client.quiet_logger("huggingface_hub.hf_api"):
                 info = api.create_commit(ref.repo_id, operations=ops, revision=revision, create_pr=create_pr,
                                          commit_message=message)
-    return {"repo": ref.repo_id, "revision": revision or "main", "commit": info.oid, "url": info.commit_url,
-            "pr_url": info.pr_url, "changed": info.oid != before,
+    commit = getattr(info, "oid", None)
+    if not isinstance(commit, str) or not COMMIT.match(commit):
+        raise HubError(f"{ref}: the Hub at {client.where()} answered the commit with an unusable commit id "
+                       f"{client.said(repr(commit)[:60])}; check the repo before pushing again")
+    pr_url = info.pr_url if isinstance(info.pr_url, str) else None
+    return {"repo": ref.repo_id, "revision": revision or "main", "commit": commit, "url": client.said(info.commit_url),
+            "pr_url": client.said(pr_url) if pr_url else None, "changed": commit != before,
             "files": [peft.CONFIG_NAME, weights.name, CARD_NAME]}

@@ -1,34 +1,145 @@
-"""Downloads: the files of a bank into the HF cache (or a plain folder), and remote inspect
-from the safetensors header alone."""
+"""Finding a bank's files on the Hub and downloading them whole into the HF cache.
+
+A revision is resolved to a commit id once (``HfApi.model_info(expand=["sha"])``) and every later
+request names that commit. The bank's folder is listed (``HfApi.list_repo_tree``, one folder, not
+the repo: a listing is capped at :data:`MAX_LISTING` entries and each answer at
+:data:`mptkit.hub.http.API_CAP` bytes); every name the server lists is checked before use. Each
+downloaded file is verified against the checksum the listing gives for it (the LFS sha256, else the
+git blob id) whatever the server's ``ETag`` says, then stored in the cache under that checksum
+(:mod:`mptkit.hub.cache`). A file listed without a usable checksum is refused unless the user opts
+out (``--allow-unverified`` or ``MPTKIT_ALLOW_UNVERIFIED=1``).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 import posixpath
 import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
-from .._version import __version__
-from ..bank import PromptBank
-from ..errors import HubError, InvalidBank, UsageError
+from ..errors import HubError
 from ..formats import peft
-from . import client
-from .refs import COMMIT, HubRef, cache_dir, endpoint, offline, parse_ref, safe_name
+from . import cache, client, http
+from .refs import COMMIT, HubRef, cache_dir, endpoint, offline, safe_name
 
-
-# -- choosing the files of a bank ----------------------------------------------------------------
 BANK_FILES = (peft.SAFETENSORS_NAME, peft.BIN_NAME)
+#: most entries read from one folder's listing (a bank folder holds a handful)
+MAX_LISTING = 100_000
+#: an adapter_config.json larger than this is refused before it is downloaded (PEFT writes ~1 kB)
+MAX_CONFIG_BYTES = 1 << 20
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _choose(ref: HubRef, names: list[str]) -> tuple[list[str], str]:
-    """The repo files the bank at ``ref`` needs, and the bank's path (a folder or a file) in the repo."""
+@dataclass(frozen=True)
+class Listed:
+    """A file as the Hub's listing gives it."""
+
+    name: str
+    size: int
+    sha256: str | None  # LFS files
+    blob_id: str | None  # the git blob sha1 (of the LFS pointer, for an LFS file)
+
+    @property
+    def digest(self) -> str | None:
+        """The checksum the file's bytes must have: the LFS sha256, else the git blob id."""
+        return self.sha256 if self.sha256 is not None else (None if self.is_lfs else self.blob_id)
+
+    is_lfs: bool = False
+
+
+@dataclass
+class Fetched:
+    ref: HubRef
+    commit: str
+    path: str  # the bank (a folder or a file) inside the cache snapshot
+    files: list[str]  # the repo files downloaded
+    cached_only: bool = False  # answered from the cache (offline)
+
+
+def allow_unverified(value: bool | None = None) -> bool:
+    if value is not None:
+        return value
+    return os.environ.get("MPTKIT_ALLOW_UNVERIFIED", "").upper() in ("1", "TRUE", "YES", "ON")
+
+
+# -- the commit and the listing ------------------------------------------------------------------
+def resolve_commit(ref: HubRef, token: str | None) -> str:
+    """The commit id ``ref``'s revision names now (asked once per command)."""
+    api = client.api(token)
+    with client.errors(ref, "look up the repo", token):
+        info = api.model_info(ref.repo_id, revision=ref.revision, expand=["sha"])
+    commit = getattr(info, "sha", None)
+    if not isinstance(commit, str) or not COMMIT.match(commit):
+        raise HubError(f"{ref}: the Hub at {client.where()} sent an answer that could not be used (commit id "
+                       f"{client.said(repr(commit)[:60])})")
+    return commit
+
+
+def listing(ref: HubRef, commit: str, folder: str, token: str | None) -> tuple[dict[str, Listed], set[str]]:
+    """The files (by repo path) and sub-folders directly in ``folder`` ("" for the root) at ``commit``."""
+    api = client.api(token)
+    files: dict[str, Listed] = {}
+    folders: set[str] = set()
+    where = f"list {folder or 'the repo root'}"
+    with client.errors(ref, where, token):
+        for i, e in enumerate(api.list_repo_tree(ref.repo_id, folder or None, revision=commit, recursive=False)):
+            if i >= MAX_LISTING:
+                raise HubError(f"{ref}: the server lists more than {MAX_LISTING:,} entries in {folder or 'the repo root'}"
+                               " (a bank's folder holds a few files); refused")
+            name = getattr(e, "path", None)
+            if not safe_name(name):
+                raise HubError(f"{ref}: the server lists a file name that would escape the download folder: "
+                               f"{client.said(repr(name))} (refused)")
+            if not hasattr(e, "size"):
+                folders.add(name)
+                continue
+            lfs = getattr(e, "lfs", None)
+            sha = getattr(lfs, "sha256", None) if lfs is not None else None
+            size = getattr(e, "size", None)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise HubError(f"{ref}: the server lists {name} with size {client.said(repr(size)[:40])}; refused")
+            if lfs is not None and getattr(lfs, "size", size) != size:
+                raise HubError(f"{ref}: the server lists {name} with two sizes ({size} and {lfs.size}); refused")
+            blob = getattr(e, "blob_id", None)
+            files[name] = Listed(name, size, sha if isinstance(sha, str) and _HEX64.match(sha) else None,
+                                 blob if isinstance(blob, str) and _HEX40.match(blob) else None, lfs is not None)
+    return files, folders
+
+
+def choose(ref: HubRef, commit: str, token: str | None,
+           adapter: str | None = None) -> tuple[list[Listed], str, bool]:
+    """The files of the bank at ``ref`` (config first, weights last), its path in the repo, and
+    whether ``adapter`` named a sub-folder (PEFT saves an adapter named X into ``X/``)."""
+    path = ref.path
+    parent = posixpath.dirname(path) if path else ""
+    files, folders = listing(ref, commit, parent, token)
+    if path:
+        if path in files and posixpath.basename(path) != peft.CONFIG_NAME:
+            return [files[path]], path, False
+        if path in files:  # .../adapter_config.json names its folder
+            path = parent
+        elif path in folders:
+            files, folders = listing(ref, commit, path, token)
+        else:
+            raise HubError(f"{ref}: no file or folder '{path}' in {ref.repo_id} at revision {ref.revision or 'main'}")
+    sub = posixpath.join(path, adapter) if adapter else None
+    if sub in folders and posixpath.join(path, peft.CONFIG_NAME) not in files:
+        files, folders = listing(ref, commit, sub, token)
+        picked, rel = pick(HubRef(ref.repo_id, ref.revision, sub), list(files))
+        return [files[n] for n in picked], rel, True
+    picked, rel = pick(ref, list(files))
+    return [files[n] for n in picked], rel, False
+
+
+def pick(ref: HubRef, names: list[str]) -> tuple[list[str], str]:
+    """Which of the files ``names`` (all in the bank's folder, or the file ``ref`` names) make the
+    bank, and the bank's path in the repo."""
     bad = [n for n in names if not safe_name(n)]
     if bad:
         raise HubError(f"{ref}: the server lists a file name that would escape the download folder: "
-                       f"{bad[0]!r} (refused)")
+                       f"{client.said(repr(bad[0]))} (refused)")
     path = ref.path
     if path and path in names and posixpath.basename(path) != peft.CONFIG_NAME:
         return [path], path
@@ -49,226 +160,106 @@ def _choose(ref: HubRef, names: list[str]) -> tuple[list[str], str]:
         return bare, bare[0]
     if bare:
         shown = ", ".join(bare[:6]) + (f" and {len(bare) - 6} more" if len(bare) > 6 else "")
-        raise HubError(f"{ref}: holds several .safetensors files ({shown}); name one, as in "
-                       f"hf://{ref.repo_id}/{bare[0]}")
+        raise HubError(client.said(f"{ref}: holds several .safetensors files ({shown}); name one, as in "
+                                   f"hf://{ref.repo_id}/{bare[0]}", limit=None))
     found = ", ".join(here[:8]) or "nothing"
-    raise HubError(f"{ref}: no prompt bank here: expected {peft.CONFIG_NAME} with {peft.SAFETENSORS_NAME} "
-                   f"(a PEFT adapter) or one .safetensors file (found: {found})")
+    raise HubError(client.said(f"{ref}: no prompt bank here: expected {peft.CONFIG_NAME} with {peft.SAFETENSORS_NAME} "
+                               f"(a PEFT adapter) or one .safetensors file (found: {found})", limit=None))
 
 
-# -- fetching into the cache ---------------------------------------------------------------------
-@dataclass
-class Fetched:
-    ref: HubRef
-    commit: str
-    path: str  # the bank (a folder or a file) inside the cache snapshot
-    files: list[str]  # the repo files downloaded
-    cached_only: bool = False  # answered from the cache (offline)
+# -- whole files ---------------------------------------------------------------------------------
+def download(ref: HubRef, commit: str, f: Listed, token: str | None, *, unverified: bool | None = None) -> str:
+    """The cached copy of ``f`` at ``commit`` (downloaded and verified first if need be)."""
+    digest = f.digest
+    if digest is None and not allow_unverified(unverified):
+        raise HubError(f"{ref}: the Hub lists no usable checksum for {f.name} (no LFS sha256, no git blob id), so "
+                       "its download could not be verified; refused (pass --allow-unverified, or set "
+                       "MPTKIT_ALLOW_UNVERIFIED=1, to take it unchecked)")
+    if f.name.endswith(peft.CONFIG_NAME) and f.size > MAX_CONFIG_BYTES:
+        raise HubError(f"{ref}: {f.name} is listed at {f.size:,} bytes; an adapter_config.json is about 1 kB "
+                       f"(mptkit reads at most {MAX_CONFIG_BYTES:,}); refused")
+    hit = cache.cached(ref, commit, f.name, digest)
+    if hit is not None and os.path.getsize(hit) == f.size:
+        return hit
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(ref.repo_id, f.name, revision=commit, endpoint=endpoint())
+    sha256 = hashlib.sha256() if f.sha256 is not None or digest is None else None
+    sha1 = hashlib.sha1(b"blob %d\0" % f.size) if sha256 is None else None
+    with cache.download(ref.repo_id) as d, _bar(f) as bar:
+
+        def sink(chunk: bytes) -> None:
+            d.file.write(chunk)
+            (sha256 or sha1).update(chunk)
+            bar.update(len(chunk))
+
+        with client.errors(ref, f"download {f.name}", token):
+            http.get_bytes(url, token, commit=commit, start=0, length=f.size, total=f.size, sink=sink)
+        got = (sha256 or sha1).hexdigest()
+        if digest is not None and got != digest:
+            raise HubError(f"{ref}: the download of {f.name} is corrupt: its checksum {got[:12]} differs from the "
+                           f"{'sha256' if f.sha256 else 'git blob id'} {digest[:12]} the Hub lists for it (the server "
+                           "or a proxy sent other bytes); nothing was kept, so the next try downloads it again")
+        blob = d.keep(digest or got)
+    if sha256 is not None:
+        from ..bank import file_sha256
+
+        file_sha256(str(blob), known=got)
+    return str(cache.link(ref.repo_id, commit, f.name, blob))
 
 
-def _storage(repo_id: str) -> Path:
-    return Path(cache_dir(), "models--" + repo_id.replace("/", "--"))
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
-def _remember_ref(repo_id: str, revision: str, commit: str) -> None:
-    """Note in the cache which commit a branch or tag named (as the client does), for offline use."""
-    if revision == commit:
-        return
-    ref_path = _storage(repo_id) / "refs" / revision
-    with contextlib.suppress(OSError):
-        ref_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref_path.with_name(f".{ref_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(commit, encoding="ascii")
-        os.replace(tmp, ref_path)
+def _bar(f: Listed):
+    """The client's progress bar for a download: on a terminal only, and not where the client's
+    bars are off (``--quiet``, ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
+    import contextlib
+    import sys
+
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    if are_progress_bars_disabled() or not sys.stderr.isatty():
+        return contextlib.nullcontext(_NoBar())
+    return hf_tqdm(total=f.size, unit="B", unit_scale=True, desc=posixpath.basename(f.name))
 
 
-def _from_cache(ref: HubRef) -> Fetched:
-    storage = _storage(ref.repo_id)
-    rev = ref.revision or "main"
-    commit = rev if COMMIT.match(rev) else None
-    if commit is None:
-        with contextlib.suppress(OSError):
-            commit = (storage / "refs" / rev).read_text(encoding="ascii").strip()
-    snapshot = storage / "snapshots" / commit if commit and COMMIT.match(commit) else None
-    if snapshot is None or not snapshot.is_dir():
-        raise HubError(f"{ref}: HF_HUB_OFFLINE is set and the local cache ({cache_dir()}) holds no copy of "
-                       f"{ref.repo_id} at revision {rev}; pull it once while online")
-    names = sorted(str(p.relative_to(snapshot).as_posix()) for p in snapshot.rglob("*") if p.is_file())
-    try:
-        files, rel = _choose(ref, names)
-    except HubError as e:
-        raise HubError(f"{e.message} (in the local cache; HF_HUB_OFFLINE is set, so the Hub was not asked)") from None
-    return Fetched(ref, commit, str(snapshot / rel) if rel else str(snapshot), files, cached_only=True)
-
-
-def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = None) -> Fetched:
+def fetch(ref: HubRef | str, *, token: str | None = None, quiet: bool | None = None,
+          unverified: bool | None = None, limits: http.Limits | None = None) -> Fetched:
     """Download the files of the bank at ``ref`` into the HF cache (or find them there when offline)."""
+    from .refs import parse_ref
+
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     if offline():
-        return _from_cache(ref)
-    from huggingface_hub import hf_hub_download
-
-    api = client.api(token)
-    with client.errors(ref, "look up the repo"):
-        info = api.repo_info(ref.repo_id, revision=ref.revision)
-        commit, names = info.sha, [s.rfilename for s in (info.siblings or [])]
-    if not isinstance(commit, str) or not COMMIT.match(commit):
-        raise HubError(f"{ref}: the Hub at {client.where()} sent an answer that could not be used (commit id {commit!r})")
-    files, rel = _choose(ref, names)
-    local = []
-    with client.progress(quiet):
-        for name in files:
-            with client.errors(ref, f"download {name}"):
-                local.append(hf_hub_download(ref.repo_id, name, revision=commit, cache_dir=cache_dir(),
-                                             endpoint=endpoint(), token=token, library_name="mptkit",
-                                             library_version=__version__))
-            _check_blob(local[-1], ref, name)
-    _remember_ref(ref.repo_id, ref.revision or "main", commit)
-    snapshot = local[0][: len(local[0]) - len(files[0])].rstrip("/\\")
-    return Fetched(ref, commit, os.path.join(snapshot, rel) if rel else snapshot, files)
+        return from_cache(ref)
+    with http.limited(limits or http.limits()), client.progress(quiet):
+        commit = resolve_commit(ref, token)
+        chosen, rel, _ = choose(ref, commit, token)
+        for f in chosen:
+            download(ref, commit, f, token, unverified=unverified)
+    cache.remember(ref.repo_id, ref.revision or "main", commit)
+    snapshot = str(cache.pointer(ref.repo_id, commit, "x").parent)
+    return Fetched(ref, commit, os.path.join(snapshot, *rel.split("/")) if rel else snapshot, [f.name for f in chosen])
 
 
-def _check_blob(local: str, ref: HubRef, name: str) -> None:
-    """The HF cache names each blob by the Hub's etag: the sha256 of an LFS file, the git blob sha1
-    of any other. A blob whose bytes do not match (a server or proxy that sent other bytes of the
-    right size) is removed, so that it is not served from the cache ever after."""
-    import hashlib
-
-    from ..bank import file_sha256
-
-    real = os.path.realpath(local)
-    etag = os.path.basename(real)
-    if os.path.basename(os.path.dirname(real)) != "blobs" or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
-        return  # not the cache layout we know: nothing to compare with
-    if len(etag) == 64:
-        got = file_sha256(real)
-    else:
-        h = hashlib.sha1(b"blob %d\0" % os.path.getsize(real))
-        with open(real, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        got = h.hexdigest()
-    if got != etag:
-        for p in (real, local):
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-        raise HubError(f"{ref}: the download of {name} is corrupt (its checksum {got[:12]} differs from the Hub's "
-                       f"{etag[:12]}); it was removed from the cache, so the next try downloads it again")
-
-
-def resolve(ref: str) -> str:
-    """The local path (in the HF cache) of the bank an ``hf://`` reference names; what
-    :func:`mptkit.load` reads."""
-    return fetch(ref).path
-
-
-# -- pull ----------------------------------------------------------------------------------------
-def pull(repo: str, output: str | os.PathLike | None = None, *, revision: str | None = None, force: bool = False,
-         token: str | None = None, quiet: bool | None = None) -> tuple[PromptBank, Fetched]:
-    """Download and validate a bank. Without ``output`` it stays in the HF cache; with ``output``
-    its files are copied into that plain folder (atomically). Returns the bank (read from where it
-    now is) and what was fetched."""
-    from ..formats import atomic, read
-
-    ref = parse_ref(repo)
-    if revision:
-        if ref.revision and ref.revision != revision:
-            raise UsageError(f"{repo}: names revision '{ref.revision}' but --revision says '{revision}'")
-        ref = HubRef(ref.repo_id, revision, ref.path)
-    if output is not None:
-        target = Path(output)
-        atomic.check_target(target, folder=True, force=force)
-    got = fetch(ref, token=token, quiet=quiet)
-    bank = read(got.path)  # validates; an invalid bank is reported before anything is written
-    if output is None:
-        bank.source.path = str(ref)
-        return bank, got
-    if os.path.isfile(got.path):
-        sources = [got.path]
-    else:
-        sources = [os.path.join(got.path, posixpath.basename(f)) for f in got.files]
-    with atomic.atomic_dir(target, replace=force) as tmp:
-        for src in sources:
-            shutil.copyfile(src, tmp / os.path.basename(src))
-    bank = read(target / os.path.basename(got.path) if os.path.isfile(got.path) else target)
-    return bank, got
-
-
-# -- remote inspect ------------------------------------------------------------------------------
-REMOTE_NOTE = ("remote: read only the safetensors header (HTTP range requests) and adapter_config.json; "
-               "the tensor data was not downloaded")
-
-
-def remote_summary(ref: str, *, token: str | None = None) -> dict:
-    """What :func:`mptkit.info.summary` says about a bank on the Hub, from its safetensors header
-    (range requests) and adapter_config.json only; the tensor data is not downloaded. Offline, or
-    for a pickle (no header to read), the bank is read from the cache or downloaded instead."""
-    from huggingface_hub import hf_hub_download
-
-    from ..formats import from_header
-    from ..formats import safetensors as st
-    from ..info import summary
-
-    r = parse_ref(ref)
-    if offline():
-        s = summary(_load(ref))
-        s["notes"].append("read from the local cache (HF_HUB_OFFLINE is set)")
-        return s
-    api = client.api(token)
-    with client.errors(r, "look up the repo"):
-        info = api.repo_info(r.repo_id, revision=r.revision, files_metadata=True)
-        commit = info.sha
-        sizes = {s.rfilename: s.size for s in (info.siblings or [])}
-    if not isinstance(commit, str) or not COMMIT.match(commit):
-        raise HubError(f"{r}: the Hub at {client.where()} sent an answer that could not be used (commit id {commit!r})")
-    files, rel = _choose(r, list(sizes))
-    weights = files[-1]
-    if not weights.lower().endswith(".safetensors"):
-        s = summary(_load(ref))
-        s["notes"].append(f"remote: {posixpath.basename(weights)} is a pickle, which has no header to read "
-                          "remotely: it was downloaded in full")
-        return s
-    at = HubRef(r.repo_id, commit, weights)
-    config = config_file = None
-    if len(files) == 2:
-        cfg_ref = HubRef(r.repo_id, r.revision, files[0])
-        with client.errors(cfg_ref, f"download {files[0]}"):
-            local = hf_hub_download(r.repo_id, files[0], revision=commit, cache_dir=cache_dir(), endpoint=endpoint(),
-                                    token=token, library_name="mptkit", library_version=__version__)
-        config, config_file = peft.read_config(local, str(cfg_ref)), str(cfg_ref)
-    with client.errors(at, "read the safetensors header"):
-        meta = api.parse_safetensors_file_metadata(r.repo_id, weights, revision=commit)
-        tensors = {k: {"dtype": t.dtype, "shape": list(t.shape) if isinstance(t.shape, (list, tuple)) else t.shape,
-                       "data_offsets": list(t.data_offsets)} for k, t in meta.tensors.items()}
-    size = sizes.get(weights)
-    size = size if isinstance(size, int) and not isinstance(size, bool) else None
-    shown = str(HubRef(r.repo_id, r.revision, weights))
-    # The client does not say how long the header is, so the data section is taken to end where the
-    # last tensor ends: offsets past the end of the file are caught, trailing bytes are not (pull
-    # checks the whole file).
-    ends = [t["data_offsets"][1] for t in tensors.values()
-            if len(t["data_offsets"]) == 2 and all(type(o) is int for o in t["data_offsets"])]
-    data_len = max(ends, default=0)
-    start = max(8, size - data_len) if size is not None else 8
-    header = st.Header(shown, tensors, meta.metadata or None, start, size if size is not None else start + data_len)
-    problems = st.layout_problems(header)
-    if problems:
-        raise InvalidBank(f"{shown}: {problems[0]}", [f"{shown}: {p}" for p in problems])
-    fmt = "peft-adapter" if config is not None else "safetensors"
-    bank = from_header(header, shown=str(r), fmt=fmt, config=config, config_file=config_file)
-    s = summary(bank)
-    s["file_size"] = size
-    s["remote"] = {"repo": r.repo_id, "revision": r.revision or "main", "commit": commit, "file": weights,
-                   "downloaded": "safetensors header and adapter_config.json only"}
-    s["notes"].append(REMOTE_NOTE)
-    return s
-
-
-
-
-def _load(ref: str) -> PromptBank:
-    from ..formats import read
-
-    bank = read(resolve(ref))
-    bank.source.path = ref
-    return bank
+def from_cache(ref: HubRef) -> Fetched:
+    """The bank at ``ref`` from the cache alone (``HF_HUB_OFFLINE``), each file checked against its blob."""
+    rev = ref.revision or "main"
+    commit = cache.commit_for(ref.repo_id, rev)
+    names = cache.snapshot_names(ref.repo_id, commit) if commit else []
+    if not names:
+        raise HubError(f"{ref}: HF_HUB_OFFLINE is set and the local cache ({cache_dir()}) holds no copy of "
+                       f"{ref.repo_id} at revision {rev}; pull it once while online")
+    try:
+        files, rel = pick(ref, names)
+    except HubError as e:
+        raise HubError(f"{e.message} (in the local cache; HF_HUB_OFFLINE is set, so the Hub was not asked)") from None
+    for name in files:
+        if cache.cached(ref, commit, name) is None:
+            raise HubError(f"{ref}: HF_HUB_OFFLINE is set and the cached copy of {name} cannot be checked (it is not a "
+                           "blob named by its checksum); pull it again while online")
+    snapshot = str(cache.pointer(ref.repo_id, commit, "x").parent)
+    return Fetched(ref, commit, os.path.join(snapshot, *rel.split("/")) if rel else snapshot, files, cached_only=True)
