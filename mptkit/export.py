@@ -25,8 +25,8 @@ from pathlib import Path
 
 from . import numerics
 from .bank import KEYS, PromptBank, select_tasks
-from .errors import OutputError, UsageError
-from .formats import atomic, peft
+from .errors import UsageError
+from .formats import atomic, peft, targets
 from .formats import safetensors as st
 from .schema import META_PROVENANCE
 from .options import storage_dtype
@@ -91,16 +91,18 @@ def export(bank: PromptBank, task: int | str, *, dtype: str | None = None, confi
 def save_adapter(adapter: PromptTuningAdapter, path: str | os.PathLike, *, force: bool = False,
                  inputs: tuple = ()) -> Path:
     """Write ``adapter`` as a PEFT adapter folder at ``path``, atomically."""
-    target = Path(path)
-    if os.fspath(path).startswith("hf://"):
-        raise OutputError(f"{path}: outputs are local paths; use `mptkit push` to upload to the Hub")
-    if os.fspath(path).lower().endswith(".safetensors"):
-        raise OutputError(
-            f"{target}: export writes a PEFT PROMPT_TUNING adapter folder; name a folder, not a .safetensors file"
-        )
-    atomic.check_target(target, folder=True, force=force, inputs=[os.fspath(p) for p in inputs])
+    target = folder_target(path, force, inputs)
     with atomic.atomic_dir(target, replace=force) as tmp:
         _write_adapter(adapter, tmp)
+    return target
+
+
+def folder_target(path, force: bool, inputs=()) -> Path:
+    """``path`` as an adapter-folder output, refused before any work if it cannot be one (a Hub
+    reference, a file suffix, an existing output without ``force``, an input, ...)."""
+    targets.output_kind(path, files={})
+    target = Path(path)
+    atomic.check_target(target, folder=True, force=force, inputs=[os.fspath(p) for p in inputs])
     return target
 
 
@@ -193,8 +195,7 @@ def export_adapters(bank: PromptBank, tasks, path, *, dtype: str | None = None, 
         raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
-    target = Path(path)
-    atomic.check_target(target, folder=True, force=force, inputs=[os.fspath(p) for p in inputs])
+    target = folder_target(path, force, inputs)
     adapters = [export(bank, k, dtype=dtype, config=config) for k in idx]  # checks every task before writing
     with atomic.atomic_dir(target, replace=force) as tmp:
         for name, adapter in zip(names, adapters):

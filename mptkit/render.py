@@ -264,7 +264,7 @@ def table_report(report: dict, src) -> str:
     names = report["tasks"]
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
     if "shape" not in report:
-        return printable(f"wrote {report['written'][0]}: {len(names)} PROMPT_TUNING adapter(s) of {src} ({shown})")
+        return printable(f"wrote {report['written'][0]}: {plural(len(names), 'PROMPT_TUNING adapter')} of {src} ({shown})")
     T, N, d = report["shape"]
     half = f", {report['half']} half" if report.get("half") in ("encoder", "decoder") else ""
     files = " + ".join(report["written"])

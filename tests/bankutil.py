@@ -199,3 +199,37 @@ def loaded_modules(*argv, **kw) -> tuple[int, set[str]]:
     """Run ``mptkit ARGV`` in a fresh interpreter; its exit code and which watched modules it imported."""
     r, mods = loaded_by(_RUN_CLI, *argv, **kw)
     return r.returncode, mods
+
+
+def run_on_terminal(cmd, env, *, stdout_too: bool = False, cols: int = 100, when=None) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr (and stdout with ``stdout_too``) on a pseudo-terminal ``cols`` wide
+    (a new one has 0 columns), reading it until the child closes it. ``when`` = (compiled pattern,
+    action): ``action(proc)`` runs once, as soon as the terminal text matches. Returns (exit status,
+    stdout when it was a pipe else "", the terminal text)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, sub_fd = pty.openpty()
+    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    proc = subprocess.Popen([str(c) for c in cmd], stdin=sub_fd if stdout_too else subprocess.DEVNULL,
+                            stdout=sub_fd if stdout_too else subprocess.PIPE, stderr=sub_fd, env=env)
+    os.close(sub_fd)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if when is not None and when[0].search(seen.decode(errors="replace")):
+            when[1](proc)
+            when = None
+    os.close(main_fd)
+    out = "" if stdout_too else proc.stdout.read().decode()
+    if not stdout_too:
+        proc.stdout.close()
+    return proc.wait(timeout=120), out, seen.decode(errors="replace")

@@ -15,19 +15,10 @@ import pytest
 import torch
 
 import mptkit
-from bankutil import peft_load, peft_model, random_bank, run_mptkit, save_peft_bank, write_bank
+from bankutil import one_error, peft_load, peft_model, random_bank, run_mptkit, save_peft_bank, write_bank
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bank"
-
-
-def one_error(r: subprocess.CompletedProcess, *words: str) -> str:
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("mptkit: error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def config_bank(path: Path, config: dict, *, seed: int = 0, pe=None, T: int = 2) -> Path:

@@ -455,10 +455,7 @@ def test_parse_ref_refuses(text, why):
 
 def test_progress_bars_only_on_a_terminal_and_not_with_quiet(hub, cli, pushed, tmp_path):
     """The client's own bars: shown on a terminal, off with --quiet, off without a terminal."""
-    import fcntl
-    import pty
-    import struct
-    import termios
+    from bankutil import run_on_terminal
 
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
 
@@ -468,22 +465,9 @@ def test_progress_bars_only_on_a_terminal_and_not_with_quiet(hub, cli, pushed, t
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
             assert r.returncode == 0, r.stderr
             return r.stderr
-        main_fd, sub_fd = pty.openpty()
-        fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-        proc = subprocess.Popen(cmd, stdin=sub_fd, stdout=sub_fd, stderr=sub_fd, env=env)
-        os.close(sub_fd)
-        out = []
-        while True:
-            try:
-                data = os.read(main_fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out.append(data)
-        os.close(main_fd)
-        assert proc.wait(timeout=120) == 0
-        return b"".join(out).decode(errors="replace")
+        code, _, shown = run_on_terminal(cmd, env, stdout_too=True)
+        assert code == 0, shown
+        return shown
 
     def bars(text):
         return "100%" in text and "adapter_model.safetensors" in text

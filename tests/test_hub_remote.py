@@ -263,29 +263,12 @@ def test_a_pickle_bank_downloads_whole_and_says_so(hub, cli, peft_banks):
 
 def _in_a_terminal(argv, env) -> tuple[int, str]:
     """Run ``python -m mptkit ARGV`` on a pseudo-terminal; (exit status, what it showed)."""
-    import fcntl
-    import pty
-    import struct
-    import subprocess
     import sys
-    import termios
 
-    main_fd, sub_fd = pty.openpty()
-    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "mptkit", *map(str, argv)], stdin=sub_fd, stdout=sub_fd,
-                            stderr=sub_fd, env=env)
-    os.close(sub_fd)
-    out = []
-    while True:
-        try:
-            data = os.read(main_fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        out.append(data)
-    os.close(main_fd)
-    return proc.wait(timeout=120), b"".join(out).decode(errors="replace")
+    from bankutil import run_on_terminal
+
+    code, _, shown = run_on_terminal([sys.executable, "-m", "mptkit", *argv], env, stdout_too=True, cols=120)
+    return code, shown
 
 
 def test_a_range_transfer_over_a_second_shows_a_bar_on_a_terminal(hub, remote, tmp_path):

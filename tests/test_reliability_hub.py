@@ -93,38 +93,49 @@ def _reading_commands(out_dir: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("kind,options", DOWNLOAD_FAULTS, ids=FAULT_IDS)
 def test_download_faults_leave_no_output_and_no_poisoned_cache(hub, cli, served, tmp_path, monkeypatch, kind,
                                                                options):
+    """Every answer for the weights is faulty (a resumed download is truncated again, and the
+    client gives up after its retries): every reading command fails with one sentence naming the
+    repo, writes nothing and caches nothing; afterwards, offline there is nothing to serve and
+    online every command gets the served bytes."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    failed = 0
     for what, argv in _reading_commands(out_dir).items():
         hub.fault(kind, path=r"/resolve/.*adapter_model\.safetensors$", method="GET", times=None, **options)
         r = cli(*argv)
         hub.clear()
         assert _no_temps(tmp_path), what
-        if r.exit_code == 0:  # the client resumed the download until it was whole: the right bytes
-            assert kind == "truncate" and options["keep"] > 0, (what, r.output)
-            if what == "pull -o":
-                assert _bank_files(out_dir / "pulled") == {k: served[k] for k in _bank_files(out_dir / "pulled")}
-            continue
-        msg = _one_error(r)
-        assert "owner/bank" in msg, (what, msg)
+        assert r.exit_code == 2, (what, r.output)
+        assert "owner/bank" in _one_error(r), what
         assert sorted(os.listdir(out_dir)) == [], what
-        failed += 1
-    assert failed or (kind == "truncate" and options["keep"] > 0)
-    # the cache is not poisoned: offline it serves nothing or the right bytes, online the right bytes
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = cli("pull", "owner/bank", "-o", out_dir / "offline")
-    if r.exit_code == 0:
-        assert _bank_files(out_dir / "offline") == {k: served[k] for k in _bank_files(out_dir / "offline")}
-    else:
-        _one_error(r)
+    assert r.exit_code == 2 and "offline" in _one_error(r).lower() and not (out_dir / "offline").exists(), r.output
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    r = cli("pull", "owner/bank", "-o", out_dir / "good")
+    _all_commands_get_the_served_bytes(cli, served, tmp_path / "again")
+
+
+def _all_commands_get_the_served_bytes(cli, served, out_dir: Path) -> None:
+    out_dir.mkdir()
+    for what, argv in _reading_commands(out_dir).items():
+        r = cli(*argv)
+        assert r.exit_code == 0, (what, r.output)
+    want = {k: served[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
+    assert _bank_files(out_dir / "pulled") == want
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+def test_a_download_cut_once_is_resumed_to_the_right_bytes(hub, cli, served, tmp_path, monkeypatch, keep):
+    """The first answer for the weights is cut after ``keep`` bytes, the next ones are whole: the
+    pull resumes and gets exactly the served bytes, and the cache then serves them offline."""
+    hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", times=1, keep=keep)
+    r = cli("pull", "owner/bank", "-o", tmp_path / "pulled")
     assert r.exit_code == 0, r.output
-    assert _bank_files(out_dir / "good") == {k: served[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
-    for what, argv in _reading_commands(tmp_path / "again").items():
-        (tmp_path / "again").mkdir(exist_ok=True)
-        assert cli(*argv).exit_code == 0, what
+    want = {k: served[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
+    assert _bank_files(tmp_path / "pulled") == want and _no_temps(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cli("pull", "owner/bank", "-o", tmp_path / "offline")
+    assert r.exit_code == 0, r.output
+    assert _bank_files(tmp_path / "offline") == want
 
 
 @pytest.mark.parametrize("kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {}),

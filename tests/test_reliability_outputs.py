@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import mptkit
-from bankutil import random_bank, run_mptkit, sha256_tree, write_bank
+from bankutil import one_error, random_bank, run_mptkit, sha256_tree, write_bank
 from mptkit.formats import atomic
 from relutil import dead_pid, digest, medium_bank, temps
 from stophooks import FIFO_ENV, cli_stopping_argv, fork_stopping, kill, signal_and_wait, wait_stopped
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     return medium_bank(tmp_path_factory.mktemp("outputs") / "bank")
-
-
-def one_error(r: subprocess.CompletedProcess, *words: str) -> str:
-    """The run failed as every user mistake must: exit 2, one `mptkit: error:` line, the key words."""
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith("mptkit: error: "), r.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:

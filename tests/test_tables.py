@@ -180,7 +180,7 @@ def test_decompose_real_prompt_tuning_adapters_into_a_bank_peft_loads(tmp_path):
         out = tmp_path / f"bank{rank}"
         r = run_mptkit("decompose", *tasks, "--rank", rank, "-o", out)
         assert r.returncode == 0, r.stderr
-        assert f"wrote {out}: 4 task(s) (copy1, copy2, copy3, copy4), rank {rank}, F32" in r.stdout
+        assert f"wrote {out}: 4 tasks (copy1, copy2, copy3, copy4), rank {rank}, F32" in r.stdout
         mpt = PeftModel.from_pretrained(tiny_base_model("causal"), str(out)).eval()
         assert mpt.peft_config["default"].peft_type == "MULTITASK_PROMPT_TUNING"
         diffs = []

@@ -76,7 +76,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     """
     from ..bank import input_paths
     from ..errors import UsageError
-    from ..export import export as run, export_adapters, export_table, save_adapter
+    from ..export import export as run, export_adapters, export_table, folder_target, save_adapter
     from ..io import load
     from ..render import export_report, table_report
     from ..tables import output_kind
@@ -88,7 +88,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
         raise UsageError("--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt")
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
-        _check_export_output(output, force, input_paths(bank))  # before the arithmetic
+        folder_target(output, force, input_paths(bank))  # before the arithmetic
         result = run(bank, task, dtype=dtype, config=config)
         path = save_adapter(result, output, force=force, inputs=input_paths(bank))
         entry = result.provenance[-1]
@@ -156,13 +156,3 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
                    "dtype": bank.dtype, "N": bank.num_tokens, "d": bank.token_dim, **results})
         return
     echo_lines(edit_report(bank, output))
-
-
-def _check_export_output(output, force, inputs) -> None:
-    """export writes a PROMPT_TUNING adapter folder: any other output is refused before the work."""
-    from pathlib import Path
-
-    from ..formats import atomic, targets
-
-    if targets.output_kind(output, files={}) == "folder":
-        atomic.check_target(Path(output), folder=True, force=force, inputs=inputs)

@@ -210,7 +210,10 @@ def atomic_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
     with _writing(target, replace) as tmp:
         tmp.new.mkdir()
         yield tmp.new
-        for p in tmp.new.iterdir():
+        for p in sorted(tmp.new.rglob("*"), reverse=True):  # files, then the sub-folders that hold them
+            if p.is_dir():
+                _fsync_dir(p)
+                continue
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp.new)
