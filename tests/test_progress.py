@@ -56,5 +56,5 @@ def test_ctrl_c_stops_a_fit_at_once(tmp_path):
                                           when=(BAR, lambda p: p.send_signal(signal.SIGINT)))
     assert code == 130, shown
     lines = [x.strip() for x in re.split(r"[\r\n]+", shown) if x.strip().startswith("mptkit:")]
-    assert lines == ["mptkit: error: interrupted before any output was written"], shown  # the fit was running
+    assert lines == ["mptkit: interrupted before any output was written"], shown  # the fit was running
     assert "Traceback" not in shown and "wrote" not in stdout and not out.exists()
