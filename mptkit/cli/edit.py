@@ -27,6 +27,16 @@ def _check_out(bank, output, force, sources, config) -> None:
     check_output(bank.with_config(config), output, force=force, inputs=tuple(input_paths(*sources)))
 
 
+def _edit_one(src, adapter, output, force, as_json, config, operation) -> None:
+    """The one-bank edits: read ``src``, refuse the output before the work, apply ``operation``
+    (bank -> bank), write and report."""
+    from ..io import load
+
+    bank = load(src, adapter=adapter)
+    _check_out(bank, output, force, [bank], config)
+    _save_edit(operation(bank), output, force, [bank], as_json, config, [src])
+
+
 def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None:
     """Write an edited bank (with the --task-type/... ``config`` fields, for a folder output from a
     bare file) and say what was written and what the operation found, naming the sources by
@@ -59,17 +69,14 @@ def rename(src, pairs, names, config, adapter, output, force, as_json):
     """Rename tasks (OLD is an index or a name), or name them all with --names."""
     from .. import edit
     from ..errors import UsageError
-    from ..io import load
 
     if bool(pairs) == bool(names):
         raise UsageError("give OLD=NEW pairs or --names a,b,c (one of the two)")
     bad = [p for p in pairs if "=" not in p]
     if bad:
         raise UsageError(f"{bad[0]!r} is not OLD=NEW (e.g. 0=sst2 or sst2=sst-2)")
-    bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    out = edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs])
-    _save_edit(out, output, force, [bank], as_json, config, [src])
+    _edit_one(src, adapter, output, force, as_json, config,
+              lambda bank: edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs]))
 
 
 @main.command("slice")
@@ -82,11 +89,8 @@ def rename(src, pairs, names, config, adapter, output, force, as_json):
 def slice_(src, tasks, config, adapter, output, force, as_json):
     """Keep only the listed tasks (their bytes are copied unchanged)."""
     from .. import edit
-    from ..io import load
 
-    bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    _save_edit(edit.slice_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
+    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.slice_tasks(bank, tasks))
 
 
 @main.command()
@@ -99,11 +103,8 @@ def slice_(src, tasks, config, adapter, output, force, as_json):
 def remove(src, tasks, config, adapter, output, force, as_json):
     """Drop the listed tasks (the others' bytes are copied unchanged)."""
     from .. import edit
-    from ..io import load
 
-    bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    _save_edit(edit.remove_tasks(bank, tasks), output, force, [bank], as_json, config, [src])
+    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.remove_tasks(bank, tasks))
 
 
 @main.command()
@@ -201,12 +202,9 @@ def rank(src, rank_, max_error, config, adapter, output, force, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import edit
     from ..fit import check_rank
-    from ..io import load
 
     check_rank(rank_, max_error)  # before loading anything
-    bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    _save_edit(edit.change_rank(bank, rank_, max_error=max_error), output, force, [bank], as_json, config, [src])
+    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.change_rank(bank, rank_, max_error=max_error))
 
 
 @main.command()
