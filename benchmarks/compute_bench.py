@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per command (default 3, quick 2)")
     ap.add_argument("--dir", default=None, help="where the synthetic banks live (default: a temp dir)")
+    ap.add_argument("--only", default=None, help="comma-separated: rank,similarity,average,values,exact (default all)")
     ap.add_argument("--big", default=None, help="an existing bank of the 'big' size to use (run.py passes its own)")
     args = ap.parse_args()
     repeat = args.repeat or (2 if args.quick else 3)
@@ -91,6 +92,8 @@ def main() -> None:
     mpt = [PY, "-m", "mptkit"]
     rows = []
 
+    only = set(args.only.split(",")) if args.only else {"rank", "similarity", "average", "values", "exact"}
+
     def row(op, size, ours, base_label, base, target, limit, rss_limit=None):
         ratio = ours[0] / base[0] if base[0] else float("inf")
         met = ratio <= limit and (rss_limit is None or ours[1] < rss_limit)
@@ -102,19 +105,22 @@ def main() -> None:
         return f"T={T}, N={N}, r={r}, d={d}"
 
     src = str(banks["rank"])
-    row("rank 32 -> 8", shape("rank"), timed(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], env, repeat),
-        "batched torch.linalg.svd of the full prompts", timed([PY, "-c", RANK_BASE.format(src=src)], env, repeat),
-        "<= 3x", 3.0)
+    if "rank" in only:
+        row("rank 32 -> 8", shape("rank"), timed(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], env, repeat),
+            "batched torch.linalg.svd of the full prompts", timed([PY, "-c", RANK_BASE.format(src=src)], env, repeat),
+            "<= 3x", 3.0)
     src = str(banks["similarity"])
-    row("similarity", shape("similarity"), timed(mpt + ["similarity", src], env, repeat),
-        "one float32 Gram of the materialised prompts", timed([PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
-        "<= 2x, RSS < 1.5 GB", 2.0, 1500)
+    if "similarity" in only:
+        row("similarity", shape("similarity"), timed(mpt + ["similarity", src], env, repeat),
+            "one float32 Gram of the materialised prompts", timed([PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
+            "<= 2x, RSS < 1.5 GB", 2.0, 1500)
     big = str(banks["big"])
     gb = f"{os.path.getsize(big) / 1e9:.2f} GB ({shape('big')})"
-    row("derive average", gb, timed(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"], env, repeat),
-        "naive load-and-mean", timed([PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
-        "<= 0.5x, RSS < 400 MB", 0.5, 400)
-    for key in ("values", "big"):
+    if "average" in only:
+        row("derive average", gb, timed(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"], env, repeat),
+            "naive load-and-mean", timed([PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
+            "<= 0.5x, RSS < 400 MB", 0.5, 400)
+    for key in ("values", "big") if "values" in only else ():
         src = str(banks[key])
         row("validate --values", shape(key), timed(mpt + ["validate", "--values", src], env, repeat),
             "read once + the same norms (numpy)", timed([PY, "-c", VALUES_BASE.format(src=src)], env, repeat),
@@ -125,8 +131,9 @@ def main() -> None:
         shutil.rmtree(work / "cold-cache", ignore_errors=True)
         return dict(env, MPTKIT_CACHE=str(work / "cold-cache"))
 
-    row("derive exact, cold hash cache", gb, timed(exact, env, repeat, before=cold), "the warm run",
-        timed(exact, env, repeat), "<= 2x", 2.0)
+    if "exact" in only:
+        row("derive exact, cold hash cache", gb, timed(exact, env, repeat, before=cold), "the warm run",
+            timed(exact, env, repeat), "<= 2x", 2.0)
 
     print(f"\ncompute targets; median of {repeat} runs after a warm-up, peak RSS the largest of all runs\n")
     print("| operation | size | mptkit (s) | peak RSS (MB) | baseline | baseline (s) | baseline RSS (MB) | ratio | target | met |")

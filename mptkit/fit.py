@@ -125,25 +125,43 @@ def _rows_from(Ct, w2x, W2, ia, ib, pos):
     right-hand sides ``C.T @ (W**2 * X)`` of its systems."""
     t, rank, _ = Ct.shape
     d = W2.shape[1]
-    CC = Ct[:, ia] * Ct[:, ib]                                      # (t, P, N)
+    P, N = len(ia), Ct.shape[2]
+    CC = _pair_products(Ct, Ct.new_empty(t, P, N)).reshape(t * P, N)   # (t * P, N)
     out, s = Ct.new_empty(t, rank, d), Ct.new_empty(t, rank, d)
-    step = _block(t, len(ia), d)
+    step = _block(t, P, d)
     for lo in range(0, d, step):
         hi = min(d, lo + step)
         s[:, :, lo:hi] = Ct @ w2x[:, :, lo:hi]
-        out[:, :, lo:hi] = spd_solve(CC @ W2[:, lo:hi], s[:, :, lo:hi], rank, pos)
+        out[:, :, lo:hi] = spd_solve((CC @ W2[:, lo:hi]).reshape(t, P, hi - lo), s[:, :, lo:hi], rank, pos)
     return out, s
 
 
 def _row_grams(R, W2, ia, ib):
-    """The packed R x R normal matrices of every row of C for this R: (t, P, N)."""
-    t, _, d = R.shape
+    """The packed R x R normal matrices of every row of C for this R: (t, P, N), as one
+    (t * P, block) @ (block, N) product per column block (60 GFLOP/s here, where t products of
+    (P, block) @ (block, N) reach 55 and the gathers ``R[:, ia] * R[:, ib]`` cost more than the
+    product itself: 10 ms against 4 ms for the slices below, 16 tasks, N=100, d=4096, R=8)."""
+    t, rank, d = R.shape
+    P, N = len(ia), W2.shape[0]
     out = None
-    step = _block(t, len(ia), d)
+    step = _block(t, P, d)
     for lo in range(0, d, step):
         hi = min(d, lo + step)
-        part = (R[:, ia, lo:hi] * R[:, ib, lo:hi]) @ W2[:, lo:hi].T
+        rr = _pair_products(R[:, :, lo:hi], R.new_empty(t, P, hi - lo))
+        part = (rr.reshape(t * P, hi - lo) @ W2[:, lo:hi].T).reshape(t, P, N)
         out = part if out is None else out.add_(part)
+    return out
+
+
+def _pair_products(R, out):
+    """``out[:, p] = R[:, a] * R[:, b]`` for the pairs a <= b in :func:`mptkit.numerics.pairs`'
+    order, by broadcasting one row against the rest (no gathered copies)."""
+    import torch
+
+    k, rank = 0, R.shape[1]
+    for a in range(rank):
+        torch.mul(R[:, a : a + 1], R[:, a:], out=out[:, k : k + rank - a])
+        k += rank - a
     return out
 
 

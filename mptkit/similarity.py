@@ -10,7 +10,7 @@ from .bank import PromptBank, select_tasks
 from .errors import UsageError
 
 #: materialised prompts (float32) held at once: one block of rows, one of columns
-ROW_BLOCK_BYTES = 384 << 20
+ROW_BLOCK_BYTES = 256 << 20
 COL_BLOCK_BYTES = 96 << 20
 #: elements of the prompts' inner dimension per float32 product; the products are summed in float64
 INNER = 1 << 16

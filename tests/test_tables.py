@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mptkit
-from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_mptkit, tiny_base_model
+from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_mptkit, tiny_base_model, write_bank
 from mptkit.decompose import decompose
 from mptkit.errors import IncompatibleBanks, InvalidBank, UsageError
 from mptkit.export import export_table
@@ -107,6 +107,25 @@ def test_export_then_decompose_gives_the_prompts_back(tmp_path, shape):
     before, after = full_prompts(mptkit.load(src)), full_prompts(mptkit.load(tmp_path / "back.safetensors"))
     rel = ((after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2)))
     assert float(rel.max()) < 1e-5 and max(report["relative_error"].values()) < 1e-5
+
+
+def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
+    """Rank-2 tasks under one shared prompt, task b's second component 100x smaller: at 5%, auto
+    gives b rank 1 (about 1% off) and the others rank 2 (rank 1 is far off for them)."""
+    g = torch.Generator().manual_seed(5)
+    pe = torch.rand(6, 8, generator=g) + 0.5
+    cols, rows = torch.randn(3, 6, 2, generator=g), torch.randn(3, 2, 8, generator=g)
+    cols[1, :, 1] *= 1e-2
+    src = write_bank(tmp_path / "b.safetensors", pe, cols, rows, names=["a", "b", "c"])
+    assert run_mptkit("export", src, "--all", "-o", tmp_path / "all.npy").returncode == 0
+    res = run_mptkit("decompose", tmp_path / "all.npy", "--rank", "auto", "--max-error", "0.05",
+                     "-o", tmp_path / "auto.safetensors", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    errors = report["relative_error"]
+    assert report["rank"] == {"a": 2, "b": 1, "c": 2}, report
+    assert errors["a"] < 1e-3 and errors["c"] < 1e-3 and 1e-3 < errors["b"] < 0.05
+    assert mptkit.load(tmp_path / "auto.safetensors").rank == 2
 
 
 def test_decompose_with_a_shared_prompt_keeps_it(tmp_path):
