@@ -92,12 +92,24 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("add", bank, "--name", "from", "--from", f"{o('named')}:c", "-o", o("add-from"))
     ok("rank", bank, "--rank", "3", "-o", o("rank3"))
     ok("rank", bank, "--rank", "1", "-o", o("rank1"), expect="relative error")
+    ok("rank", bank, "--rank", "auto", "--max-error", "0.3", "-o", o("rank-auto"), expect="relative error")
+    ok("merge", bank, o("rounded32.safetensors"), "--rename-duplicates", "--refit", "--rank", "auto",
+       "--max-error", "0.01", "-o", o("refit-auto"), expect="relative error")
     ok("similarity", bank, expect="nearest")
+    ok("similarity", bank, "--top", "2", expect="nearest")
+    ok("export", bank, "--all", "-o", o("table.npy"), expect="prompt table (4, 6, 32) F32, encoder half")
+    ok("export", bank, "--tasks", "0,2", "--dtype", "float16", "-o", o("table16.safetensors"), expect="prompt table")
+    ok("export", bank, "--all", "-o", o("prompts"), expect="4 PROMPT_TUNING adapters")
+    ok("decompose", o("prompts"), "--rank", "2", "-o", o("decomposed"), expect="relative error")
+    ok("decompose", o("table.npy"), "--rank", "auto", "--max-error", "0.5", "-o", o("decomposed-auto.safetensors"))
+    ok("decompose", o("prompts") + "/task3", "--shared", bank, "--rank", "2", "--dtype", "bfloat16",
+       "-o", o("decomposed-shared.safetensors"))
     ok("similarity", bank, "--tasks", "0-2", "--json")
     ok("convert", bank, "-o", o("converted"), expect="PEFT adapter folder")
     ok("convert", o("exact.safetensors"), "-o", o("converted.safetensors"))
     ok("validate", *(o(n) for n in ("exact-folder", "average-folder", "fresh", "renamed", "removed", "merged", "refit",
-                                    "add-average", "add-random", "rank3", "rank1", "converted")))
+                                    "add-average", "add-random", "rank3", "rank1", "converted", "rank-auto",
+                                    "refit-auto", "decomposed", "decomposed-auto.safetensors")))
     # the plot extra is not installed: one sentence, exit 2
     c.append((["similarity", bank, "--plot", o("heat.png")], 2, "pip install 'mptkit[plot]'"))
     return c

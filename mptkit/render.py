@@ -159,7 +159,11 @@ def _changes(op, args, results, bank, src, labels) -> list[str]:
         if parts:
             out.append("; ".join(parts))
     elif op == "rank":
-        out.append(f"rank {args.get('from_rank')} -> {args.get('rank')}")
+        if args.get("rank") == "auto":
+            out.append(f"rank {args.get('from_rank')} -> {bank.rank} (auto: each task's smallest rank within "
+                       f"--max-error {args.get('max_error'):g})")
+        else:
+            out.append(f"rank {args.get('from_rank')} -> {args.get('rank')}")
     if results.get("named"):
         named = {int(k): v for k, v in results["named"].items()}
         groups = [(f["source"], f["tasks"][0], [k for k in sorted(named) if f["tasks"][0] <= k < sum(f["tasks"])])
