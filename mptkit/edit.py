@@ -181,14 +181,13 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
     """The merged tensors and the refit report. Bytes only when dtype, rank and shared prompt agree.
     ``out_rank``: the output rank (default the largest; "auto": each refit task's smallest rank
     within ``max_error``, the output rank then being the largest of all)."""
-    auto = out_rank == "auto"
-    rank = output_rank(banks, None if auto else out_rank, _labeller(banks))
+    auto, label = out_rank == "auto", _labeller(banks)
+    rank = output_rank(banks, None if auto else out_rank, label)
     converted = [_convert(b, out_dtype, rank) for b in banks]
     pe0 = converted[0]["prompt_embeddings"]
     base = bytes(pe0.read())
     differing = [i for i in range(1, len(banks)) if bytes(converted[i]["prompt_embeddings"].read()) != base]
     results: dict = {}
-    label = _labeller(banks)
     if differing and not refit:
         i = differing[0]
         raise IncompatibleBanks(
@@ -196,8 +195,9 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
             f"({numerics.describe_difference(pe0, converted[i]['prompt_embeddings'])}); its tasks' prompts would change. "
             f"Pass --refit to re-express them under the first bank's shared prompt: "
             f"{exact_hint(exact_refit_rank(pe0, converted[i]['prompt_embeddings'], banks[i].rank), rank)}")
+    top = rank  # the output rank; "auto" refits may need more than the inputs
     if differing:
-        errors, found = {}, []
+        errors = {}
         for i in differing:
             cols, rows, ranks, errs = _refit(pe0, converted[i], ("auto" if auto else rank, max_error))
             converted[i] = {"prompt_embeddings": pe0, "prefix_task_cols": cols, "prefix_task_rows": rows}
@@ -206,20 +206,18 @@ def _combine(banks: Sequence[PromptBank], out_dtype: str, refit: bool, max_error
             for k, e in enumerate(errs):
                 errors[str(offset + k)] = {"source": label(banks[i]), "task": names[k], "relative_error": e,
                                            **({"rank": ranks[k]} if auto else {})}
-                found.append((label(banks[i]), names[k], e))
         results["refit"] = errors
         worst = max(errors.values(), key=lambda x: x["relative_error"])
         needs = [exact_refit_rank(pe0, banks[i].tensors["prompt_embeddings"], banks[i].rank) for i in differing]
         need = None if None in needs else max(needs)
-        results["rank"] = max(c["prefix_task_cols"].shape[2] for c in converted)
-        if need is not None and need > results["rank"] and worst["relative_error"] > 0:
+        top = results["rank"] = max(c["prefix_task_cols"].shape[2] for c in converted)
+        if need is not None and need > top and worst["relative_error"] > 0:
             results["exact_rank"] = need
         if max_error is not None and worst["relative_error"] > max_error:
             exact = (f"; an output rank of {need} (--rank {need}) makes this refit exact" if need and need > rank else "")
             raise IncompatibleBanks(
                 f"refit error too large: task {worst['task']} of {worst['source']} is re-expressed with relative "
                 f"error {worst['relative_error']:.3g}, above --max-error {max_error:g}{exact}; nothing was written")
-    top = max(c["prefix_task_cols"].shape[2] for c in converted)  # "auto" refits may need more than the inputs
     converted = [c if c["prefix_task_cols"].shape[2] == top else _pad(c, top) for c in converted]
     parts = {
         "prompt_embeddings": pe0,

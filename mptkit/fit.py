@@ -85,7 +85,7 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
     import torch
 
     T, rank, N = Ct.shape
-    ia, ib, pos = pairs(rank)
+    pos = pairs(rank)[2]
     W2X = W2 * X
     const = (W2X * X).sum((1, 2))
     prev = _loss(W2, X, Ct, R)  # the start, measured exactly
@@ -97,8 +97,8 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
     for _ in range(iterations):
         if len(active) == 0:
             break
-        x = spd_solve(_row_grams(r, W2, ia, ib), r @ w2x.transpose(1, 2), rank, pos)   # C (t, R, N)
-        r, sR = _rows_from(x, w2x, W2, ia, ib, pos)                                    # R (t, R, d)
+        x = spd_solve(_row_grams(r, W2), r @ w2x.transpose(1, 2), rank, pos)  # C (t, R, N)
+        r, sR = _rows_from(x, w2x, W2, pos)                                   # R (t, R, d)
         # R is the exact minimiser for this C, so the error is free: ||W*X||^2 - <R, C.T @ (W**2*X)>
         cur = (c - (r * sR).sum((1, 2))).clamp_min(0)
         close = cur < c * 1e-6  # there the difference has lost digits: measure the error itself
@@ -120,12 +120,12 @@ def _block(t: int, P: int, d: int) -> int:
     return max(1, min(d, ARRAY_BYTES // (8 * max(t * P, 1))))
 
 
-def _rows_from(Ct, w2x, W2, ia, ib, pos):
+def _rows_from(Ct, w2x, W2, pos):
     """The R minimising the error for C (held transposed), column block by column block, and the
     right-hand sides ``C.T @ (W**2 * X)`` of its systems."""
     t, rank, _ = Ct.shape
     d = W2.shape[1]
-    P, N = len(ia), Ct.shape[2]
+    P, N = rank * (rank + 1) // 2, Ct.shape[2]
     CC = _pair_products(Ct, Ct.new_empty(t, P, N)).reshape(t * P, N)   # (t * P, N)
     out, s = Ct.new_empty(t, rank, d), Ct.new_empty(t, rank, d)
     step = _block(t, P, d)
@@ -136,13 +136,13 @@ def _rows_from(Ct, w2x, W2, ia, ib, pos):
     return out, s
 
 
-def _row_grams(R, W2, ia, ib):
+def _row_grams(R, W2):
     """The packed R x R normal matrices of every row of C for this R: (t, P, N), as one
     (t * P, block) @ (block, N) product per column block (60 GFLOP/s here, where t products of
     (P, block) @ (block, N) reach 55 and the gathers ``R[:, ia] * R[:, ib]`` cost more than the
     product itself: 10 ms against 4 ms for the slices below, 16 tasks, N=100, d=4096, R=8)."""
     t, rank, d = R.shape
-    P, N = len(ia), W2.shape[0]
+    P, N = rank * (rank + 1) // 2, W2.shape[0]
     out = None
     step = _block(t, P, d)
     for lo in range(0, d, step):

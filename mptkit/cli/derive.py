@@ -83,7 +83,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
 
     if sum(map(bool, (task is not None, tasks is not None, all_))) != 1:
         raise UsageError("give one of --task K (one adapter), --tasks SEL or --all (a table or a folder of adapters)")
-    kind = output_kind(output)
+    kind = "folder" if task is not None else output_kind(output)  # --task: an adapter folder (folder_target checks)
     if half and kind == "folder":
         raise UsageError("--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt")
     bank = load(src, adapter=adapter)
@@ -146,10 +146,10 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
     rank_ = check_rank(rank_, max_error)
     source = read_prompts(prompts)
     base = load(shared) if shared else None
-    check_output(source, output, rank_, shared=base, config=config, force=force,  # before the work
-                 inputs=[*prompts, *(input_paths(base) if base else [])])
+    inputs = [*prompts, *(input_paths(base) if base else [])]
+    check_output(source, output, rank_, shared=base, config=config, force=force, inputs=inputs)  # before the work
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
-    save(bank, output, force=force, inputs=[*prompts, *(input_paths(base) if base else [])])
+    save(bank, output, force=force, inputs=inputs)
     results = bank.provenance[-1]["results"]
     if as_json:
         emit_json({"output": str(output), "num_tasks": bank.num_tasks, "task_names": bank.task_names, "rank": bank.rank,
