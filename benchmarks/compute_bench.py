@@ -53,17 +53,25 @@ def make(path: Path, T: int, N: int, r: int, d: int, seed: int) -> Path:
     return path
 
 
-def timed(argv, env, repeat, before=None):
-    """(median wall, max peak RSS MB) over ``repeat`` runs after one warm-up; ``before(i)`` runs
-    ahead of each (it may return an env to use)."""
-    walls, rss = [], []
+def paired(ours, base, env, repeat, before=None):
+    """Run ``ours`` and ``base`` alternately, a warm-up of each and then ``repeat`` pairs, so that
+    the machine slowing down or speeding up during the run weighs on both alike (this 2-core
+    machine's speed drifts by 20% over minutes). Returns (median wall, max peak RSS MB) of each and
+    the median of the pairs' ratios. ``before(i)`` runs ahead of each of ours (it may return an env
+    to use)."""
+    walls, rss, ratios = ([], []), ([], []), []
     for i in range(repeat + 1):
-        run_env = (before(i) if before else None) or env
-        w, m = run_once(argv, run_env)
+        pair = []
+        for k, argv in enumerate((ours, base)):
+            w, m = run_once(argv, ((before(i) if before else None) if k == 0 else None) or env)
+            rss[k].append(m)
+            pair.append(w)
+            if i:
+                walls[k].append(w)
         if i:
-            walls.append(w)
-        rss.append(m)
-    return statistics.median(walls), max(rss)
+            ratios.append(pair[0] / pair[1] if pair[1] else float("inf"))
+    return ((statistics.median(walls[0]), max(rss[0])), (statistics.median(walls[1]), max(rss[1])),
+            statistics.median(ratios))
 
 
 def main() -> None:
@@ -94,8 +102,8 @@ def main() -> None:
 
     only = set(args.only.split(",")) if args.only else {"rank", "similarity", "average", "values", "exact"}
 
-    def row(op, size, ours, base_label, base, target, limit, rss_limit=None):
-        ratio = ours[0] / base[0] if base[0] else float("inf")
+    def row(op, size, measured, base_label, target, limit, rss_limit=None):
+        ours, base, ratio = measured
         met = ratio <= limit and (rss_limit is None or ours[1] < rss_limit)
         rows.append((op, size, ours, base_label, base, ratio, target, met))
         print(f"  {op}: {ours[0]:.2f} s vs {base[0]:.2f} s", file=sys.stderr)
@@ -106,25 +114,27 @@ def main() -> None:
 
     src = str(banks["rank"])
     if "rank" in only:
-        row("rank 32 -> 8", shape("rank"), timed(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], env, repeat),
-            "batched torch.linalg.svd of the full prompts", timed([PY, "-c", RANK_BASE.format(src=src)], env, repeat),
-            "<= 3x", 3.0)
+        row("rank 32 -> 8", shape("rank"),
+            paired(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], [PY, "-c", RANK_BASE.format(src=src)],
+                   env, repeat),
+            "batched torch.linalg.svd of the full prompts", "<= 3x", 3.0)
     src = str(banks["similarity"])
     if "similarity" in only:
-        row("similarity", shape("similarity"), timed(mpt + ["similarity", src], env, repeat),
-            "one float32 Gram of the materialised prompts", timed([PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
-            "<= 2x, RSS < 1.5 GB", 2.0, 1500)
+        row("similarity", shape("similarity"),
+            paired(mpt + ["similarity", src], [PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
+            "one float32 Gram of the materialised prompts", "<= 2x, RSS < 1.5 GB", 2.0, 1500)
     big = str(banks["big"])
     gb = f"{os.path.getsize(big) / 1e9:.2f} GB ({shape('big')})"
     if "average" in only:
-        row("derive average", gb, timed(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"], env, repeat),
-            "naive load-and-mean", timed([PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
-            "<= 0.5x, RSS < 400 MB", 0.5, 400)
+        row("derive average", gb,
+            paired(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"],
+                   [PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
+            "naive load-and-mean", "<= 0.5x, RSS < 400 MB", 0.5, 400)
     for key in ("values", "big") if "values" in only else ():
         src = str(banks[key])
-        row("validate --values", shape(key), timed(mpt + ["validate", "--values", src], env, repeat),
-            "read once + the same norms (numpy)", timed([PY, "-c", VALUES_BASE.format(src=src)], env, repeat),
-            "<= 2x, RSS < 400 MB", 2.0, 400)
+        row("validate --values", shape(key),
+            paired(mpt + ["validate", "--values", src], [PY, "-c", VALUES_BASE.format(src=src)], env, repeat),
+            "read once + the same norms (numpy)", "<= 2x, RSS < 400 MB", 2.0, 400)
     exact = mpt + ["derive", big, "--mode", "exact", "--task", "7", "-o", str(out), "--force"]
 
     def cold(i):
@@ -132,10 +142,11 @@ def main() -> None:
         return dict(env, MPTKIT_CACHE=str(work / "cold-cache"))
 
     if "exact" in only:
-        row("derive exact, cold hash cache", gb, timed(exact, env, repeat, before=cold), "the warm run",
-            timed(exact, env, repeat), "<= 2x", 2.0)
+        row("derive exact, cold hash cache", gb, paired(exact, exact, env, repeat, before=cold), "the warm run",
+            "<= 2x", 2.0)
 
-    print(f"\ncompute targets; median of {repeat} runs after a warm-up, peak RSS the largest of all runs\n")
+    print(f"\ncompute targets; {repeat} runs of each after a warm-up, alternating with the baseline's; walls are "
+          "medians, the ratio the median of the pairs' ratios, peak RSS the largest of all runs\n")
     print("| operation | size | mptkit (s) | peak RSS (MB) | baseline | baseline (s) | baseline RSS (MB) | ratio | target | met |")
     print("|---|---|---:|---:|---|---:|---:|---:|---|---|")
     for op, size, ours, label, base, ratio, target, met in rows:

@@ -269,7 +269,7 @@ def _polish(data: _Data, P, rank: int, rounds: int):
         for i, (idx, x) in enumerate(data):
             X = torch.where(nz, x / torch.where(nz, P, 1.0), 0.0)
             start = factors.get(i) or fit.svd_start_dense(X, rank)
-            C, R = fit.fit(P * P, X, *start, iterations=1)
+            C, R = fit.fit(P * P, X, *start, iterations=1, draft=False)
             factors[i] = (C.transpose(1, 2).contiguous(), R)
             M = C @ R
             num += (x * M).sum(0)

@@ -1,49 +1,25 @@
 """The weighted low-rank fit, batched over tasks.
 
-For each task of a chunk, find ``C`` (N, R) and ``R`` (R, d) minimising ``|| W * (C @ R - X_t) ||_F``,
-where ``W`` (N, d) is the shared prompt the task's factors multiply and ``X_t`` the factor product
-to express. ``rank`` (:func:`reduce_rank`), ``merge/add --refit`` (:func:`refit`) and
-``decompose`` fit through :func:`fit_tasks`; ``--rank auto`` through :func:`search_ranks`.
+For each task, find ``C`` (N, R) and ``R`` (R, d) minimising ``|| W * (C @ R - X_t) ||_F``, where
+``W`` (N, d) is the shared prompt the task's factors multiply and ``X_t`` the factor product to
+express. ``rank`` (:func:`reduce_rank`), ``merge/add --refit`` (:func:`refit`) and ``decompose``
+fit through :func:`fit_tasks`; ``--rank auto`` through :func:`search_ranks`.
 
-The method is mptkit's first fit, unchanged: the truncated SVD of ``X_t`` as the start (so a
-product that already has rank <= R is fitted exactly and never iterated), then alternating
-weighted least squares (with R fixed each row of C is an R x R solve, and the same for each column
-of R), until a sweep gains less than 1e-8 (relative) or after 100 sweeps. Batching changes how the
-arithmetic is done, not what it computes (the results equal the one-task fit's to rounding,
-``tests/test_fit.py``):
-
-- the R x R normal matrices of every row (column) of every task come from one matrix product
-  ``W**2 @ (R_a * R_b)`` over the R(R+1)/2 pairs a <= b instead of an einsum per task;
-- they are solved by a Cholesky written across the whole batch (:func:`mptkit.numerics.spd_solve`):
-  1M 8x8 systems take 0.06 s, 0.35 s with ``torch.linalg.solve`` (one LAPACK call each);
-- from factors ``X = L @ Rt`` the start comes from their QR (an r x r SVD, not an N x d one);
-- the error after each sweep costs nothing: R being the exact minimiser for C,
-  ``||W*(CR - X)||^2 = ||W*X||^2 - <R, C.T @ (W**2*X)>``;
-- each task stops on its own and leaves the batch.
-
-Tried and left out (measured on random banks, N=100, d=1024 to 4096): Anderson acceleration and
-line-search extrapolation reach the plain fit's 100-sweep error in 15 to 60 sweeps, but from the
-same start they can settle in another local minimum, up to 1.2% worse, and "never worse than
-before" is the promise.
+The start is the truncated SVD of ``X_t`` (from factors ``X = L @ Rt``, from their QR: an r x r
+SVD, not an N x d one), so a product that already has rank <= R is fitted exactly and never
+iterated. Then alternating weighted least squares, accelerated (:mod:`mptkit.als`: Anderson
+mixing, float32 sweeps first, tasks streaming through a full batch), until a sweep gains less than
+1e-9 (relative). mptkit's first fit (plain sweeps from the same start, stopping at a gain of 1e-8
+or after 100 sweeps, kept as ``tests/fitref.py``) is the bar: the result is never worse than it
+(``tests/test_fit.py``), and it converges to the same minimum that fit creeps towards, further
+down the same valley, in a third of the sweeps.
 """
 
 from __future__ import annotations
 
+from . import als
 from .errors import IncompatibleBanks, UsageError
-from .numerics import SMALL_RANK, pairs, spd_solve, torch_dtype
-
-#: the largest float64 array of one chunk of the fit, in bytes
-ARRAY_BYTES = 24 << 20
-
-
-def tasks_per_chunk(N: int, d: int, rank: int) -> int:
-    """How many tasks one chunk of the fit holds: its largest array (a task's (N, d) or (P, d)
-    block, float64) stays under :data:`ARRAY_BYTES`, and so under glibc's mmap threshold, so that
-    the temporaries of each sweep reuse memory instead of faulting fresh pages in (a fresh 100 MB
-    array costs 20 ms of page faults here, more than the arithmetic on it)."""
-    P = rank * (rank + 1) // 2
-    return max(1, ARRAY_BYTES // (8 * max(N, P, 1) * max(d, 1)))
-
+from .numerics import SMALL_RANK, torch_dtype
 
 # -- starting points -----------------------------------------------------------------------------
 def svd_start_factored(left, right, rank: int):
@@ -77,114 +53,17 @@ def _split_svd(U, S, Vh, rank):
 
 
 # -- the fit -------------------------------------------------------------------------------------
-def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-8):
+def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-9, draft: bool = True):
     """Improve the start (``Ct`` (T, R, N), ``R`` (T, R, d)) of every task of a chunk towards the
     targets ``X`` (T, N, d) under the weights ``W2`` (N, d) = W**2 (float64 torch tensors), by
-    alternating least squares: C from R, then R from C. A task stops when a sweep gains less than
-    ``tol`` (relative) or after ``iterations`` sweeps. Returns (C (T, N, R), R (T, R, d)), balanced."""
-    import torch
-
-    T, rank, N = Ct.shape
-    pos = pairs(rank)[2]
-    W2X = W2 * X
-    const = (W2X * X).sum((1, 2))
-    prev = _loss(W2, X, Ct, R)  # the start, measured exactly
+    accelerated alternating least squares (:func:`mptkit.als.solve`; ``draft``: float32 sweeps
+    first). Returns (C (T, N, R), R (T, R, d)), balanced."""
     out_C, out_R = Ct.clone(), R.clone()
-    active = (prev > const * 1e-28).nonzero().squeeze(1)
-    r, w2x, c, prev = R[active], W2X[active], const[active], prev[active]
-    del W2X
-    x = None
-    for _ in range(iterations):
-        if len(active) == 0:
-            break
-        x = spd_solve(_row_grams(r, W2), r @ w2x.transpose(1, 2), rank, pos)  # C (t, R, N)
-        r, sR = _rows_from(x, w2x, W2, pos)                                   # R (t, R, d)
-        # R is the exact minimiser for this C, so the error is free: ||W*X||^2 - <R, C.T @ (W**2*X)>
-        cur = (c - (r * sR).sum((1, 2))).clamp_min(0)
-        close = cur < c * 1e-6  # there the difference has lost digits: measure the error itself
-        if bool(close.any()):
-            cur[close] = _loss(W2, X[active[close]], x[close], r[close])
-        done = (prev - cur <= tol * prev) | (cur <= c * 1e-28)
-        prev = torch.minimum(prev, cur)
-        if bool(done.any()):  # these tasks leave the batch with their last pair
-            out_C[active[done]], out_R[active[done]] = x[done], r[done]
-            keep = ~done
-            active, x, r, w2x, c, prev = (v[keep] for v in (active, x, r, w2x, c, prev))
-    if len(active) and x is not None:
-        out_C[active], out_R[active] = x, r
-    return _balance(out_C.transpose(1, 2), out_R)
-
-
-def _block(t: int, P: int, d: int) -> int:
-    """Columns per block so that a (t, P, block) float64 array stays under ARRAY_BYTES."""
-    return max(1, min(d, ARRAY_BYTES // (8 * max(t * P, 1))))
-
-
-def _rows_from(Ct, w2x, W2, pos):
-    """The R minimising the error for C (held transposed), column block by column block, and the
-    right-hand sides ``C.T @ (W**2 * X)`` of its systems."""
-    t, rank, _ = Ct.shape
-    d = W2.shape[1]
-    P, N = rank * (rank + 1) // 2, Ct.shape[2]
-    CC = _pair_products(Ct, Ct.new_empty(t, P, N)).reshape(t * P, N)   # (t * P, N)
-    out, s = Ct.new_empty(t, rank, d), Ct.new_empty(t, rank, d)
-    step = _block(t, P, d)
-    for lo in range(0, d, step):
-        hi = min(d, lo + step)
-        s[:, :, lo:hi] = Ct @ w2x[:, :, lo:hi]
-        out[:, :, lo:hi] = spd_solve((CC @ W2[:, lo:hi]).reshape(t, P, hi - lo), s[:, :, lo:hi], rank, pos)
-    return out, s
-
-
-def _row_grams(R, W2):
-    """The packed R x R normal matrices of every row of C for this R: (t, P, N), as one
-    (t * P, block) @ (block, N) product per column block (60 GFLOP/s here, where t products of
-    (P, block) @ (block, N) reach 55 and the gathers ``R[:, ia] * R[:, ib]`` cost more than the
-    product itself: 10 ms against 4 ms for the slices below, 16 tasks, N=100, d=4096, R=8)."""
-    t, rank, d = R.shape
-    P, N = rank * (rank + 1) // 2, W2.shape[0]
-    out = None
-    step = _block(t, P, d)
-    for lo in range(0, d, step):
-        hi = min(d, lo + step)
-        rr = _pair_products(R[:, :, lo:hi], R.new_empty(t, P, hi - lo))
-        part = (rr.reshape(t * P, hi - lo) @ W2[:, lo:hi].T).reshape(t, P, N)
-        out = part if out is None else out.add_(part)
-    return out
-
-
-def _pair_products(R, out):
-    """``out[:, p] = R[:, a] * R[:, b]`` for the pairs a <= b in :func:`mptkit.numerics.pairs`'
-    order, by broadcasting one row against the rest (no gathered copies)."""
-    import torch
-
-    k, rank = 0, R.shape[1]
-    for a in range(rank):
-        torch.mul(R[:, a : a + 1], R[:, a:], out=out[:, k : k + rank - a])
-        k += rank - a
-    return out
-
-
-def _loss(W2, X, Ct, R):
-    """sum(W2 * (C @ R - X)**2) per task, explicitly (no cancellation)."""
-    E = torch_bmm_t(Ct, R)
-    E -= X
-    E.square_()
-    E *= W2
-    return E.sum((1, 2))
-
-
-def torch_bmm_t(Ct, R):
-    """C @ R for C held transposed: (T, R, N), (T, R, d) -> (T, N, d)."""
-    return Ct.transpose(1, 2) @ R
-
-
-def _balance(C, R):
-    """Rescale each rank component so that its column of C and row of R have the same norm."""
-    nc, nr = C.norm(dim=1), R.norm(dim=2)         # (T, R)
-    ok = (nc > 0) & (nr > 0)
-    s = (nr / nc.where(ok, 1.0)).sqrt().where(ok, 0.0)
-    return C * s[:, None, :], R / s.where(ok, 1.0)[:, :, None] * ok[:, :, None]
+    tasks = ((i, X[i], Ct[i], R[i]) for i in range(len(X)))
+    for i, c, r in als.solve(W2, tasks, Ct.shape[1], capacity=max(1, len(X)), iterations=iterations, tol=tol,
+                             draft=draft):
+        out_C[i], out_R[i] = c, r
+    return als.balance(out_C.transpose(1, 2), out_R)
 
 
 # -- fitting the tasks of a bank -----------------------------------------------------------------
@@ -283,24 +162,39 @@ def fit_tasks(W, count: int, targets_for, rank, *, tdtype, max_error: float | No
 
     N, d = W.shape
     W2 = W * W
-    step = tasks_per_chunk(N, d, rank if rank != "auto" else min(top, 2 * SMALL_RANK))
-    Cs, Rs, ranks, errors = [], [], [], []
+    step = als.capacity(N, d, rank if rank != "auto" else min(top, 2 * SMALL_RANK))
+    Cs, Rs, ranks, errors = [None] * count, [None] * count, [0] * count, [0.0] * count
     with progress.bar(count, desc) as bar:
-        for lo in range(0, count, step):
-            idx = list(range(lo, min(count, lo + step)))
-            targets = targets_for(idx)
-            if rank == "auto":
+        if rank == "auto":
+            for lo in range(0, count, step):
+                idx = list(range(lo, min(count, lo + step)))
+                targets = targets_for(idx)
                 exact = (lambda i: exact_for(idx[i])) if exact_for is not None else None
-                C, R, k, e = search_ranks(W, W2, targets, max_error, top, tdtype, exact)
-            else:
-                C, R, err = fit_chunk(W, W2, targets, rank, tdtype)
-                C, R, k, e = list(C), list(R), [rank] * len(idx), err.tolist()
-            Cs += C
-            Rs += R
-            ranks += k
-            errors += e
-            del targets
-            bar.update(len(idx))
+                found = search_ranks(W, W2, targets, max_error, top, tdtype, exact)
+                for j, i in enumerate(idx):
+                    Cs[i], Rs[i], ranks[i], errors[i] = (v[j] for v in found)
+                del targets
+                bar.update(len(idx))
+        else:
+            prompts: dict = {}   # each task in flight: its full prompt, or its target X (prompt W * X)
+
+            def tasks():
+                for lo in range(0, count, step):
+                    idx = list(range(lo, min(count, lo + step)))
+                    targets = targets_for(idx)
+                    Ct, R = targets.start(rank, torch.arange(len(idx)))
+                    for j, i in enumerate(idx):
+                        X = targets.X[j].clone()
+                        prompts[i] = (targets.prompt[j].clone(), False) if targets.prompt is not None else (X, True)
+                        yield i, X, Ct[j].clone(), R[j].clone()
+
+            for i, c, r in als.solve(W2, tasks(), rank, capacity=step):
+                C, R = als.balance(c.T, r)
+                C, R = C.to(tdtype), R.to(tdtype)
+                p, is_target = prompts.pop(i)
+                Cs[i], Rs[i], ranks[i] = C, R, rank
+                errors[i] = float(relative_errors(W, C[None], R[None], (W * p if is_target else p)[None])[0])
+                bar.update(1)
     out = max(ranks) if ranks else (rank if rank != "auto" else 1)
     cols = torch.zeros(count, N, out, dtype=tdtype)
     rows = torch.zeros(count, out, d, dtype=tdtype)

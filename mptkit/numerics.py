@@ -181,7 +181,7 @@ def spd_solve(A, s, rank: int, pos: dict, block: int = 1 << 16):
 
     T, _, n = A.shape
     diag = torch.stack([A[:, pos[(a, a)]] for a in range(rank)])  # (R, T, n)
-    lam = (diag.mean(0) * 1e-12).clamp_min(1e-300)
+    lam = (diag.mean(0) * (1e-12 if A.dtype == torch.float64 else 1e-6)).clamp_min(torch.finfo(A.dtype).tiny)
     if rank > SMALL_RANK:
         full = A.new_empty(T, n, rank, rank)
         for a in range(rank):
@@ -208,17 +208,17 @@ def _chol_solve(A, s, lam, rank, pos):
             t.addcmul_(L[j, k], L[j, k], value=-1)
         inv = t.clamp_min_(lam).rsqrt_()  # 1 / L[j, j]
         L[j, j] = inv
-        for i in range(j + 1, rank):
-            t = A[:, pos[(i, j)]].clone()
-            for k in range(j):
+        for i in range(j + 1, rank):  # the first step makes the copy (no clone: a pass less)
+            t = A[:, pos[(i, j)]] * inv if j == 0 else torch.addcmul(A[:, pos[(i, j)]], L[i, 0], L[j, 0], value=-1)
+            for k in range(1, j):
                 t.addcmul_(L[i, k], L[j, k], value=-1)
-            L[i, j] = t.mul_(inv)
+            L[i, j] = t if j == 0 else t.mul_(inv)
     y = []
     for i in range(rank):
-        t = s[:, i].clone()
-        for k in range(i):
+        t = s[:, i] * L[i, i] if i == 0 else torch.addcmul(s[:, i], L[i, 0], y[0], value=-1)
+        for k in range(1, i):
             t.addcmul_(L[i, k], y[k], value=-1)
-        y.append(t.mul_(L[i, i]))
+        y.append(t if i == 0 else t.mul_(L[i, i]))
     x = [None] * rank
     for i in reversed(range(rank)):
         t = y[i]

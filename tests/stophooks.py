@@ -138,7 +138,10 @@ def fork_stopping(src, out, *, force: bool, point: str) -> int:
         os._exit(code)
 
 
-CLI_DRIVER = ("import sys; sys.path.insert(0, sys.argv[1]); import stophooks; stophooks.install(sys.argv[2]); "
+# SIGINT gets Python's own handler, as in a process started from a terminal (a test runner started
+# in the background has SIGINT ignored, and its children inherit that)
+CLI_DRIVER = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "sys.path.insert(0, sys.argv[1]); import stophooks; stophooks.install(sys.argv[2]); "
               "from mptkit.cli import main; main(sys.argv[3:], prog_name='mptkit')")
 
 

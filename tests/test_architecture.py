@@ -46,6 +46,7 @@ LAYERS = [
     "mptkit.hub",
     "mptkit.io",
     "mptkit.tables",
+    "mptkit.als",
     "mptkit.fit",
     "mptkit.derive",
     "mptkit.combine",

@@ -149,7 +149,10 @@ def test_rank_auto_picks_the_smallest_rank_within_the_error(max_error):
             assert below > max_error
         if chosen < bank.rank:
             at = edit.change_rank(one, chosen).provenance[-1]["results"]["relative_error"]["0"]
-            assert at == pytest.approx(err, rel=1e-12)
+            # the same fit, alone or in a batch (whose float32 products round differently): each
+            # stops once a sweep gains less than 1e-9 of the squared error, a few 1e-9 short of the
+            # limit, so the two errors agree to about 1e-9 (1.3e-9 measured): 1e-8 holds it
+            assert at == pytest.approx(err, rel=1e-8)
 
 
 def test_merge_refit_rank_auto_reports_each_tasks_rank():

@@ -45,16 +45,40 @@ def test_quiet_json_and_the_hub_setting_turn_the_bar_off(bank, tmp_path, how):
     assert code == 0 and "%|" not in tty and (tmp_path / "c.safetensors").exists()
 
 
+# mptkit's CLI with its fit held still at a known point: the third sweep of the fit says so on
+# the terminal and sleeps, so that the signal arrives while the fit runs, however busy the machine
+# (a runner started in the background has SIGINT ignored, and a child inherits that: restored)
+HELD_FIT = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test runner ignores SIGINT
+from mptkit import als
+sweep, count = als.Pool.sweep, [0]
+def held(pool):
+    count[0] += 1
+    if count[0] == 3:
+        sys.stderr.write("fit held\\n")
+        sys.stderr.flush()
+        time.sleep(300)
+    return sweep(pool)
+als.Pool.sweep = held
+from mptkit.cli import main
+sys.argv[0] = "mptkit"
+main()
+"""
+
+
 def test_ctrl_c_stops_a_fit_at_once(tmp_path):
-    """SIGINT while the fit runs (its bar has just appeared): the process ends without a
+    """SIGINT while the fit runs (held at its third sweep): the process ends without a
     traceback, writes nothing and prints no report."""
     import signal
 
-    src = random_bank(tmp_path / "big.safetensors", T=64, N=100, r=32, d=1024)  # seconds of fitting
+    src = random_bank(tmp_path / "big.safetensors", T=16, N=20, r=8, d=64)
     out = tmp_path / "out.safetensors"
-    code, stdout, shown = run_on_terminal(["rank", src, "--rank", "8", "-o", out],
-                                          when=(BAR, lambda p: p.send_signal(signal.SIGINT)))
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    code, stdout, shown = on_terminal([sys.executable, "-c", HELD_FIT, "rank", src, "--rank", "2", "-o", out], env,
+                                      when=(re.compile("fit held"), lambda p: p.send_signal(signal.SIGINT)))
     assert code == 130, shown
+    assert BAR.search(shown), shown  # the bar was up
     lines = [x.strip() for x in re.split(r"[\r\n]+", shown) if x.strip().startswith("mptkit:")]
     assert lines == ["mptkit: interrupted before any output was written"], shown  # the fit was running
     assert "Traceback" not in shown and "wrote" not in stdout and not out.exists()

@@ -288,6 +288,7 @@ def test_ctrl_c_exits_130_saying_whether_the_output_was_completed(bank, tmp_path
 def test_ctrl_c_before_any_write_says_so(bank, tmp_path):
     """Interrupted while loading (before any output exists): 130, nothing written."""
     driver = ("import os, signal, sys; import mptkit.io as io; real = io.load\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "def load(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); return real(*a, **k)\n"
               "io.load = load\nfrom mptkit.cli import main; main(sys.argv[1:], prog_name='mptkit')")
     out = tmp_path / "o"
