@@ -134,6 +134,17 @@ def _dot(a, b):
     return (a * b).sum((1, 2), dtype=torch.float64)
 
 
+def _error(W2, X, c, Ct, R, solved, rhs):
+    """The error of the pairs (``Ct``, ``R``) whose half ``solved`` was just solved exactly for the
+    other (right-hand sides ``rhs``), float64: free, ``||W*X||^2 - <solved, rhs>`` (``c`` holds
+    ``||W*X||^2``), and measured explicitly where that difference has lost its digits."""
+    err = (c - _dot(solved, rhs)).clamp_min(0)
+    close = err < c * 1e-6
+    if bool(close.any()):
+        err[close] = loss(W2, X[close], Ct[close], R[close]).double()
+    return err
+
+
 def balance(C, R):
     """Rescale each rank component so that its column of C and row of R have the same norm."""
     nc, nr = C.norm(dim=-2), R.norm(dim=-1)         # (..., R)
@@ -212,7 +223,7 @@ class Pool:
                  accelerate_after: int = 3, slack: float = 0.0):
         import torch
 
-        self.W2, self.rank, self.tol, self.iterations = W2, rank, tol, iterations
+        self.W2, self.tol, self.iterations = W2, tol, iterations
         self.accelerate_after, self.slack = accelerate_after, slack
         self.pos = pairs(rank)[2]
         self.keys: list = [None] * capacity
@@ -264,21 +275,14 @@ class Pool:
         r, w2x, xs, c, prev = s["r"], s["w2x"], s["xs"], s["c"], s["prev"]
         x, sC = cols_from(r, w2x, W2, pos)                         # C (t, R, N)
         if bool(s["mixed"].any()):  # r is a mixture there: keep it only where it beats the plain result
-            mixed = c - _dot(x, sC)
-            close = mixed < c * 1e-6  # there the difference has lost digits: measure the error itself
-            if bool(close.any()):
-                mixed[close] = loss(W2, xs[close], x[close], r[close]).double()
+            mixed = _error(W2, xs, c, x, r, x, sC)
             worse = s["mixed"] & (mixed >= prev * (1 + self.slack))
             if bool(worse.any()):
                 self.mixer.restart(worse)
                 r[worse] = s["plain"][worse]
                 x[worse] = cols_from(r[worse], w2x[worse], W2, pos)[0]
-        out, sR = rows_from(x, w2x, W2, pos, self.scratch)                       # R (t, R, d)
-        # R is the exact minimiser for this C, so the error is free: ||W*X||^2 - <R, C.T @ (W**2*X)>
-        cur = (c - _dot(out, sR)).clamp_min(0)
-        close = cur < c * 1e-6
-        if bool(close.any()):
-            cur[close] = loss(W2, xs[close], x[close], out[close]).double()
+        out, sR = rows_from(x, w2x, W2, pos, self.scratch)         # R (t, R, d)
+        cur = _error(W2, xs, c, x, out, out, sR)
         s["sweeps"] += 1
         done = s["used"] & ((prev - cur <= self.tol * prev) | (cur <= c * 1e-28) | (s["sweeps"] >= s["limit"]))
         s["prev"] = torch.minimum(prev, cur)
