@@ -53,11 +53,11 @@ def _block(t: int, P: int, d: int, itemsize: int) -> int:
     return max(1, min(d, ARRAY_BYTES // (itemsize * max(t * P, 1))))
 
 
-def cols_from(R, w2x, W2, pos):
+def cols_from(R, w2x, W2, pos, scratch=None):
     """The C (held transposed, (t, R, N)) minimising the error for R, and the right-hand sides
-    ``R @ (W**2 * X).T`` of its systems."""
+    ``R @ (W**2 * X).T`` of its systems (``scratch``: see :func:`rows_from`)."""
     s = R @ w2x.transpose(1, 2)
-    return spd_solve(_row_grams(R, W2), s, R.shape[1], pos), s
+    return spd_solve(_row_grams(R, W2, scratch), s, R.shape[1], pos), s
 
 
 def rows_from(Ct, w2x, W2, pos, scratch=None):
@@ -73,11 +73,7 @@ def rows_from(Ct, w2x, W2, pos, scratch=None):
     CC = _pair_products(Ct, Ct.new_empty(t, P, N)).reshape(t * P, N)   # (t * P, N)
     step = _block(t, P, d, Ct.element_size())
     if step >= d:  # one block: no copies into the outputs
-        G = None if scratch is None else scratch.get("G")
-        if G is None or G.shape != (t * P, d) or G.dtype != Ct.dtype:
-            G = Ct.new_empty(t * P, d)
-            if scratch is not None:
-                scratch["G"] = G
+        G = _kept(scratch, "G", (t * P, d), Ct)
         s = Ct @ w2x
         return spd_solve(torch.mm(CC, W2, out=G).reshape(t, P, d), s, rank, pos), s
     out, s = Ct.new_empty(t, rank, d), Ct.new_empty(t, rank, d)
@@ -88,7 +84,17 @@ def rows_from(Ct, w2x, W2, pos, scratch=None):
     return out, s
 
 
-def _row_grams(R, W2):
+def _kept(scratch, key, shape, like):
+    """An array of ``shape`` kept in ``scratch`` (a dict, or None: a fresh one) from call to call."""
+    a = None if scratch is None else scratch.get(key)
+    if a is None or a.shape != shape or a.dtype != like.dtype:
+        a = like.new_empty(shape)
+        if scratch is not None:
+            scratch[key] = a
+    return a
+
+
+def _row_grams(R, W2, scratch=None):
     """The packed R x R normal matrices of every row of C for this R: (t, P, N), as one
     (t * P, block) @ (block, N) product per column block (60 GFLOP/s here, where t products of
     (P, block) @ (block, N) reach 55 and the gathers ``R[:, ia] * R[:, ib]`` cost more than the
@@ -99,7 +105,7 @@ def _row_grams(R, W2):
     step = _block(t, P, d, R.element_size())
     for lo in range(0, d, step):
         hi = min(d, lo + step)
-        rr = _pair_products(R[:, :, lo:hi], R.new_empty(t, P, hi - lo))
+        rr = _pair_products(R[:, :, lo:hi], _kept(scratch, "rr", (t, P, hi - lo), R))
         part = (rr.reshape(t * P, hi - lo) @ W2[:, lo:hi].T).reshape(t, P, N)
         out = part if out is None else out.add_(part)
     return out
@@ -170,9 +176,11 @@ class Mixer:
         self.head = 0
 
     def push(self, r_in, r_out):
+        import torch
+
         t = len(r_out)
         self.g[:, self.head] = r_out.reshape(t, -1)
-        self.f[:, self.head] = (r_out - r_in).reshape(t, -1)
+        torch.sub(r_out.reshape(t, -1), r_in.reshape(t, -1), out=self.f[:, self.head])
         self.head = (self.head + 1) % self.m
         self.age = (self.age + 1).clamp_max(self.m)
 
@@ -241,21 +249,29 @@ class Pool:
     def room(self) -> int:
         return len(self.keys) - len(self)
 
-    def add(self, keys, X, Ct, R, prev, limit=None):
-        """Tasks ``keys`` (at most :meth:`room`) with targets ``X`` (k, N, d) and starts ``Ct``
-        (k, R, N), ``R`` (k, R, d) (in the pool's dtype; only R is used: a sweep starts from it),
-        the starts' errors ``prev`` (k,) (float64) and at most ``limit`` (k,) sweeps each (default:
-        the pool's ``iterations``)."""
-        slots = (~self.s["used"]).nonzero().squeeze(1)[: len(keys)]
+    def add(self, tasks):
+        """Tasks ``[(key, X (N, d), R (R, d), prev, limit)]`` (at most :meth:`room`): the targets,
+        the starts' R (a sweep starts from R alone), the starts' errors (float64) and at most
+        ``limit`` sweeps each (None: the pool's ``iterations``). Each is copied into its slot task by
+        task, converted there, so that the temporaries are one task's size (stacking the tasks
+        first cost three copies of the batch's targets, in fresh memory)."""
+        import torch
+
         s = self.s
-        w2x = self.W2 * X
-        s["r"][slots], s["plain"][slots], s["w2x"][slots], s["xs"][slots] = R, R, w2x, X
-        s["c"][slots], s["prev"][slots] = _dot(w2x, X), prev
-        s["mixed"][slots], s["sweeps"][slots], s["used"][slots] = False, 0, True
-        s["limit"][slots] = self.iterations if limit is None else limit
-        self.mixer.restart(slots)
-        for slot, key in zip(slots.tolist(), keys):
+        slots = (~s["used"]).nonzero().squeeze(1)[: len(tasks)].tolist()
+        for slot, (key, X, R, prev, limit) in zip(slots, tasks):
+            xs, w2x = s["xs"][slot], s["w2x"][slot]
+            xs.copy_(X)
+            torch.mul(self.W2, xs, out=w2x)
+            s["r"][slot] = R
+            s["plain"][slot] = R
+            s["c"][slot] = _dot(w2x[None], xs[None])[0]
+            s["prev"][slot] = prev
+            s["limit"][slot] = self.iterations if limit is None else limit
             self.keys[slot] = key
+        idx = torch.tensor(slots, dtype=torch.long)
+        s["mixed"][idx], s["sweeps"][idx], s["used"][idx] = False, 0, True
+        self.mixer.restart(idx)
 
     def compact(self):
         """Drop the free slots (when no more tasks will come)."""
@@ -273,7 +289,7 @@ class Pool:
 
         s, W2, pos = self.s, self.W2, self.pos
         r, w2x, xs, c, prev = s["r"], s["w2x"], s["xs"], s["c"], s["prev"]
-        x, sC = cols_from(r, w2x, W2, pos)                         # C (t, R, N)
+        x, sC = cols_from(r, w2x, W2, pos, self.scratch)           # C (t, R, N)
         if bool(s["mixed"].any()):  # r is a mixture there: keep it only where it beats the plain result
             mixed = _error(W2, xs, c, x, r, x, sC)
             worse = s["mixed"] & (mixed >= prev * (1 + self.slack))
@@ -298,7 +314,13 @@ class Pool:
             s["used"][slots] = False
         mix = s["used"] & (s["sweeps"] >= self.accelerate_after)
         s["plain"], s["mixed"] = out, mix
-        s["r"] = torch.where(mix[:, None, None], self.mixer.mix(out.shape[1:]), out) if bool(mix.any()) else out
+        if bool(mix.any()):  # the mixture where a task mixes, its plain result elsewhere
+            r = self.mixer.mix(out.shape[1:])
+            if not bool(mix.all()):
+                r[~mix] = out[~mix]
+            s["r"] = r
+        else:
+            s["r"] = out
         return finished
 
 
@@ -313,12 +335,14 @@ def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: fl
     by more than 1e-7, float32's rounding), then in float64 from the better of that result and its
     start, measured in float64, until a sweep gains less than ``tol`` (up to what is left of
     ``iterations``, at least 10 sweeps); without, float64 only, ``iterations`` sweeps at most. At
-    most ``capacity`` tasks sweep together in float64, twice as many in float32 (the same bytes),
-    and at most ``capacity`` wait between the stages."""
+    most ``capacity`` tasks sweep together in float64, four times as many in float32 (twice the
+    bytes: on the rank benchmark a 28-task float32 pool took 4-9% less time than a 14-task one, its
+    per-operation costs spread over more tasks, and a 42-task one 6-25% more), and at most
+    ``capacity`` wait between the stages."""
     import itertools
 
     precise = Pool(W2, rank, capacity, tol=tol, iterations=iterations)
-    rough = Pool(W2.float(), rank, 2 * capacity, tol=tol, iterations=iterations, slack=1e-7) if draft else None
+    rough = Pool(W2.float(), rank, 4 * capacity, tol=tol, iterations=iterations, slack=1e-7) if draft else None
     first = rough if draft else precise
     held: dict = {}      # key -> (X, Ct, R, error) of the start, float64, for the float64 stage
     waiting: list = []   # (key, Ct, R, sweeps) out of the float32 stage
@@ -346,28 +370,20 @@ def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: fl
 
 
 def _enter(pool, W2, batch, held):
-    """Put the tasks of ``batch`` into ``pool`` (in float32 when ``held`` is given: it keeps their
-    float64 targets and starts for the second stage); yields those whose start is already exact
-    (measured in float64 under ``W2``)."""
-    import torch
-
-    if not batch:
-        return
-    keys = [b[0] for b in batch]
-    X, Ct, R = (torch.stack([b[i] for b in batch]) for i in (1, 2, 3))
-    err = loss(W2, X, Ct, R)
-    exact = err <= (W2 * X * X).sum((1, 2)) * 1e-28
-    for j in exact.nonzero().squeeze(1).tolist():
-        yield keys[j], Ct[j], R[j]
-    live = (~exact).nonzero().squeeze(1)
-    if len(live) == 0:
-        return
-    keys = [keys[j] for j in live.tolist()]
-    X, Ct, R, err = X[live], Ct[live], R[live], err[live]
-    if held is not None:
-        held.update({k: (X[j], Ct[j], R[j], err[j]) for j, k in enumerate(keys)})
-        X, Ct, R = X.float(), Ct.float(), R.float()
-    pool.add(keys, X, Ct, R, err)
+    """Put the tasks of ``batch`` [(key, X, Ct, R)] into ``pool`` (float32 when ``held`` is given:
+    it keeps their float64 targets, starts and the starts' errors for the second stage); yields
+    those whose start is already exact (measured in float64 under ``W2``), task by task."""
+    live = []
+    for key, X, Ct, R in batch:
+        err = loss(W2, X[None], Ct[None], R[None])[0]
+        if err <= _dot((W2 * X)[None], X[None])[0] * 1e-28:
+            yield key, Ct, R
+            continue
+        if held is not None:
+            held[key] = (X, Ct, R, err)
+        live.append((key, X, R, err, None))
+    if live:
+        pool.add(live)
 
 
 def _promote(precise, take, held, iterations: int) -> None:
@@ -376,11 +392,9 @@ def _promote(precise, take, held, iterations: int) -> None:
     (at least 10 sweeps)."""
     import torch
 
-    starts = [held.pop(v[0]) for v in take]
-    X, C0, R0, e0 = (torch.stack([h[i] for h in starts]) for i in range(4))
-    Cd, Rd = torch.stack([v[1] for v in take]).double(), torch.stack([v[2] for v in take]).double()
-    ed = loss(precise.W2, X, Cd, Rd)
-    better = (ed < e0)[:, None, None]
-    limit = torch.tensor([max(10, iterations - v[3]) for v in take])
-    precise.add([v[0] for v in take], X, torch.where(better, Cd, C0), torch.where(better, Rd, R0),
-                torch.minimum(ed, e0), limit)
+    tasks = []
+    for key, Cd, Rd, sweeps in take:
+        X, C0, R0, e0 = held.pop(key)
+        ed = loss(precise.W2, X[None], Cd.double()[None], Rd.double()[None])[0]
+        tasks.append((key, X, Rd if ed < e0 else R0, torch.minimum(ed, e0), max(10, iterations - sweeps)))
+    precise.add(tasks)

@@ -67,6 +67,14 @@ class _Group(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:  # a caller that handles the outcome itself
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            self._run(args, prog_name, complete_var, **extra)
+        except SystemExit as e:
+            if args is None:  # the process's own command line (the console script, python -m mptkit)
+                _leave(e.code)
+            raise
+
+    def _run(self, args, prog_name, complete_var, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         prog_name = prog_name or "mptkit"  # also under python -m mptkit
         words = argv[: argv.index("--")] if "--" in argv else argv
@@ -115,6 +123,27 @@ class _Group(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they are defined, which is the order of the README
+
+
+def _leave(code) -> None:
+    """End the process now that the command is done: run the exit handlers, flush the streams and
+    exit without tearing the interpreter down, which costs 0.4-0.5 s once torch is imported (its
+    modules' finalisation; measured: ``python -c "import torch"`` takes 1.45 s, 0.9 s this way).
+    Without torch loaded, or for an exit status that is not a number, a normal exit."""
+    import atexit
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if "torch" not in sys.modules or run_handlers is None or not isinstance(code, (int, type(None))):
+        return
+    status = code or 0
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # as Python's own exit does when a stream cannot be flushed
+            status = status or 120
+    os._exit(status)
 
 
 def fail(problems, *, as_json: bool, kind: str = "error") -> None:
