@@ -325,7 +325,8 @@ class Pool:
 
 
 # -- the two stages ------------------------------------------------------------------------------
-def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: float = 1e-9, draft: bool = True):
+def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: float = 1e-9, draft: bool = True,
+          total: int | None = None):
     """Fit a stream of tasks ``(key, X (N, d), Ct (R, N), R (R, d))`` (float64 torch tensors: the
     target and the start) under the weights ``W2`` (N, d) = W**2; yields ``(key, Ct, R)`` (float64)
     as each task finishes, not in order. A start that is already exact comes back as it is.
@@ -338,11 +339,13 @@ def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: fl
     most ``capacity`` tasks sweep together in float64, four times as many in float32 (twice the
     bytes: on the rank benchmark a 28-task float32 pool took 4-9% less time than a 14-task one, its
     per-operation costs spread over more tasks, and a 42-task one 6-25% more), and at most
-    ``capacity`` wait between the stages."""
+    ``capacity`` wait between the stages; no pool has more slots than ``total`` (the number of
+    tasks, when known: a pool's slots are allocated up front)."""
     import itertools
 
-    precise = Pool(W2, rank, capacity, tol=tol, iterations=iterations)
-    rough = Pool(W2.float(), rank, 4 * capacity, tol=tol, iterations=iterations, slack=1e-7) if draft else None
+    most = (lambda n: n) if total is None else (lambda n: max(1, min(n, total)))  # noqa: E731
+    precise = Pool(W2, rank, most(capacity), tol=tol, iterations=iterations)
+    rough = Pool(W2.float(), rank, most(4 * capacity), tol=tol, iterations=iterations, slack=1e-7) if draft else None
     first = rough if draft else precise
     held: dict = {}      # key -> (X, Ct, R, error) of the start, float64, for the float64 stage
     waiting: list = []   # (key, Ct, R, sweeps) out of the float32 stage

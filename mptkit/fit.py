@@ -66,7 +66,7 @@ def fit(W2, X, Ct, R, *, iterations: int = 100, tol: float = 1e-9, draft: bool =
     first). Returns (C (T, N, R), R (T, R, d)), balanced."""
     out_C, out_R = Ct.clone(), R.clone()
     tasks = ((i, X[i], Ct[i], R[i]) for i in range(len(X)))
-    for i, c, r in als.solve(W2, tasks, Ct.shape[1], capacity=max(1, len(X)), iterations=iterations, tol=tol,
+    for i, c, r in als.solve(W2, tasks, Ct.shape[1], capacity=max(1, len(X)), total=len(X), iterations=iterations, tol=tol,
                              draft=draft):
         out_C[i], out_R[i] = c, r
     return als.balance(out_C.transpose(1, 2), out_R)
@@ -194,7 +194,7 @@ def fit_tasks(W, count: int, targets_for, rank, *, tdtype, max_error: float | No
                         prompts[i] = (targets.prompt[j].clone(), False) if targets.prompt is not None else (X, True)
                         yield i, X, Ct[j].clone(), R[j].clone()
 
-            for i, c, r in als.solve(W2, tasks(), rank, capacity=min(step, max(count, 1))):
+            for i, c, r in als.solve(W2, tasks(), rank, capacity=step, total=count):
                 C, R = als.balance(c.T, r)
                 C, R = C.to(tdtype), R.to(tdtype)
                 p, is_target = prompts.pop(i)
