@@ -347,7 +347,7 @@ def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: fl
     precise = Pool(W2, rank, most(capacity), tol=tol, iterations=iterations)
     rough = Pool(W2.float(), rank, most(4 * capacity), tol=tol, iterations=iterations, slack=1e-7) if draft else None
     first = rough if draft else precise
-    held: dict = {}      # key -> (X, Ct, R, error) of the start, float64, for the float64 stage
+    held: dict = {}      # key -> (X, R, error) of the target and start, float64, for the float64 stage
     waiting: list = []   # (key, Ct, R, sweeps) out of the float32 stage
     source, more = iter(tasks), True
     while True:
@@ -374,7 +374,7 @@ def solve(W2, tasks, rank: int, *, capacity: int, iterations: int = 100, tol: fl
 
 def _enter(pool, W2, batch, held):
     """Put the tasks of ``batch`` [(key, X, Ct, R)] into ``pool`` (float32 when ``held`` is given:
-    it keeps their float64 targets, starts and the starts' errors for the second stage); yields
+    it keeps their float64 targets, starts' R and starts' errors for the second stage); yields
     those whose start is already exact (measured in float64 under ``W2``), task by task."""
     live = []
     for key, X, Ct, R in batch:
@@ -383,7 +383,7 @@ def _enter(pool, W2, batch, held):
             yield key, Ct, R
             continue
         if held is not None:
-            held[key] = (X, Ct, R, err)
+            held[key] = (X, R, err)
         live.append((key, X, R, err, None))
     if live:
         pool.add(live)
@@ -397,7 +397,7 @@ def _promote(precise, take, held, iterations: int) -> None:
 
     tasks = []
     for key, Cd, Rd, sweeps in take:
-        X, C0, R0, e0 = held.pop(key)
+        X, R0, e0 = held.pop(key)
         ed = loss(precise.W2, X[None], Cd.double()[None], Rd.double()[None])[0]
         tasks.append((key, X, Rd if ed < e0 else R0, torch.minimum(ed, e0), max(10, iterations - sweeps)))
     precise.add(tasks)

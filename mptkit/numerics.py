@@ -176,8 +176,8 @@ def pairs(rank: int):
 def spd_solve(A, s, rank: int, pos: dict, block: int = 1 << 16):
     """Solve the symmetric positive (semi)definite systems held packed and batch-last:
     ``A`` (T, P, n) (the (a, b) entry of system (t, j) at ``A[t, pos[a, b], j]``), ``s`` (T, R, n)
-    -> ``x`` (T, R, n). A tiny ridge (1e-12 of the mean diagonal in
-    float64, 1e-6 in float32) keeps rows without weight at 0."""
+    -> ``x`` (T, R, n). A tiny ridge (1e-12 of the mean diagonal in float64, 1e-6 in float32)
+    keeps rows without weight at 0."""
     import torch
 
     T, _, n = A.shape
