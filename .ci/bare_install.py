@@ -39,8 +39,13 @@ def readme_setup_command() -> str:
 
 def copy_repo(dest: Path) -> None:
     """The files git would commit (tracked, and untracked but not ignored): what a clone has."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for f in filter(None, files):
         src = ROOT / f
         if src.is_file():
@@ -54,7 +59,7 @@ PIP_LINE = re.compile(r"^(WARNING|DEPRECATION|\[notice\]): ")
 
 def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     """(argv, expected exit code, text that must appear on stdout or stderr)."""
-    o = lambda name: str(work / name)  # noqa: E731
+    o = lambda name: str(work / name)
     c = []
 
     def ok(*argv, expect=""):
@@ -73,7 +78,16 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("derive", bank, "--mode", "shared", "--num-tasks", "2", "--seed", "0", "-o", o("fresh"))
     for i, dtype in enumerate(("bfloat16", "float16", "float64", "float32")):
         ok("derive", bank, "--mode", "exact", "--task", "0", "--dtype", dtype, "-o", o(f"exact-{dtype}.safetensors"))
-        ok("derive", bank, "--mode", ("average", "shared")[i % 2], "--dtype", dtype, "-o", o(f"mode-{dtype}.safetensors"))
+        ok(
+            "derive",
+            bank,
+            "--mode",
+            ("average", "shared")[i % 2],
+            "--dtype",
+            dtype,
+            "-o",
+            o(f"mode-{dtype}.safetensors"),
+        )
     ok("export", bank, "--task", "1", "-o", o("export"), expect="PROMPT_TUNING")
     ok("export", bank, "--task", "2", "--dtype", "bfloat16", "-o", o("export-bf16"))
     ok("rename", bank, "0=first", "-o", o("renamed"))
@@ -84,8 +98,18 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("merge", bank, o("named"), "--rename-duplicates", "--dtype", "bfloat16", "-o", o("merged-bf16"))
     ok("convert", bank, "--dtype", "bfloat16", "-o", o("rounded.safetensors"))
     ok("convert", o("rounded.safetensors"), "--dtype", "float32", "-o", o("rounded32.safetensors"))
-    ok("merge", bank, o("rounded32.safetensors"), "--rename-duplicates", "--refit", "--max-error", "0.5",
-       "-o", o("refit"), expect="relative error")
+    ok(
+        "merge",
+        bank,
+        o("rounded32.safetensors"),
+        "--rename-duplicates",
+        "--refit",
+        "--max-error",
+        "0.5",
+        "-o",
+        o("refit"),
+        expect="relative error",
+    )
     ok("add", bank, "--name", "avg", "--init", "average", "-o", o("add-average"))
     ok("add", bank, "--name", "copy", "--init", "exact:1", "-o", o("add-exact"))
     ok("add", bank, "--name", "rnd", "--init", "random", "--seed", "3", "-o", o("add-random"))
@@ -93,8 +117,20 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("rank", bank, "--rank", "3", "-o", o("rank3"))
     ok("rank", bank, "--rank", "1", "-o", o("rank1"), expect="relative error")
     ok("rank", bank, "--rank", "auto", "--max-error", "0.3", "-o", o("rank-auto"), expect="relative error")
-    ok("merge", bank, o("rounded32.safetensors"), "--rename-duplicates", "--refit", "--rank", "auto",
-       "--max-error", "0.01", "-o", o("refit-auto"), expect="relative error")
+    ok(
+        "merge",
+        bank,
+        o("rounded32.safetensors"),
+        "--rename-duplicates",
+        "--refit",
+        "--rank",
+        "auto",
+        "--max-error",
+        "0.01",
+        "-o",
+        o("refit-auto"),
+        expect="relative error",
+    )
     ok("similarity", bank, expect="nearest")
     ok("similarity", bank, "--top", "2", expect="nearest")
     ok("export", bank, "--all", "-o", o("table.npy"), expect="prompt table (4, 6, 32) F32, encoder half")
@@ -102,14 +138,45 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("export", bank, "--all", "-o", o("prompts"), expect="4 PROMPT_TUNING adapters")
     ok("decompose", o("prompts"), "--rank", "2", "-o", o("decomposed"), expect="relative error")
     ok("decompose", o("table.npy"), "--rank", "auto", "--max-error", "0.5", "-o", o("decomposed-auto.safetensors"))
-    ok("decompose", o("prompts") + "/task3", "--shared", bank, "--rank", "2", "--dtype", "bfloat16",
-       "-o", o("decomposed-shared.safetensors"))
+    ok(
+        "decompose",
+        o("prompts") + "/task3",
+        "--shared",
+        bank,
+        "--rank",
+        "2",
+        "--dtype",
+        "bfloat16",
+        "-o",
+        o("decomposed-shared.safetensors"),
+    )
     ok("similarity", bank, "--tasks", "0-2", "--json")
     ok("convert", bank, "-o", o("converted"), expect="PEFT adapter folder")
     ok("convert", o("exact.safetensors"), "-o", o("converted.safetensors"))
-    ok("validate", *(o(n) for n in ("exact-folder", "average-folder", "fresh", "renamed", "removed", "merged", "refit",
-                                    "add-average", "add-random", "rank3", "rank1", "converted", "rank-auto",
-                                    "refit-auto", "decomposed", "decomposed-auto.safetensors")))
+    ok(
+        "validate",
+        *(
+            o(n)
+            for n in (
+                "exact-folder",
+                "average-folder",
+                "fresh",
+                "renamed",
+                "removed",
+                "merged",
+                "refit",
+                "add-average",
+                "add-random",
+                "rank3",
+                "rank1",
+                "converted",
+                "rank-auto",
+                "refit-auto",
+                "decomposed",
+                "decomposed-auto.safetensors",
+            )
+        ),
+    )
     # the plot extra is not installed: one sentence, exit 2
     c.append((["similarity", bank, "--plot", o("heat.png")], 2, "pip install 'mptkit[plot]'"))
     return c
@@ -117,7 +184,7 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
 
 SERVING = """
 import torch, mptkit
-from mptkit.runtime import TaskPrompts
+from mptkit.serve._runtime import TaskPrompts
 p = TaskPrompts.from_bank({bank!r})
 out = p(torch.tensor([0, 2, 2, 1]))
 assert out.shape == (4, 12, 32), out.shape
@@ -153,8 +220,13 @@ def run(argv, *, cwd, env, expect_rc=0, expect="", label=None) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--uninstall", action="append", default=[], metavar="PKG",
-                    help="uninstall PKG after the set-up (to prove the stage fails without it)")
+    ap.add_argument(
+        "--uninstall",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="uninstall PKG after the set-up (to prove the stage fails without it)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mptkit-bare-"))
@@ -171,8 +243,15 @@ def main() -> int:
         env["MPTKIT_CACHE"] = str(tmp / "cache")
         print(f"README set-up command, in a copy of the repository ({repo}):\n  {setup}", flush=True)
         t = time.monotonic()
-        r = subprocess.run(["bash", "-c", setup], cwd=repo, env=env, capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, timeout=1800)
+        r = subprocess.run(
+            ["bash", "-c", setup],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=1800,
+        )
         print(f"  {time.monotonic() - t:5.1f} s  rc={r.returncode}", flush=True)
         ours = [ln for ln in r.stderr.splitlines() if ln.strip() and not PIP_LINE.match(ln)]
         if r.returncode != 0 or ours or "internal error" in r.stdout or "wrote target:" not in r.stdout:
@@ -180,13 +259,19 @@ def main() -> int:
             print("FAILED: the README's set-up command")
             return 1
         venv_bin = repo / ".venv" / "bin"
-        pip_show = subprocess.run([str(venv_bin / "python"), "-m", "pip", "list", "--format=freeze"], env=env,
-                                  capture_output=True, text=True).stdout
+        pip_show = subprocess.run(
+            [str(venv_bin / "python"), "-m", "pip", "list", "--format=freeze"], env=env, capture_output=True, text=True
+        ).stdout
         for forbidden in ("pytest", "peft", "transformers", "hypothesis"):
             if re.search(rf"^{forbidden}==", pip_show, flags=re.M | re.I):
                 failures.append(f"{forbidden} is installed: the bare install must not have the test extra")
-        direct = subprocess.run([str(venv_bin / "python"), "-c", "import mptkit, os; print(mptkit.__file__)"], env=env,
-                                cwd=work, capture_output=True, text=True).stdout.strip()
+        direct = subprocess.run(
+            [str(venv_bin / "python"), "-c", "import mptkit, os; print(mptkit.__file__)"],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if not direct.startswith(str(repo / ".venv")):
             failures.append(f"mptkit is imported from {direct}, not from the non-editable install")
         for pkg in args.uninstall:
@@ -197,10 +282,21 @@ def main() -> int:
         bank = str(repo / "examples" / "bank")
         print(f"every command that computes, from {work}:", flush=True)
         for argv, rc, expect in commands(bank, work):
-            failures += run(["mptkit", *argv], cwd=work, env=env, expect_rc=rc, expect=expect, label="mptkit " + " ".join(
-                a.replace(str(work) + "/", "").replace(bank, "examples/bank") for a in argv))
-        failures += run([str(venv_bin / "python"), "-c", SERVING.format(bank=bank)], cwd=work, env=env,
-                        expect="serving ok", label="python: TaskPrompts.from_bank(examples/bank)")
+            failures += run(
+                ["mptkit", *argv],
+                cwd=work,
+                env=env,
+                expect_rc=rc,
+                expect=expect,
+                label="mptkit " + " ".join(a.replace(str(work) + "/", "").replace(bank, "examples/bank") for a in argv),
+            )
+        failures += run(
+            [str(venv_bin / "python"), "-c", SERVING.format(bank=bank)],
+            cwd=work,
+            env=env,
+            expect="serving ok",
+            label="python: TaskPrompts.from_bank(examples/bank)",
+        )
     finally:
         if args.keep:
             print(f"kept {tmp}")

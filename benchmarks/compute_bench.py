@@ -30,26 +30,36 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import PY, run_once  # noqa: E402
 
-RANK_BASE = ("import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
-             "P = sd['prompt_embeddings'] * (sd['prefix_task_cols'] @ sd['prefix_task_rows']); "
-             "torch.linalg.svd(P, full_matrices=False)")
-GRAM_BASE = ("import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
-             "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; T = len(C); "
-             "P = torch.empty(T, pe.numel()); "
-             "[P[i:i + 64].copy_((pe * (C[i:i + 64] @ R[i:i + 64])).reshape(-1, pe.numel())) for i in range(0, T, 64)]; "
-             "G = P @ P.T")
-AVERAGE_BASE = ("import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
-                "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'].mean(0, keepdim=True), "
-                "'prefix_task_rows': sd['prefix_task_rows'].mean(0, keepdim=True)}}, {out!r})")
-VALUES_BASE = ("import numpy as np; from safetensors.numpy import load_file; sd = load_file({src!r}); "
-               "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; "
-               "[(np.linalg.norm(C[k]), np.linalg.norm(R[k]), np.linalg.norm(pe * (C[k] @ R[k]))) for k in range(len(C))]; "
-               "np.linalg.norm(pe)")
+RANK_BASE = (
+    "import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
+    "P = sd['prompt_embeddings'] * (sd['prefix_task_cols'] @ sd['prefix_task_rows']); "
+    "torch.linalg.svd(P, full_matrices=False)"
+)
+GRAM_BASE = (
+    "import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
+    "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; T = len(C); "
+    "P = torch.empty(T, pe.numel()); "
+    "[P[i:i + 64].copy_((pe * (C[i:i + 64] @ R[i:i + 64])).reshape(-1, pe.numel())) for i in range(0, T, 64)]; "
+    "G = P @ P.T"
+)
+AVERAGE_BASE = (
+    "import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
+    "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'].mean(0, keepdim=True), "  # noqa: E501 (a baseline's code, kept on one line)
+    "'prefix_task_rows': sd['prefix_task_rows'].mean(0, keepdim=True)}}, {out!r})"
+)
+VALUES_BASE = (
+    "import numpy as np; from safetensors.numpy import load_file; sd = load_file({src!r}); "
+    "pe, C, R = sd['prompt_embeddings'], sd['prefix_task_cols'], sd['prefix_task_rows']; "
+    "[(np.linalg.norm(C[k]), np.linalg.norm(R[k]), np.linalg.norm(pe * (C[k] @ R[k]))) for k in range(len(C))]; "
+    "np.linalg.norm(pe)"
+)
 
 
 def make(path: Path, T: int, N: int, r: int, d: int, seed: int) -> Path:
     if not path.exists():  # in a child, so that this process never imports torch
-        subprocess.run([PY, str(HERE / "run.py"), "--make", str(path), str(T), str(N), str(r), str(d), str(seed)], check=True)
+        subprocess.run(
+            [PY, str(HERE / "run.py"), "--make", str(path), str(T), str(N), str(r), str(d), str(seed)], check=True
+        )
     return path
 
 
@@ -70,8 +80,11 @@ def paired(ours, base, env, repeat, before=None):
                 walls[k].append(w)
         if i:
             ratios.append(pair[0] / pair[1] if pair[1] else float("inf"))
-    return ((statistics.median(walls[0]), max(rss[0])), (statistics.median(walls[1]), max(rss[1])),
-            statistics.median(ratios))
+    return (
+        (statistics.median(walls[0]), max(rss[0])),
+        (statistics.median(walls[1]), max(rss[1])),
+        statistics.median(ratios),
+    )
 
 
 def main() -> None:
@@ -94,8 +107,12 @@ def main() -> None:
         "values": (32, 1000, 1, 1000) if q else (64, 2000, 1, 2000),
     }
     print(f"making synthetic banks in {work} ...", file=sys.stderr)
-    banks = {k: Path(args.big) if k == "big" and args.big else make(work / f"{k}-{'x'.join(map(str, v))}.safetensors", *v, seed=i)
-             for i, (k, v) in enumerate(sizes.items())}
+    banks = {
+        k: Path(args.big)
+        if k == "big" and args.big
+        else make(work / f"{k}-{'x'.join(map(str, v))}.safetensors", *v, seed=i)
+        for i, (k, v) in enumerate(sizes.items())
+    }
     out = work / "out.safetensors"
     mpt = [PY, "-m", "mptkit"]
     rows = []
@@ -114,27 +131,58 @@ def main() -> None:
 
     src = str(banks["rank"])
     if "rank" in only:
-        row("rank 32 -> 8", shape("rank"),
-            paired(mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"], [PY, "-c", RANK_BASE.format(src=src)],
-                   env, repeat),
-            "batched torch.linalg.svd of the full prompts", "<= 3x", 3.0)
+        row(
+            "rank 32 -> 8",
+            shape("rank"),
+            paired(
+                mpt + ["rank", src, "--rank", "8", "-o", str(out), "--force"],
+                [PY, "-c", RANK_BASE.format(src=src)],
+                env,
+                repeat,
+            ),
+            "batched torch.linalg.svd of the full prompts",
+            "<= 3x",
+            3.0,
+        )
     src = str(banks["similarity"])
     if "similarity" in only:
-        row("similarity", shape("similarity"),
+        row(
+            "similarity",
+            shape("similarity"),
             paired(mpt + ["similarity", src], [PY, "-c", GRAM_BASE.format(src=src)], env, repeat),
-            "one float32 Gram of the materialised prompts", "<= 2x, RSS < 1.5 GB", 2.0, 1500)
+            "one float32 Gram of the materialised prompts",
+            "<= 2x, RSS < 1.5 GB",
+            2.0,
+            1500,
+        )
     big = str(banks["big"])
     gb = f"{os.path.getsize(big) / 1e9:.2f} GB ({shape('big')})"
     if "average" in only:
-        row("derive average", gb,
-            paired(mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"],
-                   [PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))], env, repeat),
-            "naive load-and-mean", "<= 0.5x, RSS < 400 MB", 0.5, 400)
+        row(
+            "derive average",
+            gb,
+            paired(
+                mpt + ["derive", big, "--mode", "average", "-o", str(out), "--force"],
+                [PY, "-c", AVERAGE_BASE.format(src=big, out=str(out))],
+                env,
+                repeat,
+            ),
+            "naive load-and-mean",
+            "<= 0.5x, RSS < 400 MB",
+            0.5,
+            400,
+        )
     for key in ("values", "big") if "values" in only else ():
         src = str(banks[key])
-        row("validate --values", shape(key),
+        row(
+            "validate --values",
+            shape(key),
             paired(mpt + ["validate", "--values", src], [PY, "-c", VALUES_BASE.format(src=src)], env, repeat),
-            "read once + the same norms (numpy)", "<= 2x, RSS < 400 MB", 2.0, 400)
+            "read once + the same norms (numpy)",
+            "<= 2x, RSS < 400 MB",
+            2.0,
+            400,
+        )
     exact = mpt + ["derive", big, "--mode", "exact", "--task", "7", "-o", str(out), "--force"]
 
     def cold(i):
@@ -142,16 +190,29 @@ def main() -> None:
         return dict(env, MPTKIT_CACHE=str(work / "cold-cache"))
 
     if "exact" in only:
-        row("derive exact, cold hash cache", gb, paired(exact, exact, env, repeat, before=cold), "the warm run",
-            "<= 2x", 2.0)
+        row(
+            "derive exact, cold hash cache",
+            gb,
+            paired(exact, exact, env, repeat, before=cold),
+            "the warm run",
+            "<= 2x",
+            2.0,
+        )
 
-    print(f"\ncompute targets; {repeat} runs of each after a warm-up, alternating with the baseline's; walls are "
-          "medians, the ratio the median of the pairs' ratios, peak RSS the largest of all runs\n")
-    print("| operation | size | mptkit (s) | peak RSS (MB) | baseline | baseline (s) | baseline RSS (MB) | ratio | target | met |")
+    print(
+        f"\ncompute targets; {repeat} runs of each after a warm-up, alternating with the baseline's; walls are "
+        "medians, the ratio the median of the pairs' ratios, peak RSS the largest of all runs\n"
+    )
+    print(
+        "| operation | size | mptkit (s) | peak RSS (MB) | baseline | baseline (s) | baseline RSS "
+        "(MB) | ratio | target | met |"
+    )
     print("|---|---|---:|---:|---|---:|---:|---:|---|---|")
     for op, size, ours, label, base, ratio, target, met in rows:
-        print(f"| {op} | {size} | {ours[0]:.2f} | {ours[1]:.0f} | {label} | {base[0]:.2f} | {base[1]:.0f} | "
-              f"{ratio:.2f}x | {target} | {'yes' if met else 'NO'} |")
+        print(
+            f"| {op} | {size} | {ours[0]:.2f} | {ours[1]:.0f} | {label} | {base[0]:.2f} | {base[1]:.0f} | "
+            f"{ratio:.2f}x | {target} | {'yes' if met else 'NO'} |"
+        )
     sys.stdout.flush()
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The weighted low-rank fit (mptkit.als) beside plain alternating least squares, on the same tasks.
+"""The weighted low-rank fit (mptkit._als) beside plain alternating least squares, on the same tasks.
 
     python benchmarks/fit_bench.py              # 64 tasks of the rank target's shape (about a minute)
     python benchmarks/fit_bench.py --tasks 16   # quicker
@@ -21,13 +21,17 @@ import time
 
 import torch
 
-from mptkit import als, fit
+from mptkit import _als as als, _fit as fit
 
 
 def bank(T: int, N: int, r: int, d: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(N, d, generator=g, dtype=torch.float64) * 0.1
-    return W, torch.randn(T, N, r, generator=g, dtype=torch.float64) * 0.1, torch.randn(T, r, d, generator=g, dtype=torch.float64) * 0.1
+    return (
+        W,
+        torch.randn(T, N, r, generator=g, dtype=torch.float64) * 0.1,
+        torch.randn(T, r, d, generator=g, dtype=torch.float64) * 0.1,
+    )
 
 
 def run(W, cols, rows, rank, *, draft, tol, accelerate_after=3):
@@ -52,7 +56,7 @@ def run(W, cols, rows, rank, *, draft, tol, accelerate_after=3):
 
         def tasks():
             for lo in range(0, T, step):
-                Ct, R = fit.svd_start_factored(cols[lo:lo + step], rows[lo:lo + step], rank)
+                Ct, R = fit.svd_start_factored(cols[lo : lo + step], rows[lo : lo + step], rank)
                 for j in range(len(Ct)):
                     yield lo + j, cols[lo + j] @ rows[lo + j], Ct[j], R[j]
 
@@ -73,9 +77,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     W, cols, rows = bank(args.tasks, 100, 32, 4096, args.seed)
-    rows_out = [("plain, float64 (the first fit's method)", run(W, cols, rows, 8, draft=False, tol=1e-8, accelerate_after=10**9)),
-                ("anderson, float64", run(W, cols, rows, 8, draft=False, tol=1e-9)),
-                ("mptkit: float32 then float64", run(W, cols, rows, 8, draft=True, tol=1e-9))]
+    rows_out = [
+        (
+            "plain, float64 (the first fit's method)",
+            run(W, cols, rows, 8, draft=False, tol=1e-8, accelerate_after=10**9),
+        ),
+        ("anderson, float64", run(W, cols, rows, 8, draft=False, tol=1e-9)),
+        ("mptkit: float32 then float64", run(W, cols, rows, 8, draft=True, tol=1e-9)),
+    ]
     base = rows_out[0][1][3]
     print(f"{args.tasks} tasks, N=100, r=32 -> 8, d=4096\n")
     print("| fit | wall (s) | float32 sweeps/task | float64 sweeps/task | mean error | largest change vs plain |")

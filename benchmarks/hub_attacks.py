@@ -35,15 +35,31 @@ LIMIT_S = 90
 
 def run(src: Path, root: Path, argv: list[str], env: dict, read_only: Path | None = None) -> dict:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MPTKIT_"))}
-    e.update({"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-              "NO_PROXY": "127.0.0.1,localhost", "MPTKIT_CACHE": str(root / "mptkit-cache"), **env})
+    e.update(
+        {
+            "PYTHONPATH": str(src),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "MPTKIT_CACHE": str(root / "mptkit-cache"),
+            **env,
+        }
+    )
     before = _tree(root)
     out, err = root / "stdout.txt", root / "stderr.txt"
     t0 = time.monotonic()
     with open(out, "wb") as o, open(err, "wb") as er:
         cmd = [sys.executable, "-m", "mptkit", *argv]
         if read_only is not None:  # the folder read-only for this process alone (a private bind mount)
-            cmd = ["unshare", "-m", "sh", "-c", f'mount --bind -o ro "{read_only}" "{read_only}" && exec "$@"', "-", *cmd]
+            cmd = [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f'mount --bind -o ro "{read_only}" "{read_only}" && exec "$@"',
+                "-",
+                *cmd,
+            ]
         p = subprocess.Popen(cmd, stdout=o, stderr=er, env=e, cwd=root / "work")
         deadline = t0 + LIMIT_S
         status = ru = None
@@ -60,17 +76,27 @@ def run(src: Path, root: Path, argv: list[str], env: dict, read_only: Path | Non
     out.unlink()
     err.unlink()
     allowed = (root / "home" / "hf" / "hub", root / "out", root / "mptkit-cache")
-    new = sorted(str(p.relative_to(root)) for p in _tree(root) - before
-                 if not any(p == a or a in p.parents for a in allowed) and p.name not in ("stdout.txt", "stderr.txt"))
+    new = sorted(
+        str(p.relative_to(root))
+        for p in _tree(root) - before
+        if not any(p == a or a in p.parents for a in allowed) and p.name not in ("stdout.txt", "stderr.txt")
+    )
     lines = [x for x in text.decode(errors="replace").splitlines() if x.strip()]
     code = os.waitstatus_to_exitcode(status) if status is not None else None
-    return {"argv": " ".join(argv), "rc": "killed" if wall >= LIMIT_S else code, "wall_s": round(wall, 1),
-            "rss_mb": round(ru.ru_maxrss / 1024), "outside": new[:3], "token_shown": TOKEN.removeprefix("hf_").encode() in text,
-            "raw_escape": any(c in text for c in (b"\x1b", b"\x07", b"\xc2\x9b")), "said": (lines[-1] if lines else "")[:400]}
+    return {
+        "argv": " ".join(argv),
+        "rc": "killed" if wall >= LIMIT_S else code,
+        "wall_s": round(wall, 1),
+        "rss_mb": round(ru.ru_maxrss / 1024),
+        "outside": new[:3],
+        "token_shown": TOKEN.removeprefix("hf_").encode() in text,
+        "raw_escape": any(c in text for c in (b"\x1b", b"\x07", b"\xc2\x9b")),
+        "said": (lines[-1] if lines else "")[:400],
+    }
 
 
 def _tree(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    return set(root.rglob("*"))
 
 
 def adapter(tmp: Path, config_extra: dict | None = None) -> dict[str, bytes]:
@@ -81,8 +107,10 @@ def adapter(tmp: Path, config_extra: dict | None = None) -> dict[str, bytes]:
     copyfile(ROOT / "examples" / "bank" / "adapter_model.safetensors", folder / "adapter_model.safetensors")
     cfg = json.loads((ROOT / "examples" / "bank" / "adapter_config.json").read_text())
     cfg.update(config_extra or {})
-    return {"adapter_config.json": json.dumps(cfg, indent=2).encode(),
-            "adapter_model.safetensors": (folder / "adapter_model.safetensors").read_bytes()}
+    return {
+        "adapter_config.json": json.dumps(cfg, indent=2).encode(),
+        "adapter_model.safetensors": (folder / "adapter_model.safetensors").read_bytes(),
+    }
 
 
 def attacks(tmp: Path):
@@ -92,14 +120,20 @@ def attacks(tmp: Path):
         hub.commit("owner/bank", adapter(tmp))
         bad = f'"{os.path.relpath(root / "escaped", root / "home/hf/hub/models--owner--bank/blobs")}"'
         hub.hostile("owner/bank", etag=bad, linked_etag=f'"{root / "abs-escaped"}"')
-        return [(["pull", "owner/bank"], {}, None), (["pull", "owner/bank", "-o", "../out/p"], {}, None),
-                (["inspect", "hf://owner/bank"], {}, None)]
+        return [
+            (["pull", "owner/bank"], {}, None),
+            (["pull", "owner/bank", "-o", "../out/p"], {}, None),
+            (["inspect", "hf://owner/bank"], {}, None),
+        ]
 
     def flipped(hub, root):
         files = adapter(tmp)
         hub.commit("owner/bank", files)
-        hub.hostile("owner/bank", linked_etag='"not-hex"',
-                    flip={"adapter_model.safetensors": len(files["adapter_model.safetensors"]) - 3})
+        hub.hostile(
+            "owner/bank",
+            linked_etag='"not-hex"',
+            flip={"adapter_model.safetensors": len(files["adapter_model.safetensors"]) - 3},
+        )
         return [(["pull", "owner/bank", "-o", "../out/p"], {}, None), (["validate", "../out/p"], {}, None)]
 
     def slow(hub, root):
@@ -129,8 +163,11 @@ def attacks(tmp: Path):
         hub.commit("owner/bank", adapter(tmp))
         hub.hostile("owner/bank", echo_auth=True)
         env = {"HF_TOKEN": TOKEN}
-        return [(["pull", "owner/bank"], env, None), (["push", str(ROOT / "examples" / "bank"), "owner/bank"], env, None),
-                (["pull", "owner/bank", "--token", TOKEN.removeprefix("hf_")], {}, None)]
+        return [
+            (["pull", "owner/bank"], env, None),
+            (["push", str(ROOT / "examples" / "bank"), "owner/bank"], env, None),
+            (["pull", "owner/bank", "--token", TOKEN.removeprefix("hf_")], {}, None),
+        ]
 
     def escapes(hub, root):
         hub.commit("owner/bank", adapter(tmp, {"base_model_name_or_path": "t5\x1b]0;pwned\x07\x1b[2J\x9b31m"}))
@@ -147,10 +184,18 @@ def attacks(tmp: Path):
         hub.commit("owner/bank", adapter(tmp))
         return [(["pull", "owner/bank", "-o", "../out/p"], {}, root / "home" / "hf")]
 
-    return [("1 etag path", etag), ("2 non-hex etag + flipped byte", flipped), ("3 slow body", slow),
-            ("4 server ignores Range", ignore_range), ("4 300 MB adapter_config.json", big_config),
-            ("4 listing of 3 M files", listing), ("7 token echoed", token), ("8 escapes", escapes),
-            ("11 wrong X-Repo-Commit", repo_commit), ("11 read-only HF_HOME", read_only)]
+    return [
+        ("1 etag path", etag),
+        ("2 non-hex etag + flipped byte", flipped),
+        ("3 slow body", slow),
+        ("4 server ignores Range", ignore_range),
+        ("4 300 MB adapter_config.json", big_config),
+        ("4 listing of 3 M files", listing),
+        ("7 token echoed", token),
+        ("8 escapes", escapes),
+        ("11 wrong X-Repo-Commit", repo_commit),
+        ("11 read-only HF_HOME", read_only),
+    ]
 
 
 def main() -> None:
@@ -175,9 +220,13 @@ def main() -> None:
                     r["attack"] = name
                     rows.append(r)
                     if not args.json:
-                        print(f"{name:<30} {r['argv'][:44]:<45} rc={r['rc']!s:<6} {r['wall_s']:>5.1f} s "
-                              f"{r['rss_mb']:>5} MB outside={r['outside'] or '-'} token={'YES' if r['token_shown'] else 'no'} "
-                              f"raw-escape={'YES' if r['raw_escape'] else 'no'} | {r['said']}", flush=True)
+                        print(
+                            f"{name:<30} {r['argv'][:44]:<45} rc={r['rc']!s:<6} {r['wall_s']:>5.1f} s "
+                            f"{r['rss_mb']:>5} MB outside={r['outside'] or '-'} "
+                            f"token={'YES' if r['token_shown'] else 'no'} "
+                            f"raw-escape={'YES' if r['raw_escape'] else 'no'} | {r['said']}",
+                            flush=True,
+                        )
             shutil.rmtree(root, ignore_errors=True)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -80,16 +80,27 @@ def main() -> None:
         if not bank.exists():  # in a child process, so that this one never holds torch (see run_once)
             subprocess.run([PY, __file__, "--make", str(bank), str(T), str(N), str(r), str(d)], check=True)
         size = bank.stat().st_size
-        print(f"bank: {bank} (T={T}, N={N}, r={r}, d={d}, F32): {size / 1e9:.3f} GB, "
-              f"ready in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"bank: {bank} (T={T}, N={N}, r={r}, d={d}, F32): {size / 1e9:.3f} GB, "
+            f"ready in {time.perf_counter() - t0:.1f} s"
+        )
         commands = [
             ("python -c pass (interpreter start-up)", [PY, "-c", "pass"]),
             ("mptkit inspect", [PY, "-m", "mptkit", "inspect", str(bank)]),
             ("mptkit inspect --json", [PY, "-m", "mptkit", "inspect", "--json", str(bank)]),
             ("mptkit validate", [PY, "-m", "mptkit", "validate", str(bank)]),
-            ("safetensors.torch.load_file", [PY, "-c", f"from safetensors.torch import load_file; load_file({str(bank)!r})"]),
-            ("load_file + read every tensor (sum)", [PY, "-c", "from safetensors.torch import load_file; "
-                                                    f"[v.sum() for v in load_file({str(bank)!r}).values()]"]),
+            (
+                "safetensors.torch.load_file",
+                [PY, "-c", f"from safetensors.torch import load_file; load_file({str(bank)!r})"],
+            ),
+            (
+                "load_file + read every tensor (sum)",
+                [
+                    PY,
+                    "-c",
+                    f"from safetensors.torch import load_file; [v.sum() for v in load_file({str(bank)!r}).values()]",
+                ],
+            ),
             ("import torch (no file)", [PY, "-c", "import torch"]),
         ]
         print(f"\n{'command (whole process)':<40}{'median wall':>12}{'peak RSS':>12}")
@@ -98,7 +109,9 @@ def main() -> None:
             wall, rss = measure(argv, args.repeat)
             print(f"{label:<40}{wall:>10.3f} s{rss / 2**20:>9.0f} MiB")
         print(f"\nmptkit inspect imports torch: {'yes' if imports_torch(bank) else 'no'}")
-        print(f"({args.repeat} timed runs each after one warm-up; {os.cpu_count()} CPUs; Python {sys.version.split()[0]})")
+        print(
+            f"({args.repeat} timed runs each after one warm-up; {os.cpu_count()} CPUs; Python {sys.version.split()[0]})"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -42,21 +42,29 @@ def main() -> None:
     names = [f"t{i:05d}" for i in range(T)] if args.names else None
     layout = sparse_bank(tmp / "adapter_model.safetensors", T=T, N=N, r=r, d=d, filled=(0, 3, 5, 7, T - 1), names=names)
     cfg = json.loads((ROOT / "examples" / "bank" / "adapter_config.json").read_text())
-    cfg.update(num_tasks=T, num_ranks=r, token_dim=d, num_virtual_tokens=N, num_transformer_submodules=1,
-               task_type="CAUSAL_LM")
+    cfg.update(
+        num_tasks=T, num_ranks=r, token_dim=d, num_virtual_tokens=N, num_transformer_submodules=1, task_type="CAUSAL_LM"
+    )
     blob = Blob.file(tmp / "adapter_model.safetensors")
-    blob.sha256  # the listing's LFS sha256, computed once
+    _ = blob.sha256  # the listing's LFS sha256, computed once
     per_task = (N * r + r * d) * 4
     with HubServer() as hub:
-        os.environ.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-                           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "NO_PROXY": "127.0.0.1,localhost",
-                           "MPTKIT_CACHE": str(tmp / "mptkit-cache")})
+        os.environ.update(
+            {
+                "HF_ENDPOINT": hub.url,
+                "HF_HOME": str(tmp / "hf-home"),
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "MPTKIT_CACHE": str(tmp / "mptkit-cache"),
+            }
+        )
         hub.commit("owner/bank", {"adapter_config.json": json.dumps(cfg).encode(), "adapter_model.safetensors": blob})
         import mptkit
-        from mptkit.derive import derive
-        from mptkit.edit import slice_tasks
+        from mptkit._derive import derive
+        from mptkit._edit import slice_tasks
         from mptkit.hub import pull, remote_summary
-        from mptkit.runtime import TaskPrompts
+        from mptkit.serve._runtime import TaskPrompts
 
         out = tmp / "out"
 
@@ -69,11 +77,24 @@ def main() -> None:
 
         ops = [
             ("inspect (header)", 0, lambda: remote_summary("hf://owner/bank"), False),
-            ("derive --mode exact --task 7", 1,
-             lambda: mptkit.save(derive(mptkit.load("hf://owner/bank"), "exact", task=7), fresh() / "d.safetensors"), True),
-            ("slice --tasks 3,5,T-1", 3,
-             lambda: mptkit.save(slice_tasks(mptkit.load("hf://owner/bank"), [3, 5, T - 1]), fresh() / "s"), True),
-            ("TaskPrompts.from_bank(tasks=[3, 5])", 2, lambda: TaskPrompts.from_bank("hf://owner/bank", tasks=[3, 5]), True),
+            (
+                "derive --mode exact --task 7",
+                1,
+                lambda: mptkit.save(derive(mptkit.load("hf://owner/bank"), "exact", task=7), fresh() / "d.safetensors"),
+                True,
+            ),
+            (
+                "slice --tasks 3,5,T-1",
+                3,
+                lambda: mptkit.save(slice_tasks(mptkit.load("hf://owner/bank"), [3, 5, T - 1]), fresh() / "s"),
+                True,
+            ),
+            (
+                "TaskPrompts.from_bank(tasks=[3, 5])",
+                2,
+                lambda: TaskPrompts.from_bank("hf://owner/bank", tasks=[3, 5]),
+                True,
+            ),
             ("pull --tasks 0,7", 2, lambda: pull("owner/bank", fresh() / "p", tasks="0,7"), True),
         ]
         from huggingface_hub.utils import get_session
@@ -86,8 +107,9 @@ def main() -> None:
             t0 = time.perf_counter()
             got = 0
             with open(tmp / "one-request.bin", "wb") as f:
-                with session.stream("GET", url, headers={"Range": f"bytes=0-{n - 1}",
-                                                         "Accept-Encoding": "identity"}) as resp:
+                with session.stream(
+                    "GET", url, headers={"Range": f"bytes=0-{n - 1}", "Accept-Encoding": "identity"}
+                ) as resp:
                     for c in resp.iter_raw():
                         f.write(c)
                         got += len(c)
@@ -96,8 +118,10 @@ def main() -> None:
             assert got == n, (got, n)
             return time.perf_counter() - t0
 
-        print(f"bank: T={T:,} N={N} r={r} d={d:,} F32, {blob.size / 1e9:.2f} GB, header {layout['header']:,} bytes"
-              f"{' (task names)' if names else ''}; median of {args.repeat} runs (after one warm-up)")
+        print(
+            f"bank: T={T:,} N={N} r={r} d={d:,} F32, {blob.size / 1e9:.2f} GB, header {layout['header']:,} bytes"
+            f"{' (task names)' if names else ''}; median of {args.repeat} runs (after one warm-up)"
+        )
         print(f"{'operation':<38}{'sent':>12}{'bound':>12}{'reqs':>6}{'mptkit':>10}{'one request':>13}{'ratio':>7}")
         rows = []
         for name, k, fn, with_p in ops:
@@ -109,14 +133,16 @@ def main() -> None:
                 fn()
                 times.append(time.perf_counter() - t0)
                 sent.append(hub.bytes_sent(r"adapter_model\.safetensors$"))
-                reqs.append(len([q for q in hub.requests]))
+                reqs.append(len(list(hub.requests)))
             n = max(sent)
             base = statistics.median(one_request(n) for _ in range(args.repeat))
             limit = layout["header"] + (N * d * 4 if with_p else 0) + k * per_task + (64 << 10)
             t = statistics.median(times)
             rows.append((name, n, limit, max(reqs), t, base))
-            print(f"{name:<38}{n:>12,}{limit:>12,}{max(reqs):>6}{t * 1e3:>8.1f}ms{base * 1e3:>11.1f}ms{t / base:>6.2f}x",
-                  flush=True)
+            print(
+                f"{name:<38}{n:>12,}{limit:>12,}{max(reqs):>6}{t * 1e3:>8.1f}ms{base * 1e3:>11.1f}ms{t / base:>6.2f}x",
+                flush=True,
+            )
         whole = statistics.median(one_request(blob.size) for _ in range(2))
         print(f"{'whole file, one request':<38}{blob.size:>12,}{'':>12}{1:>6}{'':>10}{whole * 1e3:>11.1f}ms")
 

@@ -79,30 +79,39 @@ def run_once(argv: list[str], env: dict) -> tuple[float, float]:
 
 
 NAIVE = {
-    "inspect": "from safetensors.torch import load_file; sd = load_file({src!r}); print({{k: v.shape for k, v in sd.items()}})",
-    "exact": ("import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
-              "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'][{k}:{k}+1].clone(), "
-              "'prefix_task_rows': sd['prefix_task_rows'][{k}:{k}+1].clone()}}, {out!r})"),
-    "slice": ("import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); i = torch.tensor({idx}); "
-              "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'][i].contiguous(), "
-              "'prefix_task_rows': sd['prefix_task_rows'][i].contiguous()}}, {out!r})"),
-    "average": ("import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
-                "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'].mean(0, keepdim=True), "
-                "'prefix_task_rows': sd['prefix_task_rows'].mean(0, keepdim=True)}}, {out!r})"),
-    "merge": ("import torch; from safetensors.torch import load_file, save_file; a = load_file({src!r}); b = load_file({src2!r}); "
-              "save_file({{'prompt_embeddings': a['prompt_embeddings'], 'prefix_task_cols': torch.cat([a['prefix_task_cols'], b['prefix_task_cols']]), "
-              "'prefix_task_rows': torch.cat([a['prefix_task_rows'], b['prefix_task_rows']])}}, {out!r})"),
+    "inspect": "from safetensors.torch import load_file; sd = load_file({src!r}); "
+    "print({{k: v.shape for k, v in sd.items()}})",
+    "exact": (
+        "import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
+        ""
+        "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'][{k}:{k}+1].clone(), "  # noqa: E501 (a baseline's code, kept on one line)
+        "'prefix_task_rows': sd['prefix_task_rows'][{k}:{k}+1].clone()}}, {out!r})"
+    ),
+    "slice": (
+        "import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); i = torch.tensor({idx}); "  # noqa: E501 (a baseline's code, kept on one line)
+        "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'][i].contiguous(), "  # noqa: E501 (a baseline's code, kept on one line)
+        "'prefix_task_rows': sd['prefix_task_rows'][i].contiguous()}}, {out!r})"
+    ),
+    "average": (
+        "import torch; from safetensors.torch import load_file, save_file; sd = load_file({src!r}); "
+        "save_file({{'prompt_embeddings': sd['prompt_embeddings'], 'prefix_task_cols': sd['prefix_task_cols'].mean(0, keepdim=True), "  # noqa: E501 (a baseline's code, kept on one line)
+        "'prefix_task_rows': sd['prefix_task_rows'].mean(0, keepdim=True)}}, {out!r})"
+    ),
+    "merge": (
+        "import torch; from safetensors.torch import load_file, save_file; a = load_file({src!r}); b = load_file({src2!r}); "  # noqa: E501 (a baseline's code, kept on one line)
+        "save_file({{'prompt_embeddings': a['prompt_embeddings'], 'prefix_task_cols': torch.cat([a['prefix_task_cols'], b['prefix_task_cols']]), "  # noqa: E501 (a baseline's code, kept on one line)
+        "'prefix_task_rows': torch.cat([a['prefix_task_rows'], b['prefix_task_rows']])}}, {out!r})"
+    ),
 }
 
 # The copy limit for an operation that reads the whole bank (average): read it once.
-READ_ONCE = ("with open({src!r}, 'rb', buffering=0) as f:\n"
-             "    buf = bytearray(8 << 20)\n    while f.readinto(buf): pass")
+READ_ONCE = "with open({src!r}, 'rb', buffering=0) as f:\n    buf = bytearray(8 << 20)\n    while f.readinto(buf): pass"
 
 
 def task_ranges(path: str, tasks: list[int]) -> list[tuple[int, int]]:
     """File byte ranges of the given tasks' rows of both factors, plus the shared prompt."""
     sys.path.insert(0, str(HERE.parent))
-    from mptkit.formats.safetensors import read_header
+    from mptkit.formats._safetensors import read_header
 
     h = read_header(path)
     out = []
@@ -188,41 +197,78 @@ def main() -> None:
 
     def copy_cmd(srcs: list[str], ranges: dict) -> list[str]:
         ranges = {p: _coalesce(rs) for p, rs in ranges.items()}
-        code = ("import os\nwith open(%r, 'wb') as o:\n" % str(out_file)
-                + "".join("    f = os.open(%r, os.O_RDONLY)\n" % p
-                          + "".join("    o.write(os.pread(f, %d, %d))\n" % (ln, off) for off, ln in ranges[p])
-                          for p in srcs)
-                + "    o.flush()\n    os.fsync(o.fileno())\n")  # mptkit's outputs are durable too
+        code = (
+            f"import os\nwith open({str(out_file)!r}, 'wb') as o:\n"
+            + "".join(
+                f"    f = os.open({p!r}, os.O_RDONLY)\n"
+                + "".join(f"    o.write(os.pread(f, {ln}, {off}))\n" for off, ln in ranges[p])
+                for p in srcs
+            )
+            + "    o.flush()\n    os.fsync(o.fileno())\n"
+        )  # mptkit's outputs are durable too
         return [PY, "-c", code]
 
     read_cmd = [PY, "-c", READ_ONCE.format(src=src)]
-    add("--help", [("mptkit", mpt + ["--help"], None),
-                   ("naive (import safetensors.torch)", [PY, "-c", "import safetensors.torch"], None)])
-    add("inspect", [("mptkit", mpt + ["inspect", src], None),
-                    ("naive", [PY, "-c", NAIVE["inspect"].format(src=src)], None)])
-    add("derive exact", [
-        ("mptkit", mpt + ["derive", src, "--mode", "exact", "--task", str(k), "-o", str(out_file), "--force"], out_file),
-        ("naive", [PY, "-c", NAIVE["exact"].format(src=src, k=k, out=str(out_file))], out_file),
-        ("copy limit", copy_cmd([src], {src: task_ranges(src, [k])}), out_file)])
-    add("slice 3 tasks", [
-        ("mptkit", mpt + ["slice", src, "--tasks", ",".join(map(str, few)), "-o", str(out_file), "--force"], out_file),
-        ("naive", [PY, "-c", NAIVE["slice"].format(src=src, idx=few, out=str(out_file))], out_file),
-        ("copy limit", copy_cmd([src], {src: task_ranges(src, few)}), out_file)])
-    add("derive average", [
-        ("mptkit", mpt + ["derive", src, "--mode", "average", "-o", str(out_file), "--force"], out_file),
-        ("naive", [PY, "-c", NAIVE["average"].format(src=src, out=str(out_file))], out_file),
-        ("copy limit (read bank once)", read_cmd, None)])
+    add(
+        "--help",
+        [
+            ("mptkit", mpt + ["--help"], None),
+            ("naive (import safetensors.torch)", [PY, "-c", "import safetensors.torch"], None),
+        ],
+    )
+    add(
+        "inspect",
+        [("mptkit", mpt + ["inspect", src], None), ("naive", [PY, "-c", NAIVE["inspect"].format(src=src)], None)],
+    )
+    add(
+        "derive exact",
+        [
+            (
+                "mptkit",
+                mpt + ["derive", src, "--mode", "exact", "--task", str(k), "-o", str(out_file), "--force"],
+                out_file,
+            ),
+            ("naive", [PY, "-c", NAIVE["exact"].format(src=src, k=k, out=str(out_file))], out_file),
+            ("copy limit", copy_cmd([src], {src: task_ranges(src, [k])}), out_file),
+        ],
+    )
+    add(
+        "slice 3 tasks",
+        [
+            (
+                "mptkit",
+                mpt + ["slice", src, "--tasks", ",".join(map(str, few)), "-o", str(out_file), "--force"],
+                out_file,
+            ),
+            ("naive", [PY, "-c", NAIVE["slice"].format(src=src, idx=few, out=str(out_file))], out_file),
+            ("copy limit", copy_cmd([src], {src: task_ranges(src, few)}), out_file),
+        ],
+    )
+    add(
+        "derive average",
+        [
+            ("mptkit", mpt + ["derive", src, "--mode", "average", "-o", str(out_file), "--force"], out_file),
+            ("naive", [PY, "-c", NAIVE["average"].format(src=src, out=str(out_file))], out_file),
+            ("copy limit (read bank once)", read_cmd, None),
+        ],
+    )
     whole = {p: task_ranges(p, list(range(T // 2)))[:-1] for p in (a, b)}
     whole[a] = whole[a] + [task_ranges(a, [])[-1]]
-    add("merge 2 banks", [
-        ("mptkit", mpt + ["merge", a, b, "-o", str(out_file), "--force"], out_file),
-        ("naive", [PY, "-c", NAIVE["merge"].format(src=a, src2=b, out=str(out_file))], out_file),
-        ("copy limit", copy_cmd([a, b], whole), out_file)])
+    add(
+        "merge 2 banks",
+        [
+            ("mptkit", mpt + ["merge", a, b, "-o", str(out_file), "--force"], out_file),
+            ("naive", [PY, "-c", NAIVE["merge"].format(src=a, src2=b, out=str(out_file))], out_file),
+            ("copy limit", copy_cmd([a, b], whole), out_file),
+        ],
+    )
 
     size = big.stat().st_size / 1e9
-    print(f"\nbank: T={T}, N={N}, r={r}, d={d}, F32, {size:.2f} GB; merge: two banks of T={T // 2} "
-          f"({half_a.stat().st_size / 1e9:.2f} GB each); median of {repeat} runs after a warm-up; "
-          f"peak RSS is the largest of all runs\n")
+    print(
+        f"\nbank: T={T}, N={N}, r={r}, d={d}, F32, {size:.2f} GB; merge: two banks of T={T // 2} "
+        f"({half_a.stat().st_size / 1e9:.2f} GB each); median of {repeat} runs after a warm-up; "
+        f"peak RSS is the largest of all runs\n"
+    )
     print("| operation | method | wall (s) | first run (s) | peak RSS (MB) | vs naive |")
     print("|---|---|---:|---:|---:|---:|")
     naive_wall = {op: r["wall"] for op, r in rows if r["label"].startswith("naive")}
@@ -237,8 +283,11 @@ def main() -> None:
     if not args.skip_compute:  # the compute targets (benchmarks/compute_bench.py), on the same big bank
         print()
         sys.stdout.flush()
-        subprocess.run([PY, str(HERE / "compute_bench.py"), "--dir", str(work), "--big", str(big)]
-                       + (["--quick"] if args.quick else []), check=True)
+        subprocess.run(
+            [PY, str(HERE / "compute_bench.py"), "--dir", str(work), "--big", str(big)]
+            + (["--quick"] if args.quick else []),
+            check=True,
+        )
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -52,22 +52,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     quick = dict(batch=8, tokens=20, dim=256, rank=4, tasks=8, distinct=4, repeat=20)
     full = dict(batch=32, tokens=100, dim=4096, rank=8, tasks=16, distinct=4, repeat=30)
-    cfg = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in (quick if args.quick else full).items()}
+    cfg = {
+        k: getattr(args, k) if getattr(args, k) is not None else v for k, v in (quick if args.quick else full).items()
+    }
     B, N, d, r, T, U = (cfg[k] for k in ("batch", "tokens", "dim", "rank", "tasks", "distinct"))
 
     from peft import MultitaskPromptTuningConfig
     from peft.tuners.multitask_prompt_tuning import MultitaskPromptEmbedding
 
-    from mptkit.runtime import TaskPrompts
+    from mptkit.serve._runtime import TaskPrompts
 
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    pcfg = MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N, num_transformer_submodules=1,
-                                       token_dim=d, num_tasks=T, num_ranks=r)
+    pcfg = MultitaskPromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=N, num_transformer_submodules=1, token_dim=d, num_tasks=T, num_ranks=r
+    )
     peft_mod = MultitaskPromptEmbedding(pcfg, torch.nn.Embedding(2, d)).to(dev).eval()
     ours = TaskPrompts(peft_mod.embedding.weight, peft_mod.prefix_task_cols, peft_mod.prefix_task_rows).to(dev).eval()
-    cached = TaskPrompts(peft_mod.embedding.weight, peft_mod.prefix_task_cols, peft_mod.prefix_task_rows).to(dev).cache()
+    cached = (
+        TaskPrompts(peft_mod.embedding.weight, peft_mod.prefix_task_cols, peft_mod.prefix_task_rows).to(dev).cache()
+    )
 
     g = torch.Generator().manual_seed(1)
     chosen = torch.randperm(T, generator=g)[:U]
@@ -76,8 +81,11 @@ def main() -> None:
 
     with torch.no_grad():
         ref = peft_mod(indices, task_ids)
-        for name, out in (("mptkit (PEFT call)", ours(indices, task_ids)), ("mptkit", ours(task_ids)),
-                          ("mptkit cached", cached(task_ids))):
+        for name, out in (
+            ("mptkit (PEFT call)", ours(indices, task_ids)),
+            ("mptkit", ours(task_ids)),
+            ("mptkit cached", cached(task_ids)),
+        ):
             assert torch.equal(out, ref), f"{name} differs from PEFT"
         rows = [
             ("peft", lambda: peft_mod(indices, task_ids)),
@@ -89,8 +97,10 @@ def main() -> None:
         results = [(name, timed(fn, cfg["repeat"], sync)) for name, fn in rows]
 
     out_bytes = ref.numel() * ref.element_size()
-    print(f"runtime: batch {B}, N={N}, d={d}, r={r}, T={T}, {U} distinct tasks per batch, float32, {dev}, "
-          f"{torch.get_num_threads()} threads; output {out_bytes / 1e6:.1f} MB; median of {cfg['repeat']}")
+    print(
+        f"runtime: batch {B}, N={N}, d={d}, r={r}, T={T}, {U} distinct tasks per batch, float32, {dev}, "
+        f"{torch.get_num_threads()} threads; output {out_bytes / 1e6:.1f} MB; median of {cfg['repeat']}"
+    )
     print(f"{'method':<20}{'median ms':>11}{'vs peft':>9}{'out GB/s':>10}")
     base = results[0][1]
     for name, t in results:

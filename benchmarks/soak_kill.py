@@ -31,10 +31,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fuzzcases as fz  # noqa: E402
-import mptkit  # noqa: E402
 from bankutil import save_peft_bank, sha256_tree  # noqa: E402
-from relutil import (TMP_MARK, big_bank, cli_write_argv, digest, fork_save, kill_when_writing, medium_bank,  # noqa: E402
-                     stat_key, temps, wait_exit, write_seconds)
+from relutil import (  # noqa: E402
+    TMP_MARK,
+    big_bank,
+    cli_write_argv,
+    digest,
+    fork_save,
+    kill_when_writing,
+    medium_bank,
+    stat_key,
+    temps,
+    wait_exit,
+    write_seconds,
+)
+
+import mptkit  # noqa: E402
 
 FIG: Counter = Counter()
 PROBLEMS: list[str] = []
@@ -142,20 +154,31 @@ def faults(work: Path, n: int, rng: random.Random) -> None:
         def lim(limit=limit):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        r = subprocess.run([sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", "0-3", "-o", str(out)],
-                           capture_output=True, text=True, preexec_fn=lim)
+        r = subprocess.run(
+            [sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", "0-3", "-o", str(out)],
+            capture_output=True,
+            text=True,
+            preexec_fn=lim,
+        )
         FIG["file-size limits"] += 1
         FIG["file-size limits: refused (exit 2)" if r.returncode == 2 else "file-size limits: fitted"] += 1
         clean = os.listdir(out.parent) == [] if r.returncode else digest(out) is not None
         if r.returncode not in (0, 2) or "Traceback" in r.stderr or not clean:
-            problem(f"RLIMIT_FSIZE={limit}: exit {r.returncode}, {r.stderr.strip()[:200]}, left {os.listdir(out.parent)}")
+            problem(
+                f"RLIMIT_FSIZE={limit}: exit {r.returncode}, {r.stderr.strip()[:200]}, left {os.listdir(out.parent)}"
+            )
         else:
             FIG["file-size limits survived"] += 1
         shutil.rmtree(out.parent)
     disk = work / "disk"
     disk.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         print("(no tmpfs: skipping the full-disk rounds)")
     try:
@@ -167,13 +190,17 @@ def faults(work: Path, n: int, rng: random.Random) -> None:
             leave = rng.randrange(0, 600_000)
             (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
             out = disk / ("o.safetensors" if i % 2 else "o")
-            r = subprocess.run([sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", "0-3", "-o", str(out)],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "mptkit", "slice", str(src), "--tasks", "0-3", "-o", str(out)],
+                capture_output=True,
+                text=True,
+            )
             FIG["full-disk writes"] += 1
             FIG["full-disk writes: refused (exit 2)" if r.returncode == 2 else "full-disk writes: fitted"] += 1
             left = sorted(os.listdir(disk))
-            ok = (r.returncode == 2 and "disk is full" in r.stderr and left == ["filler"]) or \
-                 (r.returncode == 0 and mptkit.load(out).num_tasks == 4 and not [x for x in left if TMP_MARK in x])
+            ok = (r.returncode == 2 and "disk is full" in r.stderr and left == ["filler"]) or (
+                r.returncode == 0 and mptkit.load(out).num_tasks == 4 and not [x for x in left if TMP_MARK in x]
+            )
             if not ok or "Traceback" in r.stderr:
                 problem(f"full disk (leave {leave}): exit {r.returncode}, {r.stderr.strip()[:200]}, left {left}")
             else:
@@ -187,8 +214,11 @@ def faults(work: Path, n: int, rng: random.Random) -> None:
 
 # -- fuzz ----------------------------------------------------------------------------------------
 def fuzz(work: Path, flips: int, rng: random.Random) -> None:
-    srcs = {"s2s": save_peft_bank(work / "s2s", "seq2seq"), "causal-bf16": save_peft_bank(work / "c", "causal", "bfloat16"),
-            "bin": save_peft_bank(work / "bin", "seq2seq", safe=False)}
+    srcs = {
+        "s2s": save_peft_bank(work / "s2s", "seq2seq"),
+        "causal-bf16": save_peft_bank(work / "c", "causal", "bfloat16"),
+        "bin": save_peft_bank(work / "bin", "seq2seq", safe=False),
+    }
     case = work / "case.safetensors"
 
     def run(kind: str, label: str, data: bytes, path: Path, target: Path, cli: bool = False):
@@ -236,10 +266,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        for phase, fn in (("kills", lambda: kills(work / "k", args.kills, rng)),
-                          ("concurrent", lambda: concurrent(work / "c", args.concurrent)),
-                          ("faults", lambda: faults(work / "f", args.faults, rng)),
-                          ("fuzz", lambda: fuzz(work / "z", args.flips, rng))):
+        for phase, fn in (
+            ("kills", lambda: kills(work / "k", args.kills, rng)),
+            ("concurrent", lambda: concurrent(work / "c", args.concurrent)),
+            ("faults", lambda: faults(work / "f", args.faults, rng)),
+            ("fuzz", lambda: fuzz(work / "z", args.flips, rng)),
+        ):
             (work / phase[0]).mkdir(exist_ok=True)
             t = time.monotonic()
             fn()

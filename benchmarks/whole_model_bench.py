@@ -55,8 +55,11 @@ def make_file(path: Path, gb: float) -> dict:
             for j in range(4):
                 tensors[f"base_model.model.model.layers.{i}.{part}.{j}.weight"] = [d]
     tensors["word_embeddings.weight"] = [32000, d]
-    enc = {"prompt_encoder.default.embedding.weight": [N, d], "prompt_encoder.default.prefix_task_cols": [T, N, r],
-           "prompt_encoder.default.prefix_task_rows": [T, r, d]}
+    enc = {
+        "prompt_encoder.default.embedding.weight": [N, d],
+        "prompt_encoder.default.prefix_task_cols": [T, N, r],
+        "prompt_encoder.default.prefix_task_rows": [T, r, d],
+    }
     tensors.update(enc)
     header, pos = {"__metadata__": {"format": "pt"}}, 0
     for name in sorted(tensors):
@@ -79,11 +82,15 @@ def make_file(path: Path, gb: float) -> dict:
 
 
 MPTKIT_FIND = "import mptkit, sys; b = mptkit.load(sys.argv[1]); print(sum(len(a.read()) for a in b.tensors.values()))"
-SAFE_OPEN = ("import sys; from safetensors import safe_open\n"
-             "with safe_open(sys.argv[1], 'pt') as f:\n"
-             "    print(sum(f.get_tensor(k).numel() for k in sys.argv[2:]))")
-READ_ALL = ("import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n"
-            "    b = bytearray(1 << 24)\n    while f.readinto(b): pass")
+SAFE_OPEN = (
+    "import sys; from safetensors import safe_open\n"
+    "with safe_open(sys.argv[1], 'pt') as f:\n"
+    "    print(sum(f.get_tensor(k).numel() for k in sys.argv[2:]))"
+)
+READ_ALL = (
+    "import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n"
+    "    b = bytearray(1 << 24)\n    while f.readinto(b): pass"
+)
 
 
 def run(argv: list[str]) -> tuple[float, float]:
@@ -106,8 +113,10 @@ def main() -> None:
         path = Path(tmp) / "model.safetensors"
         info = make_file(path, args.gb)
         disk = os.stat(path).st_blocks * 512
-        print(f"whole-model file: {info['size'] / 1e9:.1f} GB, {info['tensors']} tensors, {disk / 1e6:.1f} MB on disk "
-              f"(sparse); prompt encoder N=100, d=4096, T=16, r=8 ({3.8:.1f} MB)")
+        print(
+            f"whole-model file: {info['size'] / 1e9:.1f} GB, {info['tensors']} tensors, {disk / 1e6:.1f} MB on disk "
+            f"(sparse); prompt encoder N=100, d=4096, T=16, r=8 ({3.8:.1f} MB)"
+        )
         rows = [
             ("mptkit.load + read the 3 tensors", [PY, "-c", MPTKIT_FIND, str(path)]),
             ("mptkit inspect", [PY, "-m", "mptkit", "inspect", str(path)]),

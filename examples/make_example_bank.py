@@ -21,12 +21,25 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bank")
 
 def main(out: str = OUT) -> None:
     torch.manual_seed(0)
-    base = T5ForConditionalGeneration(T5Config(
-        vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    ))
+    base = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=128,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     config = MultitaskPromptTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=6, num_tasks=4, num_ranks=2,
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        num_virtual_tokens=6,
+        num_tasks=4,
+        num_ranks=2,
     )
     model = get_peft_model(base, config)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)

@@ -2,7 +2,7 @@
 
 PEFT's PeftModelForQuestionAnswering and PeftModelForFeatureExtraction never pass `task_ids` to
 the prompt encoder, so a MULTITASK_PROMPT_TUNING adapter fails there ("task_ids cannot be None").
-mptkit.runtime serves the prompts itself: `TaskPrompts` computes each row's task prompt and
+mptkit.serve._runtime serves the prompts itself: `TaskPrompts` computes each row's task prompt and
 `prepend` puts it in front of any Hugging Face model's input embeddings (and extends the attention
 mask and token type ids).
 
@@ -22,10 +22,16 @@ from peft import MultitaskPromptTuningConfig, get_peft_model
 from transformers import BertConfig, BertForQuestionAnswering, BertModel
 
 import mptkit
-from mptkit.runtime import TaskPrompts, prepend
+from mptkit.serve._runtime import TaskPrompts, prepend
 
-CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=64)
+CONFIG = BertConfig(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 def qa_model():
@@ -58,11 +64,19 @@ def main(work: str) -> None:
     task_ids = prompts.task_ids([0, 2, 2, 1])
     P = prompts.num_tokens
     with torch.no_grad():
-        out = model(**prepend(model, prompts(task_ids), input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids))
+        out = model(
+            **prepend(
+                model,
+                prompts(task_ids),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+            )
+        )
     start, end = out.start_logits[:, P:], out.end_logits[:, P:]  # drop the prompt positions
-    print(f"answer spans for task_ids {task_ids.tolist()}: "
-          f"{list(zip(start.argmax(1).tolist(), end.argmax(1).tolist()))}")
+    print(
+        f"answer spans for task_ids {task_ids.tolist()}: {list(zip(start.argmax(1).tolist(), end.argmax(1).tolist()))}"
+    )
 
     # train the prompts only (the model stays frozen), then save them as a bank
     prompts.uncache().requires_grad_(True)
@@ -70,8 +84,17 @@ def main(work: str) -> None:
     opt = torch.optim.Adam(prompts.parameters(), lr=0.05)
     gold_start, gold_end = torch.tensor([6, 7, 8, 9]), torch.tensor([8, 9, 10, 11])
     for step in range(10):
-        out = model(**prepend(model, prompts(task_ids), input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids), start_positions=gold_start + P, end_positions=gold_end + P)
+        out = model(
+            **prepend(
+                model,
+                prompts(task_ids),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+            ),
+            start_positions=gold_start + P,
+            end_positions=gold_end + P,
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -86,8 +109,9 @@ def main(work: str) -> None:
     encoder = BertModel(CONFIG).eval()
     served = TaskPrompts.from_bank(trained)
     with torch.no_grad():
-        hidden = encoder(**prepend(encoder, served(task_ids), input_ids=input_ids,
-                                   attention_mask=attention_mask)).last_hidden_state[:, P:]
+        hidden = encoder(
+            **prepend(encoder, served(task_ids), input_ids=input_ids, attention_mask=attention_mask)
+        ).last_hidden_state[:, P:]
     print(f"features: {tuple(hidden.shape)} (batch, tokens, hidden), prompts excluded")
 
 

@@ -1,11 +1,11 @@
 """The whole MPT transfer workflow with mptkit and PEFT, on a tiny T5 built from a config.
 
 1. Source training: a multitask prompt bank for 4 source tasks (PEFT's MULTITASK_PROMPT_TUNING).
-2. Derive a target task's starting point offline: `average` and `exact` (mptkit.derive).
+2. Derive a target task's starting point offline: `average` and `exact` (mptkit._derive).
 3. Load it into PEFT two ways (adapter folder, or PEFT's prompt_tuning_init_state_dict_path) and
    check it equals PEFT's own online initialisation from the source.
 4. Fine-tune the target prompt and run the model with task_ids.
-5. Serve the source bank's prompts with mptkit.runtime, and export one task as plain prompt tuning.
+5. Serve the source bank's prompts with mptkit.serve._runtime, and export one task as plain prompt tuning.
 
     python examples/transfer_workflow.py [WORKDIR]      # about 10 s on a laptop CPU
 
@@ -24,18 +24,29 @@ from peft import MultitaskPromptTuningConfig, PeftModel, TaskType, get_peft_mode
 from transformers import T5Config, T5ForConditionalGeneration
 
 import mptkit
-from mptkit.derive import derive
-from mptkit.export import export, save_adapter
-from mptkit.runtime import TaskPrompts
+from mptkit._derive import derive
+from mptkit._export import export, save_adapter
+from mptkit.serve._runtime import TaskPrompts
 
 V, TASKS, RANK = 6, 4, 2
 
 
 def base_model():
     torch.manual_seed(0)  # the same "pretrained" weights every time
-    return T5ForConditionalGeneration(T5Config(
-        vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+    return T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=128,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
 
 
 def batch(task_ids):
@@ -64,8 +75,12 @@ def prompt_params(model):
 
 def main(work: str) -> None:
     # 1. source training with PEFT -----------------------------------------------------------
-    source = get_peft_model(base_model(), MultitaskPromptTuningConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=V, num_tasks=TASKS, num_ranks=RANK))
+    source = get_peft_model(
+        base_model(),
+        MultitaskPromptTuningConfig(
+            task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=V, num_tasks=TASKS, num_ranks=RANK
+        ),
+    )
     loss = train(source, 12, lambda: torch.randint(0, TASKS, (8,)))
     source_dir = os.path.join(work, "source")
     source.save_pretrained(source_dir)
@@ -75,28 +90,41 @@ def main(work: str) -> None:
     bank = mptkit.load(source_dir)
     source_file = os.path.join(source_dir, "adapter_model.safetensors")
     avg_file = os.path.join(work, "average.safetensors")
-    mptkit.save(derive(bank, "average"), avg_file, force=True)            # a bare state dict
+    mptkit.save(derive(bank, "average"), avg_file, force=True)  # a bare state dict
     exact_dir = os.path.join(work, "task2")
-    mptkit.save(derive(bank, "exact", task=2), exact_dir, force=True)     # an adapter folder
+    mptkit.save(derive(bank, "exact", task=2), exact_dir, force=True)  # an adapter folder
     print(f"2. derived: {avg_file} (average of {TASKS} tasks), {exact_dir} (task 2)")
 
     # 3. load into PEFT, and compare with PEFT's own online initialisation ---------------------
     def mpt(**init):
-        return MultitaskPromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=V, num_tasks=1,
-                                           num_ranks=RANK, **init)
+        return MultitaskPromptTuningConfig(
+            task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=V, num_tasks=1, num_ranks=RANK, **init
+        )
 
     served = PeftModel.from_pretrained(base_model(), exact_dir)  # for inference: no source file needed
-    online_exact = get_peft_model(base_model(), mpt(prompt_tuning_init="EXACT_SOURCE_TASK",
-                                  prompt_tuning_init_state_dict_path=source_file, prompt_tuning_init_task=2))
+    online_exact = get_peft_model(
+        base_model(),
+        mpt(
+            prompt_tuning_init="EXACT_SOURCE_TASK",
+            prompt_tuning_init_state_dict_path=source_file,
+            prompt_tuning_init_task=2,
+        ),
+    )
     same = all(torch.equal(a, b) for a, b in zip(prompt_params(served), prompt_params(online_exact)))
     # for training, PEFT starts from a state dict file (it loads prompt adapters only for inference)
-    target = get_peft_model(base_model(), mpt(prompt_tuning_init="AVERAGE_SOURCE_TASKS",
-                                              prompt_tuning_init_state_dict_path=avg_file))
-    online_avg = get_peft_model(base_model(), mpt(prompt_tuning_init="AVERAGE_SOURCE_TASKS",
-                                                  prompt_tuning_init_state_dict_path=source_file))
-    gap = max((a.double() - b.double()).abs().max().item() for a, b in zip(prompt_params(target), prompt_params(online_avg)))
-    print(f"3. PEFT loads them: exact task 2 is bit-identical to PEFT's online init: {same}; the average differs "
-          f"from PEFT's float32 mean by at most {gap:.1e} (mptkit sums in float64, rounds once)")
+    target = get_peft_model(
+        base_model(), mpt(prompt_tuning_init="AVERAGE_SOURCE_TASKS", prompt_tuning_init_state_dict_path=avg_file)
+    )
+    online_avg = get_peft_model(
+        base_model(), mpt(prompt_tuning_init="AVERAGE_SOURCE_TASKS", prompt_tuning_init_state_dict_path=source_file)
+    )
+    gap = max(
+        (a.double() - b.double()).abs().max().item() for a, b in zip(prompt_params(target), prompt_params(online_avg))
+    )
+    print(
+        f"3. PEFT loads them: exact task 2 is bit-identical to PEFT's online init: {same}; the average differs "
+        f"from PEFT's float32 mean by at most {gap:.1e} (mptkit sums in float64, rounds once)"
+    )
     assert same
 
     # 4. fine-tune the target task and run it with task_ids ------------------------------------
@@ -118,8 +146,10 @@ def main(work: str) -> None:
         equal = torch.equal(prompts(task_ids), source.prompt_encoder["default"](tokens, task_ids))
     pt_dir = os.path.join(work, "task2-prompt")
     save_adapter(export(bank, 2), pt_dir, force=True)
-    print(f"5. runtime prompts equal PEFT's for task_ids {task_ids.tolist()}: {equal}; "
-          f"task 2 exported as a PROMPT_TUNING adapter to {pt_dir}")
+    print(
+        f"5. runtime prompts equal PEFT's for task_ids {task_ids.tolist()}: {equal}; "
+        f"task 2 exported as a PROMPT_TUNING adapter to {pt_dir}"
+    )
     assert equal
 
 

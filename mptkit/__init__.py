@@ -1,12 +1,82 @@
-"""mptkit: inspect, validate, derive, edit and share multitask prompt tuning (MPT) prompt banks.
+"""mptkit: inspect, validate, derive, edit, export and share multitask prompt tuning (MPT) prompt banks.
 
-Importing mptkit is cheap: torch is imported only by the functions that do arithmetic.
+This module is the public Python API: every name in :data:`__all__` (and the subpackages
+:mod:`mptkit.formats`, :mod:`mptkit.hub` and :mod:`mptkit.serve`) is documented and kept; every
+module whose name starts with ``_`` is internal and may change. Names are imported on first use, so
+``import mptkit`` stays cheap: torch is imported only by the functions that do arithmetic.
 """
 
-from ._version import __version__  # noqa: E402
+from __future__ import annotations
 
-from .bank import PromptBank, select_tasks  # noqa: E402
-from .errors import MptkitError  # noqa: E402
-from .io import load, save  # noqa: E402
+import importlib
 
-__all__ = ["__version__", "PromptBank", "MptkitError", "load", "save", "select_tasks"]
+from ._version import __version__
+from .errors import HubError, IncompatibleBanks, InvalidBank, MptkitError, OutputError, UnsafeFile, UsageError
+
+#: public name -> the internal module that defines it (imported on first use)
+_LAZY = {
+    # banks: reading, writing, looking inside
+    "PromptBank": "_bank",
+    "select_tasks": "_bank",
+    "Array": "_tensor",
+    "load": "_io",
+    "save": "_io",
+    "validate": "_io",
+    "summary": "_info",
+    "value_stats": "_info",
+    # operations: banks in, banks (or prompts, tables) out
+    "derive": "_derive",
+    "convert": "_convert",
+    "rename": "_edit",
+    "set_names": "_edit",
+    "slice_tasks": "_edit",
+    "remove_tasks": "_edit",
+    "merge": "_merge",
+    "add_task": "_merge",
+    "change_rank": "_edit",
+    "similarity": "_similarity",
+    "export": "_export",
+    "export_table": "_export",
+    "export_adapters": "_export",
+    "PromptTuningAdapter": "_export",
+    "read_prompts": "_tables",
+    "Prompts": "_tables",
+    "decompose": "_decompose",
+    "weighted_lowrank_fit": "_fit",
+    "fit_tasks": "_fit",
+    # serving (torch)
+    "TaskPrompts": "serve._runtime",
+    "prepend": "serve._runtime",
+    # progress bars
+    "disable_progress": "_progress",
+}
+#: public names defined under another name inside their module
+_RENAMED = {"disable_progress": "disable"}
+_SUBPACKAGES = ("formats", "hub", "serve", "cli")
+
+__all__ = [
+    "__version__",
+    "MptkitError",
+    "InvalidBank",
+    "UnsafeFile",
+    "UsageError",
+    "IncompatibleBanks",
+    "OutputError",
+    "HubError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        value = getattr(module, _RENAMED.get(name, name))
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'mptkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})

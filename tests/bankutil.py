@@ -20,13 +20,26 @@ def tiny_base_model(kind: str):
     if kind == "seq2seq":
         from transformers import T5Config, T5ForConditionalGeneration
 
-        return T5ForConditionalGeneration(T5Config(
-            vocab_size=96, d_model=24, d_kv=6, d_ff=48, num_layers=1, num_decoder_layers=1, num_heads=4,
-            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+        return T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=96,
+                d_model=24,
+                d_kv=6,
+                d_ff=48,
+                num_layers=1,
+                num_decoder_layers=1,
+                num_heads=4,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        )
     if kind == "causal":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        return GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=24, n_layer=1, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1))
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=96, n_embd=24, n_layer=1, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
+        )
     raise ValueError(kind)
 
 
@@ -34,22 +47,45 @@ def task_type(kind: str) -> str:
     return {"seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}[kind]
 
 
-def peft_model(kind: str, *, num_tasks: int = 3, num_ranks: int = 2, num_virtual_tokens: int = 5,
-               init: str = "RANDOM", init_path: str | None = None, init_task: int = 0, seed: int = 0):
+def peft_model(
+    kind: str,
+    *,
+    num_tasks: int = 3,
+    num_ranks: int = 2,
+    num_virtual_tokens: int = 5,
+    init: str = "RANDOM",
+    init_path: str | None = None,
+    init_task: int = 0,
+    seed: int = 0,
+):
     """A PEFT MPT model over a tiny base model (float32), built as a user would."""
     from peft import MultitaskPromptTuningConfig, get_peft_model
 
     base = tiny_base_model(kind)
     cfg = MultitaskPromptTuningConfig(
-        task_type=task_type(kind), num_virtual_tokens=num_virtual_tokens, num_tasks=num_tasks,
-        num_ranks=num_ranks, prompt_tuning_init=init, prompt_tuning_init_state_dict_path=init_path,
-        prompt_tuning_init_task=init_task)
+        task_type=task_type(kind),
+        num_virtual_tokens=num_virtual_tokens,
+        num_tasks=num_tasks,
+        num_ranks=num_ranks,
+        prompt_tuning_init=init,
+        prompt_tuning_init_state_dict_path=init_path,
+        prompt_tuning_init_task=init_task,
+    )
     torch.manual_seed(seed)
     return get_peft_model(base, cfg)
 
 
-def save_peft_bank(out: Path, kind: str = "seq2seq", dtype: str = "float32", safe: bool = True, *,
-                   num_tasks: int = 3, num_ranks: int = 2, num_virtual_tokens: int = 5, seed: int = 0) -> Path:
+def save_peft_bank(
+    out: Path,
+    kind: str = "seq2seq",
+    dtype: str = "float32",
+    safe: bool = True,
+    *,
+    num_tasks: int = 3,
+    num_ranks: int = 2,
+    num_virtual_tokens: int = 5,
+    seed: int = 0,
+) -> Path:
     """Save a PEFT MPT adapter whose factors are non-trivial (random, distinct per task) in ``dtype``,
     with PEFT's own ``save_pretrained``. Returns the adapter folder."""
     model = peft_model(kind, num_tasks=num_tasks, num_ranks=num_ranks, num_virtual_tokens=num_virtual_tokens, seed=seed)
@@ -57,7 +93,9 @@ def save_peft_bank(out: Path, kind: str = "seq2seq", dtype: str = "float32", saf
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         enc.embedding.weight.copy_(torch.randn(enc.embedding.weight.shape, generator=g))
-        enc.prefix_task_cols.copy_(torch.randn(enc.prefix_task_cols.shape, generator=g) * (1 + torch.arange(num_tasks)[:, None, None]))
+        enc.prefix_task_cols.copy_(
+            torch.randn(enc.prefix_task_cols.shape, generator=g) * (1 + torch.arange(num_tasks)[:, None, None])
+        )
         enc.prefix_task_rows.copy_(torch.randn(enc.prefix_task_rows.shape, generator=g) / 3)
     model.to(DTYPES[dtype])
     model.save_pretrained(str(out), safe_serialization=safe)
@@ -72,8 +110,15 @@ def write_bank(path: Path, pe, cols, rows, names=None, extra_meta=None) -> Path:
     if names is not None:
         meta["mptkit.task_names"] = json.dumps(names)
     meta.update(extra_meta or {})
-    save_file({"prompt_embeddings": pe.contiguous(), "prefix_task_cols": cols.contiguous(),
-               "prefix_task_rows": rows.contiguous()}, str(path), metadata=meta)
+    save_file(
+        {
+            "prompt_embeddings": pe.contiguous(),
+            "prefix_task_cols": cols.contiguous(),
+            "prefix_task_rows": rows.contiguous(),
+        },
+        str(path),
+        metadata=meta,
+    )
     return Path(path)
 
 
@@ -110,14 +155,20 @@ def run_mptkit(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedPr
     """Run ``python -m mptkit ARGS`` as a separate process (real exit codes, real imports)."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "mptkit", *map(str, args)], capture_output=True, text=True,
-                          env=e, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mptkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def memory_bank(T=3, N=4, r=2, d=6, dtype=torch.float32, names=None, seed=0, pe=None, config=None):
     """A PromptBank held in memory (no file), with random normal tensors."""
-    from mptkit.bank import PromptBank
-    from mptkit.tensor import Array
+    from mptkit._bank import PromptBank
+    from mptkit._tensor import Array
 
     g = torch.Generator().manual_seed(seed)
     pe = torch.randn(N, d, generator=g) if pe is None else pe
@@ -187,8 +238,14 @@ def loaded_by(code: str, *argv, watch=WATCHED, env=None, cwd=None) -> tuple[subp
     ``watch`` it had imported when it exited (the probe that proves what a command never imports)."""
     e = dict(os.environ)
     e.update(env or {})
-    r = subprocess.run([sys.executable, "-c", _REPORT.format(watch=tuple(watch)) + code, *map(str, argv)],
-                       capture_output=True, text=True, env=e, cwd=cwd, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _REPORT.format(watch=tuple(watch)) + code, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=cwd,
+        timeout=120,
+    )
     line = [x for x in r.stderr.splitlines() if x.startswith("LOADED ")]
     assert line, r.stderr
     mods = line[-1].split(" ", 1)[1]
@@ -213,8 +270,13 @@ def run_on_terminal(cmd, env, *, stdout_too: bool = False, cols: int = 100, when
 
     main_fd, sub_fd = pty.openpty()
     fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
-    proc = subprocess.Popen([str(c) for c in cmd], stdin=sub_fd if stdout_too else subprocess.DEVNULL,
-                            stdout=sub_fd if stdout_too else subprocess.PIPE, stderr=sub_fd, env=env)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdin=sub_fd if stdout_too else subprocess.DEVNULL,
+        stdout=sub_fd if stdout_too else subprocess.PIPE,
+        stderr=sub_fd,
+        env=env,
+    )
     os.close(sub_fd)
     seen = b""
     while True:

@@ -17,9 +17,8 @@ os.environ.pop("HF_TOKEN", None)
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
 from bankutil import save_peft_bank  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # Property tests are deterministic: the same examples on every run and machine, no example database.

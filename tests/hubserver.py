@@ -53,9 +53,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 
@@ -71,7 +71,7 @@ class Blob:
         self._sha256 = self._sha1 = None
 
     @classmethod
-    def file(cls, path) -> "Blob":
+    def file(cls, path) -> Blob:
         path = os.fspath(path)
 
         def read(offset, n):
@@ -82,7 +82,7 @@ class Blob:
         return cls(os.path.getsize(path), read)
 
     @classmethod
-    def pattern(cls, size: int, head: bytes = b"", fill: bytes = b" ", tail: bytes = b"") -> "Blob":
+    def pattern(cls, size: int, head: bytes = b"", fill: bytes = b" ", tail: bytes = b"") -> Blob:
         """``head``, then ``fill`` repeated, then ``tail``: a huge JSON file in a few bytes of memory."""
         body = size - len(head) - len(tail)
 
@@ -97,9 +97,9 @@ class Blob:
                     k = pos - len(head)
                     m = min(end - pos, len(head) + body - pos, 1 << 20)
                     reps = fill * ((k % len(fill) + m) // len(fill) + 2)
-                    part = reps[k % len(fill): k % len(fill) + m]
+                    part = reps[k % len(fill) : k % len(fill) + m]
                 else:
-                    part = tail[pos - len(head) - body: end - len(head) - body]
+                    part = tail[pos - len(head) - body : end - len(head) - body]
                 out += part
                 pos += len(part)
             return bytes(out)
@@ -138,7 +138,7 @@ def _size(data) -> int:
 
 
 def _read(data, offset: int, n: int) -> bytes:
-    return data.read(offset, n) if isinstance(data, Blob) else bytes(data[offset: offset + n])
+    return data.read(offset, n) if isinstance(data, Blob) else bytes(data[offset : offset + n])
 
 
 def _sha256(data) -> str:
@@ -154,8 +154,7 @@ def is_lfs(path: str) -> bool:
 
 
 def lfs_pointer(data) -> bytes:
-    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{_sha256(data)}\n"
-            f"size {_size(data)}\n").encode()
+    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{_sha256(data)}\nsize {_size(data)}\n").encode()
 
 
 @dataclass
@@ -206,8 +205,22 @@ class Fault:
 
 
 FAULT_KINDS = ("status", "truncate", "content_length", "garbage", "drop")
-HOSTILE_KINDS = ("etag", "linked_etag", "flip", "checksums", "slow", "slow_path", "rate", "echo_auth", "error", "ignore_range",
-                 "listing", "repo_commit", "range_shift", "sizes")
+HOSTILE_KINDS = (
+    "etag",
+    "linked_etag",
+    "flip",
+    "checksums",
+    "slow",
+    "slow_path",
+    "rate",
+    "echo_auth",
+    "error",
+    "ignore_range",
+    "listing",
+    "repo_commit",
+    "range_shift",
+    "sizes",
+)
 
 
 class Response:
@@ -252,7 +265,7 @@ class HubServer:
         self._thread: threading.Thread | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         server = self
 
         class Handler(_Handler):
@@ -270,7 +283,7 @@ class HubServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -292,13 +305,16 @@ class HubServer:
             if repo is None:
                 repo = self.repos[repo_id] = Repo(repo_id, private)
                 sha = self._new_sha(repo_id, "initial commit")
-                attrs = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+                attrs = (
+                    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+                )
                 repo.commits[sha] = Commit(sha, {".gitattributes": attrs}, None, "initial commit")
                 repo.refs["main"] = sha
             return repo
 
-    def commit(self, repo_id: str, files: dict[str, bytes | Blob | None], message: str = "update",
-               branch: str = "main") -> str:
+    def commit(
+        self, repo_id: str, files: dict[str, bytes | Blob | None], message: str = "update", branch: str = "main"
+    ) -> str:
         """Commit ``files`` (None deletes a path) on ``branch`` (created from main if missing)."""
         with self.lock:
             repo = self.create_repo(repo_id)
@@ -315,11 +331,14 @@ class HubServer:
             return sha
 
     def files(self, repo_id: str, rev: str = "main") -> dict[str, bytes]:
-        return {p: (_read(d, 0, _size(d)) if isinstance(d, Blob) else d)
-                for p, d in self.repos[repo_id].resolve(rev).files.items()}
+        return {
+            p: (_read(d, 0, _size(d)) if isinstance(d, Blob) else d)
+            for p, d in self.repos[repo_id].resolve(rev).files.items()
+        }
 
-    def fault(self, kind: str, *, path: str | None = None, method: str | None = None, times: int | None = 1,
-              **options) -> Fault:
+    def fault(
+        self, kind: str, *, path: str | None = None, method: str | None = None, times: int | None = 1, **options
+    ) -> Fault:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {FAULT_KINDS}")
         f = Fault(kind, path, method, times, options)
@@ -350,8 +369,11 @@ class HubServer:
     def bytes_sent(self, path: str | None = None, method: str | None = None) -> int:
         """Body bytes sent for requests whose path matches the regex ``path``."""
         with self.lock:
-            return sum(r.sent for r in self.requests
-                       if (path is None or re.search(path, r.path)) and (method is None or r.method == method))
+            return sum(
+                r.sent
+                for r in self.requests
+                if (path is None or re.search(path, r.path)) and (method is None or r.method == method)
+            )
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -459,7 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
             for chunk in body:
                 if slow:
                     for i in range(len(chunk)):
-                        self.wfile.write(chunk[i: i + 1])
+                        self.wfile.write(chunk[i : i + 1])
                         self.wfile.flush()
                         with self.hub.lock:
                             req.sent += 1
@@ -560,8 +582,13 @@ class _Handler(BaseHTTPRequestHandler):
             return {"type": "file", "path": p, "size": size, "oid": "not-a-checksum"}
         if is_lfs(p):
             ptr = lfs_pointer(data)
-            return {"type": "file", "path": p, "size": size, "oid": git_blob_sha1(ptr),
-                    "lfs": {"oid": _sha256(data), "size": size, "pointerSize": len(ptr)}}
+            return {
+                "type": "file",
+                "path": p,
+                "size": size,
+                "oid": git_blob_sha1(ptr),
+                "lfs": {"oid": _sha256(data), "size": size, "pointerSize": len(ptr)},
+            }
         return {"type": "file", "path": p, "size": size, "oid": _sha1(data)}
 
     def _repo_info(self, repo_id: str, rev: str, req: Request) -> Response:
@@ -575,17 +602,29 @@ class _Handler(BaseHTTPRequestHandler):
                 info["sha"] = commit.sha
             return _json(200, info)
         blobs = req.query.get("blobs", ["false"])[0].lower() in ("1", "true")
-        siblings = [{"rfilename": p, **({"size": _size(d), "blobId": _sha1(d)} if blobs else {})}
-                    for p, d in sorted(commit.files.items())]
-        info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": commit.sha, "private": repo.private,
-                "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}
+        siblings = [
+            {"rfilename": p, **({"size": _size(d), "blobId": _sha1(d)} if blobs else {})}
+            for p, d in sorted(commit.files.items())
+        ]
+        info = {
+            "_id": repo_id,
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": commit.sha,
+            "private": repo.private,
+            "siblings": siblings,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        }
         flood = self.hostile.get("listing")
         if flood:
             text = json.dumps(info).encode()
             cut = text.index(b'"siblings": [') + len(b'"siblings": [')
             entries = (b'{"rfilename": "flood/%09d.txt"}, ' % i for i in range(flood))
-            return Response(200, _chain([text[:cut]], entries, [text[cut:]]), {"Content-Type": "application/json"},
-                            length=None)
+            return Response(
+                200, _chain([text[:cut]], entries, [text[cut:]]), {"Content-Type": "application/json"}, length=None
+            )
         return _json(200, info)
 
     def _tree(self, repo_id: str, rev: str, sub: str, req: Request) -> Response:
@@ -601,7 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
             escapes = p.startswith("/") or ".." in p.split("/")
             if not p.startswith(prefix) and not escapes:
                 continue
-            rel = p if escapes else p[len(prefix):]
+            rel = p if escapes else p[len(prefix) :]
             parts = [rel] if escapes else rel.split("/")
             for i in range(1, len(parts)):
                 d = prefix + "/".join(parts[:i])
@@ -612,11 +651,14 @@ class _Handler(BaseHTTPRequestHandler):
                 entries.append(self._file_entry(p, commit.files[p]))
         flood = self.hostile.get("listing")
         if flood:
-            one = (b'{"type": "file", "path": "flood/%09d.txt", "size": 1, "oid": "'
-                   + b"0" * 40 + b'"}')
+            one = b'{"type": "file", "path": "flood/%09d.txt", "size": 1, "oid": "' + b"0" * 40 + b'"}'
             head = json.dumps(entries).encode()[:-1] + (b", " if entries else b"")
-            return Response(200, _chain([head], (one % i + b", " for i in range(flood - 1)), [one % flood + b"]"]),
-                            {"Content-Type": "application/json"}, length=None)
+            return Response(
+                200,
+                _chain([head], (one % i + b", " for i in range(flood - 1)), [one % flood + b"]"]),
+                {"Content-Type": "application/json"},
+                length=None,
+            )
         cursor = int(req.query.get("cursor", ["0"])[0])
         size = self.hub.page_size
         headers = {}
@@ -625,7 +667,7 @@ class _Handler(BaseHTTPRequestHandler):
                 q = {k: v[0] for k, v in req.query.items()}
                 q["cursor"] = str(cursor + size)
                 headers["Link"] = f'<{self.hub.url}{req.path}?{urlencode(q)}>; rel="next"'
-            entries = entries[cursor: cursor + size]
+            entries = entries[cursor : cursor + size]
         return _json(200, entries, headers)
 
     def _resolve(self, repo_id: str, rev: str, filename: str, req: Request) -> Response:
@@ -688,8 +730,14 @@ class _Handler(BaseHTTPRequestHandler):
         out = []
         for f in data.get("files", []):
             existing = files.get(f["path"])
-            out.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                        "oid": _sha1(existing) if existing is not None else None})
+            out.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": _sha1(existing) if existing is not None else None,
+                }
+            )
         return _json(200, {"files": out, "commitOid": commit.sha if commit else None})
 
     def _commit(self, repo_id: str, rev: str, req: Request, body: bytes) -> Response:
@@ -728,8 +776,15 @@ class _Handler(BaseHTTPRequestHandler):
                 repo.refs[branch] = repo.refs[rev]
                 pr_url = f"{self.hub.url}/{repo_id}/discussions/{repo.num_prs}"
             sha = self.hub.commit(repo_id, changes, message, branch=branch)
-        return _json(200, {"commitOid": sha, "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
-                           "pullRequestUrl": pr_url, "success": True})
+        return _json(
+            200,
+            {
+                "commitOid": sha,
+                "commitUrl": f"{self.hub.url}/{repo_id}/commit/{sha}",
+                "pullRequestUrl": pr_url,
+                "success": True,
+            },
+        )
 
     def _branch(self, repo_id: str, branch: str, req: Request, data: dict) -> Response:
         if not self._authorized(req):
@@ -750,7 +805,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _pieces(chunk: bytes, size: int, rate: float) -> Iterable[bytes]:
     for i in range(0, len(chunk), size):
         time.sleep(min(size, len(chunk) - i) / rate)
-        yield chunk[i: i + size]
+        yield chunk[i : i + size]
 
 
 def _chain(*parts: Iterable[bytes]) -> Iterable[bytes]:
@@ -839,10 +894,14 @@ def run_measured(*args, env: dict | None = None, timeout: float = 120, cwd=None)
         out, err = open(os.path.join(tmp, "out"), "w+b"), open(os.path.join(tmp, "err"), "w+b")
         with out, err:
             t0 = time.monotonic()
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _MEASURE, figures, *argv], e,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-                                               (os.POSIX_SPAWN_DUP2, err.fileno(), 2)],
-                                 setsid=True, **({"chdir": os.fspath(cwd)} if cwd is not None and sys.version_info >= (3, 13) else {}))
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-S", "-c", _MEASURE, figures, *argv],
+                e,
+                file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)],
+                setsid=True,
+                **({"chdir": os.fspath(cwd)} if cwd is not None and sys.version_info >= (3, 13) else {}),
+            )
             while not os.waitpid(pid, os.WNOHANG)[0]:
                 if time.monotonic() - t0 > timeout:
                     os.killpg(pid, signal.SIGKILL)
@@ -850,11 +909,16 @@ def run_measured(*args, env: dict | None = None, timeout: float = 120, cwd=None)
                     break
                 time.sleep(0.02)
             wall = time.monotonic() - t0
-            rss, code = (open(figures).read().split() if os.path.exists(figures) else ("0", "-9"))
+            rss, code = open(figures).read().split() if os.path.exists(figures) else ("0", "-9")
             out.seek(0)
             err.seek(0)
-            return Run(int(code), out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall,
-                       int(rss) / 1024)
+            return Run(
+                int(code),
+                out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+                wall,
+                int(rss) / 1024,
+            )
 
 
 def resolve_url(endpoint: str, repo_id: str, rev: str, filename: str) -> str:

@@ -13,7 +13,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-
 _DRIVER = """import atexit, os, sys
 def _peak():
     with open("/proc/self/status") as f:
@@ -35,8 +34,9 @@ class Measured:
     cpu_s: float
 
 
-def run_measured(*args, cpu_limit_s: int = 60, address_space: int | None = None, cwd=None, env=None,
-                 wall_limit_s: float = 300) -> Measured:
+def run_measured(
+    *args, cpu_limit_s: int = 60, address_space: int | None = None, cwd=None, env=None, wall_limit_s: float = 300
+) -> Measured:
     """``python -m mptkit ARGS`` with at most ``cpu_limit_s`` CPU seconds (SIGXCPU past it: the
     return code is then -SIGXCPU) and optionally an address-space limit. A child blocked without
     using CPU (a hang) is killed after ``wall_limit_s``, a safety net far above any real run."""
@@ -53,8 +53,15 @@ def run_measured(*args, cpu_limit_s: int = 60, address_space: int | None = None,
     peak.close()
     e["MPTKIT_TEST_PEAK"] = peak.name
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, "-c", _DRIVER, *map(str, args)], stdout=out, stderr=err,
-                             stdin=subprocess.DEVNULL, preexec_fn=limits, cwd=cwd, env=e)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, *map(str, args)],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=limits,
+            cwd=cwd,
+            env=e,
+        )
         timer = threading.Timer(wall_limit_s, p.kill)
         timer.start()
         try:
@@ -67,8 +74,13 @@ def run_measured(*args, cpu_limit_s: int = 60, address_space: int | None = None,
         with open(peak.name) as f:
             kb = f.read().strip()
         os.unlink(peak.name)
-        return Measured(p.returncode, out.read(), err.read(), int(kb) / 1024 if kb else float("nan"),
-                        usage.ru_utime + usage.ru_stime)
+        return Measured(
+            p.returncode,
+            out.read(),
+            err.read(),
+            int(kb) / 1024 if kb else float("nan"),
+            usage.ru_utime + usage.ru_stime,
+        )
 
 
 def killed_for_cpu(m: Measured) -> bool:

@@ -20,13 +20,17 @@ def big_bank(path: Path, seed: int, *, N: int = 512, d: int = 16384, T: int = 32
     """A bare .safetensors bank of about 42 MB (F32) written by the safetensors package, with a
     config hint so that it can also be saved as an adapter folder."""
     import torch
-
     from bankutil import write_bank
 
     g = torch.Generator().manual_seed(seed)
     meta = {"mptkit.config": json.dumps({"task_type": "CAUSAL_LM", "num_virtual_tokens": N})}
-    return write_bank(Path(path), torch.randn(N, d, generator=g), torch.randn(T, N, r, generator=g),
-                      torch.randn(T, r, d, generator=g), extra_meta=meta)
+    return write_bank(
+        Path(path),
+        torch.randn(N, d, generator=g),
+        torch.randn(T, N, r, generator=g),
+        torch.randn(T, r, d, generator=g),
+        extra_meta=meta,
+    )
 
 
 def digest(path) -> str | None:
@@ -59,7 +63,7 @@ def fork_save(src, out, *, force: bool, no_renameat2: bool = False) -> int:
     try:
         import mptkit
         from mptkit.errors import MptkitError
-        from mptkit.formats import atomic
+        from mptkit.formats import _atomic as atomic
 
         if no_renameat2:
             atomic._renameat2 = lambda *a: False
@@ -162,8 +166,11 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
     named = {argv[0] for _, argv in table.values()}
     unknown = named - set(main.commands)
     assert not unknown, f"tests/relutil.py names commands the CLI does not have: {sorted(unknown)}"
-    writers = {name for name, cmd in main.commands.items()
-               if any(o in ("--output", "--plot") for p in cmd.params for o in p.opts)}
+    writers = {
+        name
+        for name, cmd in main.commands.items()
+        if any(o in ("--output", "--plot") for p in cmd.params for o in p.opts)
+    }
     uncovered = writers - named - HUB_COMMANDS
     assert not uncovered, f"add these writing commands to tests/relutil.py writing_commands: {sorted(uncovered)}"
     return table
@@ -177,17 +184,26 @@ def medium_bank(path: Path, *, N: int = 64, d: int = 1024, T: int = 4, r: int = 
     """A PEFT-style adapter folder (config + safetensors) of about 400 kB, made with mptkit.save
     from a bank written by the safetensors package."""
     import torch
+    from bankutil import write_bank
 
     import mptkit
-    from bankutil import write_bank
 
     path = Path(path)
     g = torch.Generator().manual_seed(seed)
     flat = path.with_name(path.name + ".src.safetensors")
-    meta = {"mptkit.config": json.dumps({"task_type": "CAUSAL_LM", "num_virtual_tokens": N,
-                                         "num_transformer_submodules": 1})}
-    write_bank(flat, torch.randn(N, d, generator=g), torch.randn(T, N, r, generator=g),
-               torch.randn(T, r, d, generator=g), names=[f"t{i}" for i in range(T)], extra_meta=meta)
+    meta = {
+        "mptkit.config": json.dumps(
+            {"task_type": "CAUSAL_LM", "num_virtual_tokens": N, "num_transformer_submodules": 1}
+        )
+    }
+    write_bank(
+        flat,
+        torch.randn(N, d, generator=g),
+        torch.randn(T, N, r, generator=g),
+        torch.randn(T, r, d, generator=g),
+        names=[f"t{i}" for i in range(T)],
+        extra_meta=meta,
+    )
     mptkit.save(mptkit.load(flat), path)
     flat.unlink()
     return path

@@ -43,8 +43,8 @@ def _stop() -> None:
 
 def install(point: str, *, no_renameat2: bool = False) -> None:
     """Make this process stop itself (SIGSTOP) once, at ``point``."""
-    from mptkit import tensor
-    from mptkit.formats import atomic
+    from mptkit import _tensor as tensor
+    from mptkit.formats import _atomic as atomic
 
     if point not in POINTS:
         raise ValueError(point)
@@ -140,9 +140,11 @@ def fork_stopping(src, out, *, force: bool, point: str) -> int:
 
 # SIGINT gets Python's own handler, as in a process started from a terminal (a test runner started
 # in the background has SIGINT ignored, and its children inherit that)
-CLI_DRIVER = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "sys.path.insert(0, sys.argv[1]); import stophooks; stophooks.install(sys.argv[2]); "
-              "from mptkit.cli import main; main(sys.argv[3:], prog_name='mptkit')")
+CLI_DRIVER = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.path.insert(0, sys.argv[1]); import stophooks; stophooks.install(sys.argv[2]); "
+    "from mptkit.cli import main; main(sys.argv[3:], prog_name='mptkit')"
+)
 
 
 def cli_stopping_argv(point: str, *args) -> list[str]:
@@ -155,8 +157,10 @@ def wait_stopped(pid: int, timeout_note: str = "") -> None:
     """Block until child ``pid`` has stopped itself; fail if it exited instead."""
     _, status = os.waitpid(pid, os.WUNTRACED)
     if not os.WIFSTOPPED(status):
-        raise AssertionError(f"the writer exited (status {os.waitstatus_to_exitcode(status)}) before reaching its "
-                             f"stop point {timeout_note}")
+        raise AssertionError(
+            f"the writer exited (status {os.waitstatus_to_exitcode(status)}) before reaching its "
+            f"stop point {timeout_note}"
+        )
 
 
 def kill(pid: int) -> int:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from bankutil import peft_model, run_mptkit, tiny_base_model
 from safetensors.torch import load_file, save_file
 
 import mptkit
-from bankutil import peft_model, run_mptkit, tiny_base_model
 
-KIND_OPTS = {"seq2seq": ["--task-type", "SEQ_2_SEQ_LM", "--num-virtual-tokens", "5"],
-             "causal": ["--task-type", "CAUSAL_LM", "--num-virtual-tokens", "5"]}
+KIND_OPTS = {
+    "seq2seq": ["--task-type", "SEQ_2_SEQ_LM", "--num-virtual-tokens", "5"],
+    "causal": ["--task-type", "CAUSAL_LM", "--num-virtual-tokens", "5"],
+}
 T = 3
 
 
@@ -43,7 +45,11 @@ class _Tasks(torch.utils.data.Dataset):
         self.items = []
         for i in range(8):
             ids = torch.randint(2, 90, (6,), generator=g)
-            item = {"input_ids": ids, "attention_mask": torch.ones(6, dtype=torch.long), "task_ids": torch.tensor(i % T)}
+            item = {
+                "input_ids": ids,
+                "attention_mask": torch.ones(6, dtype=torch.long),
+                "task_ids": torch.tensor(i % T),
+            }
             item["labels"] = ids.clone() if kind == "causal" else torch.randint(2, 90, (4,), generator=g)
             self.items.append(item)
 
@@ -60,9 +66,20 @@ def _train(kind, out: Path, max_steps: int, save_steps: int):
 
     model = peft_model(kind, num_tasks=T)
     _perturb(model, 11)
-    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=save_steps, per_device_train_batch_size=2,
-                             learning_rate=0.05, report_to=[], logging_strategy="no", remove_unused_columns=False,
-                             use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        save_steps=save_steps,
+        per_device_train_batch_size=2,
+        learning_rate=0.05,
+        report_to=[],
+        logging_strategy="no",
+        remove_unused_columns=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     Trainer(model=model, args=args, train_dataset=_Tasks(kind)).train()
     return model
 
@@ -98,8 +115,18 @@ def forms(tmp_path_factory):
     acc.save_model(model, str(root / "sharded-bin"), max_shard_size="20KB", safe_serialization=False)
     assert (root / "sharded-bin" / "pytorch_model.bin.index.json").exists()
     out["sharded .bin folder"] = (root / "sharded-bin", ref, "seq2seq", opts)
-    ds = {"module": sd, "buffer_names": [], "optimizer": None, "lr_scheduler": None, "ds_config": {"train_batch_size": 2},
-          "ds_version": "0.16.4", "global_steps": 3, "global_samples": 6, "dp_world_size": 1, "mp_world_size": 1}
+    ds = {
+        "module": sd,
+        "buffer_names": [],
+        "optimizer": None,
+        "lr_scheduler": None,
+        "ds_config": {"train_batch_size": 2},
+        "ds_version": "0.16.4",
+        "global_steps": 3,
+        "global_samples": 6,
+        "dp_world_size": 1,
+        "mp_world_size": 1,
+    }
     (root / "deepspeed").mkdir()
     torch.save(ds, root / "deepspeed" / "mp_rank_00_model_states.pt")
     out["DeepSpeed module"] = (root / "deepspeed" / "mp_rank_00_model_states.pt", ref, "seq2seq", opts)
@@ -120,7 +147,7 @@ def forms(tmp_path_factory):
     out["prompt encoder state_dict .pt"] = (root / "encoder.pt", ref, "seq2seq", opts)
     save_file({k: v.contiguous() for k, v in enc.items()}, str(root / "encoder.safetensors"))
     out["prompt encoder state_dict .safetensors"] = (root / "encoder.safetensors", ref, "seq2seq", opts)
-    from mptkit.runtime import TaskPrompts
+    from mptkit.serve._runtime import TaskPrompts
 
     torch.save(TaskPrompts.from_bank(ref).state_dict(), root / "taskprompts.pt")
     out["TaskPrompts state_dict"] = (root / "taskprompts.pt", ref, "seq2seq", opts)
@@ -137,12 +164,28 @@ def forms(tmp_path_factory):
     return out
 
 
-LABELS = ["torch.save whole model .bin", "torch.save whole model .pt", "torch.save whole model .pth",
-          "accelerate save_model", "model.safetensors", "sharded folder", "sharded index file", "sharded .bin folder",
-          "DeepSpeed module", "state_dict + DDP prefix", "model + torch.compile prefix", "FSDP prefix .safetensors",
-          "get_peft_model_state_dict", "prompt encoder state_dict .pt", "prompt encoder state_dict .safetensors",
-          "TaskPrompts state_dict", "Trainer checkpoint (causal)", "Trainer checkpoint (seq2seq)",
-          "Trainer model state_dict (causal)", "Trainer model state_dict (seq2seq)"]
+LABELS = [
+    "torch.save whole model .bin",
+    "torch.save whole model .pt",
+    "torch.save whole model .pth",
+    "accelerate save_model",
+    "model.safetensors",
+    "sharded folder",
+    "sharded index file",
+    "sharded .bin folder",
+    "DeepSpeed module",
+    "state_dict + DDP prefix",
+    "model + torch.compile prefix",
+    "FSDP prefix .safetensors",
+    "get_peft_model_state_dict",
+    "prompt encoder state_dict .pt",
+    "prompt encoder state_dict .safetensors",
+    "TaskPrompts state_dict",
+    "Trainer checkpoint (causal)",
+    "Trainer checkpoint (seq2seq)",
+    "Trainer model state_dict (causal)",
+    "Trainer model state_dict (seq2seq)",
+]
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -176,7 +219,10 @@ def test_every_form_reads_as_the_model_s_own_bank(forms, label, cli, tmp_path):
 
 def test_inspect_says_what_was_read_from_where(forms, cli):
     notes = {label: " ".join(mptkit.load(forms[label][0]).notes) for label in LABELS}
-    assert "a whole model state dict of" in notes["model.safetensors"] and "no other tensor was read" in notes["model.safetensors"]
+    assert (
+        "a whole model state dict of" in notes["model.safetensors"]
+        and "no other tensor was read" in notes["model.safetensors"]
+    )
     assert "prompt_encoder.default.*" in notes["model.safetensors"]
     assert "the others were not opened" in notes["sharded folder"]
     for label in ("torch.save whole model .bin", "DeepSpeed module", "get_peft_model_state_dict"):
@@ -188,7 +234,7 @@ def test_inspect_says_what_was_read_from_where(forms, cli):
 
 
 def test_a_sharded_folder_opens_only_the_shard_with_the_prompt_encoder(forms, monkeypatch):
-    from mptkit.formats import safetensors as st
+    from mptkit.formats import _safetensors as st
 
     folder = forms["sharded folder"][0]
     index = json.loads((folder / "model.safetensors.index.json").read_text())
@@ -216,8 +262,9 @@ def _two_adapters(root: Path):
     from peft import MultitaskPromptTuningConfig
 
     model = peft_model("seq2seq", num_tasks=T)
-    model.add_adapter("second", MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5, num_tasks=2,
-                                                            num_ranks=1))
+    model.add_adapter(
+        "second", MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5, num_tasks=2, num_ranks=1)
+    )
     _perturb(model, 21)
     model.save_pretrained(str(root / "two"))
     torch.save(model.state_dict(), root / "two.bin")
@@ -230,7 +277,9 @@ def test_two_named_adapters(tmp_path, cli):
     assert (folder / "second" / "adapter_config.json").exists() and (folder / "adapter_config.json").exists()
     for path in (folder, tmp_path / "two.bin"):
         r = cli("inspect", path)
-        assert r.exit_code == 2 and "--adapter NAME" in r.stderr and "default" in r.stderr and "second" in r.stderr, r.output
+        assert r.exit_code == 2 and "--adapter NAME" in r.stderr and "default" in r.stderr and "second" in r.stderr, (
+            r.output
+        )
         for name, enc in model.prompt_encoder.items():
             bank = mptkit.load(path, adapter=name)
             assert torch.equal(bank.tensors["prefix_task_cols"].to_torch(), enc.prefix_task_cols.detach())
@@ -256,8 +305,21 @@ def test_two_named_adapters(tmp_path, cli):
 def test_every_reading_command_takes_adapter():
     from mptkit.cli import main
 
-    for name in ("validate", "inspect", "derive", "export", "rename", "slice", "remove", "merge", "add", "rank",
-                 "similarity", "push", "convert"):
+    for name in (
+        "validate",
+        "inspect",
+        "derive",
+        "export",
+        "rename",
+        "slice",
+        "remove",
+        "merge",
+        "add",
+        "rank",
+        "similarity",
+        "push",
+        "convert",
+    ):
         assert "--adapter" in {o for p in main.commands[name].params for o in p.opts}, name
 
 
@@ -278,14 +340,16 @@ def test_convert_keeps_bytes_or_casts(forms, tmp_path, cli):
     assert cli("convert", path, "--dtype", "bfloat16", "-o", tmp_path / "bf16.safetensors").exit_code == 0
     got = load_file(str(tmp_path / "bf16.safetensors"))
     assert all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
-    assert mptkit.load(tmp_path / "bf16.safetensors").provenance[-1]["arguments"] == {"from": "whole model safetensors",
-                                                                                       "dtype": "bfloat16"}
+    assert mptkit.load(tmp_path / "bf16.safetensors").provenance[-1]["arguments"] == {
+        "from": "whole model safetensors",
+        "dtype": "bfloat16",
+    }
     r = cli("convert", path, "-o", tmp_path / "folder")
     assert r.exit_code == 2 and "--task-type" in r.stderr
 
 
 def test_convert_in_python(forms, tmp_path):
-    from mptkit.convert import convert
+    from mptkit._convert import convert
 
     bank = mptkit.load(forms["DeepSpeed module"][0])
     out = convert(bank, config={"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 5})

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bankutil import one_error, peft_load, peft_model, random_bank, run_mptkit, save_peft_bank, write_bank
 
 import mptkit
-from bankutil import one_error, peft_load, peft_model, random_bank, run_mptkit, save_peft_bank, write_bank
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bank"
@@ -25,30 +25,39 @@ def config_bank(path: Path, config: dict, *, seed: int = 0, pe=None, T: int = 2)
     """A bare bank (N=4, d=6, r=2) whose mptkit.config metadata carries ``config``."""
     g = torch.Generator().manual_seed(seed)
     pe = torch.randn(4, 6, generator=g) if pe is None else pe
-    return write_bank(path, pe, torch.randn(T, 4, 2, generator=g), torch.randn(T, 2, 6, generator=g),
-                      extra_meta={"mptkit.config": json.dumps(config)})
+    return write_bank(
+        path,
+        pe,
+        torch.randn(T, 4, 2, generator=g),
+        torch.randn(T, 2, 6, generator=g),
+        extra_meta={"mptkit.config": json.dumps(config)},
+    )
 
 
 # -- output paths --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,words", [
-    ("out.bin", ["does not write .bin files", "did you mean out.safetensors?"]),
-    ("out.pt", ["does not write .pt files", "did you mean out.safetensors?"]),
-    ("out.pth", ["did you mean out.safetensors?"]),
-    ("-", ["not to standard output"]),
-    ("out.safetensor", ["misspelt .safetensors", "did you mean out.safetensors?"]),
-    ("out.safetensors.", ["did you mean out.safetensors?"]),
-    ("out.safetensors.tmp", ["did you mean out.safetensors?"]),
-    ("v1.2", ["end it with /: v1.2/"]),
-])
-@pytest.mark.parametrize("command", [["slice", str(EXAMPLE), "--tasks", "2,0"],
-                                     ["derive", str(EXAMPLE), "--mode", "exact", "--task", "1"]])
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("out.bin", ["does not write .bin files", "did you mean out.safetensors?"]),
+        ("out.pt", ["does not write .pt files", "did you mean out.safetensors?"]),
+        ("out.pth", ["did you mean out.safetensors?"]),
+        ("-", ["not to standard output"]),
+        ("out.safetensor", ["misspelt .safetensors", "did you mean out.safetensors?"]),
+        ("out.safetensors.", ["did you mean out.safetensors?"]),
+        ("out.safetensors.tmp", ["did you mean out.safetensors?"]),
+        ("v1.2", ["end it with /: v1.2/"]),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["slice", str(EXAMPLE), "--tasks", "2,0"], ["derive", str(EXAMPLE), "--mode", "exact", "--task", "1"]]
+)
 def test_other_suffixes_are_refused_with_a_suggestion(tmp_path, name, words, command):
     one_error(run_mptkit(*command, "-o", name, cwd=tmp_path), *words)
     assert os.listdir(tmp_path) == []
 
 
 def test_the_suffix_rule_is_the_apis_and_a_command_can_widen_it(tmp_path):
-    from mptkit.formats.targets import output_kind
+    from mptkit.formats._targets import output_kind
 
     bank = mptkit.load(EXAMPLE)
     with pytest.raises(mptkit.MptkitError, match="did you mean .*out.safetensors"):
@@ -67,10 +76,20 @@ def test_the_suffix_rule_is_the_apis_and_a_command_can_widen_it(tmp_path):
 MISMATCHES = [
     ({"task_type": "SEQ_CLS"}, {"task_type": "TOKEN_CLS"}, "task_type differs", "SEQ_CLS", "TOKEN_CLS"),
     ({"task_type": "SEQ_CLS"}, {"task_type": "CAUSAL_LM"}, "task_type differs", "SEQ_CLS", "CAUSAL_LM"),
-    ({"task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt2"},
-     {"task_type": "CAUSAL_LM", "base_model_name_or_path": "meta-llama/Llama-2-7b-hf"},
-     "base model differs", "gpt2", "meta-llama/Llama-2-7b-hf"),
-    ({"num_transformer_submodules": 1}, {"num_transformer_submodules": 2}, "num_transformer_submodules differs", "1", "2"),
+    (
+        {"task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt2"},
+        {"task_type": "CAUSAL_LM", "base_model_name_or_path": "meta-llama/Llama-2-7b-hf"},
+        "base model differs",
+        "gpt2",
+        "meta-llama/Llama-2-7b-hf",
+    ),
+    (
+        {"num_transformer_submodules": 1},
+        {"num_transformer_submodules": 2},
+        "num_transformer_submodules differs",
+        "1",
+        "2",
+    ),
 ]
 
 
@@ -93,8 +112,12 @@ def test_merge_and_add_refuse_banks_made_for_other_tasks_or_models(tmp_path, cli
 def test_merge_of_matching_configs_needs_no_option(tmp_path):
     cfg = {"task_type": "CAUSAL_LM", "base_model_name_or_path": "gpt2", "num_virtual_tokens": 4}
     a = config_bank(tmp_path / "a.safetensors", cfg, seed=1)
-    b = config_bank(tmp_path / "b.safetensors", {"task_type": "CAUSAL_LM"}, seed=2, pe=mptkit.load(a).tensors[
-        "prompt_embeddings"].to_torch())  # b does not say its base model: nothing to compare
+    b = config_bank(
+        tmp_path / "b.safetensors",
+        {"task_type": "CAUSAL_LM"},
+        seed=2,
+        pe=mptkit.load(a).tensors["prompt_embeddings"].to_torch(),
+    )  # b does not say its base model: nothing to compare
     assert run_mptkit("merge", a, b, "-o", tmp_path / "m.safetensors").returncode == 0
 
 
@@ -120,8 +143,14 @@ def test_a_peft_trained_target_merges_back_exactly_at_the_rank_the_messages_name
     source = save_peft_bank(tmp_path / "source", num_tasks=3, num_ranks=2)  # N = 5 x 2 = 10, d = 24, r = 2
     target, (ids, labels) = _train_target_with_peft(source, tmp_path, cli)
     # without --refit: refused, and the message says a refit at rank 2 is lossy and which rank is exact
-    one_error(run_mptkit("merge", source, target, "-o", tmp_path / "m0"), "shared prompts differ", "--refit",
-              "at rank 2 that is a fit", "--rank 10", "makes it exact")
+    one_error(
+        run_mptkit("merge", source, target, "-o", tmp_path / "m0"),
+        "shared prompts differ",
+        "--refit",
+        "at rank 2 that is a fit",
+        "--rank 10",
+        "makes it exact",
+    )
     r = cli("merge", source, target, "--refit", "-o", tmp_path / "m1")
     assert r.exit_code == 0, r.output
     assert "an output rank of 10 makes it exact (run again with --rank 10)" in r.stdout
@@ -151,8 +180,10 @@ def test_a_peft_trained_target_merges_back_exactly_at_the_rank_the_messages_name
 def test_slice_remove_and_merge_say_which_source_tasks_were_kept(tmp_path):
     r = run_mptkit("slice", EXAMPLE, "--tasks", "2,0", "-o", tmp_path / "s")
     assert r.returncode == 0
-    assert r.stdout.splitlines() == [f"wrote {tmp_path / 's'}: 2 tasks, rank 2, F32",
-                                     f"  kept tasks 2, 0 of {EXAMPLE}, now tasks 0, 1"]
+    assert r.stdout.splitlines() == [
+        f"wrote {tmp_path / 's'}: 2 tasks, rank 2, F32",
+        f"  kept tasks 2, 0 of {EXAMPLE}, now tasks 0, 1",
+    ]
     r = run_mptkit("remove", EXAMPLE, "--tasks", "1", "-o", tmp_path / "r")
     assert f"  removed task 1 of {EXAMPLE}; kept tasks 0, 2, 3, now tasks 0-2" in r.stdout.splitlines()
     r = run_mptkit("merge", EXAMPLE, tmp_path / "s", "-o", tmp_path / "m")
@@ -169,7 +200,9 @@ def test_add_never_renames_silently(tmp_path, cli):
     assert f"{EXAMPLE} named none of its tasks: its tasks 0-3 are named task0, task1, task2, task3 here" in r.stdout
     data = json.loads(cli("add", EXAMPLE, "--name", "new", "--init", "exact:2", "-o", tmp_path / "j", "--json").stdout)
     assert data["named"] == {"0": "task0", "1": "task1", "2": "task2", "3": "task3"}
-    one_error(run_mptkit("add", tmp_path / "named", "--init", "average", "-o", tmp_path / "x"), "give the new one a name")
+    one_error(
+        run_mptkit("add", tmp_path / "named", "--init", "average", "-o", tmp_path / "x"), "give the new one a name"
+    )
     r = cli("merge", tmp_path / "named", EXAMPLE, "-o", tmp_path / "m")
     assert f"{EXAMPLE} named none of its tasks: its tasks 0-3 are named task5, task6, task7, task8 here" in r.stdout
 
@@ -177,14 +210,14 @@ def test_add_never_renames_silently(tmp_path, cli):
 #: runs the CLI with the operations that do the work replaced by ones that say they ran
 WORK_SPY = """
 import sys
-import mptkit.derive, mptkit.edit, mptkit.similarity
+import mptkit._derive, mptkit._edit, mptkit._merge, mptkit._similarity
 def spy(name, real):
     def run(*a, **k):
         print("WORK RAN: " + name, file=sys.stderr)
         return real(*a, **k)
     return run
-for mod, name in ((mptkit.similarity, "similarity"), (mptkit.edit, "merge"), (mptkit.edit, "slice_tasks"),
-                  (mptkit.derive, "derive"), (mptkit.edit, "change_rank")):
+for mod, name in ((mptkit._similarity, "similarity"), (mptkit._merge, "merge"), (mptkit._edit, "slice_tasks"),
+                  (mptkit._derive, "derive"), (mptkit._edit, "change_rank")):
     setattr(mod, name, spy(name, getattr(mod, name)))
 from mptkit.cli import main
 main(sys.argv[1:], prog_name="mptkit")
@@ -199,18 +232,26 @@ def test_checks_that_can_fail_come_before_the_work(tmp_path):
     notabank = tmp_path / "notabank"
     notabank.mkdir()
     (notabank / "notes.txt").write_text("mine")
-    cases = [(["similarity", EXAMPLE, "--plot", png], "already exists"),
-             (["merge", EXAMPLE, EXAMPLE, "--rename-duplicates", "-o", existing], "already exists"),
-             (["derive", EXAMPLE, "--mode", "average", "-o", notabank, "--force"], "not part of a bank"),
-             (["rank", EXAMPLE, "--rank", "1", "-o", existing, "--force"], "not a bank mptkit reads"),
-             (["slice", EXAMPLE, "--tasks", "0", "-o", tmp_path / ("x" * 256)], "at most 255 bytes")]
+    cases = [
+        (["similarity", EXAMPLE, "--plot", png], "already exists"),
+        (["merge", EXAMPLE, EXAMPLE, "--rename-duplicates", "-o", existing], "already exists"),
+        (["derive", EXAMPLE, "--mode", "average", "-o", notabank, "--force"], "not part of a bank"),
+        (["rank", EXAMPLE, "--rank", "1", "-o", existing, "--force"], "not a bank mptkit reads"),
+        (["slice", EXAMPLE, "--tasks", "0", "-o", tmp_path / ("x" * 256)], "at most 255 bytes"),
+    ]
     for argv, words in cases:
-        r = subprocess.run([sys.executable, "-c", WORK_SPY, *map(str, argv)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", WORK_SPY, *map(str, argv)], capture_output=True, text=True, timeout=120
+        )
         one_error(r, words)
         assert r.stdout == ""
     assert png.read_bytes() == b"an earlier image" and existing.read_bytes() == b"not even a bank"
-    r = subprocess.run([sys.executable, "-c", WORK_SPY, "similarity", str(EXAMPLE), "--plot", str(png), "--force"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", WORK_SPY, "similarity", str(EXAMPLE), "--plot", str(png), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "WORK RAN: similarity" in r.stderr  # (the spy sees the work when it happens)
 
 
@@ -222,20 +263,26 @@ def test_debug_adds_the_traceback_and_keeps_exit_2():
 
 
 def test_json_errors_are_json_on_stdout(tmp_path):
-    for argv in (["inspect", "nope", "--json"], ["slice", EXAMPLE, "--bogus", "--json"],
-                 ["slice", EXAMPLE, "--tasks", "7", "-o", tmp_path / "x", "--json"]):
+    for argv in (
+        ["inspect", "nope", "--json"],
+        ["slice", EXAMPLE, "--bogus", "--json"],
+        ["slice", EXAMPLE, "--tasks", "7", "-o", tmp_path / "x", "--json"],
+    ):
         r = run_mptkit(*argv)
         assert r.returncode == 2 and r.stderr == "", r.stderr
         data = json.loads(r.stdout)
         assert set(data) == {"error", "problems"} and data["problems"][0] == data["error"]
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["slice", str(EXAMPLE), "--bogus"], ["No such option '--bogus'", "(see 'mptkit slice --help')"]),
-    (["slice"], ["Missing argument 'SRC'"]),
-    (["derive", str(EXAMPLE), "--mode", "nope", "-o", "x"], ["'nope' is not one of"]),
-    (["frobnicate"], ["No such command 'frobnicate'"]),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["slice", str(EXAMPLE), "--bogus"], ["No such option '--bogus'", "(see 'mptkit slice --help')"]),
+        (["slice"], ["Missing argument 'SRC'"]),
+        (["derive", str(EXAMPLE), "--mode", "nope", "-o", "x"], ["'nope' is not one of"]),
+        (["frobnicate"], ["No such command 'frobnicate'"]),
+    ],
+)
 def test_clicks_usage_errors_have_the_same_style(argv, words):
     r = run_mptkit(*argv)
     one_error(r, *words)
@@ -243,21 +290,30 @@ def test_clicks_usage_errors_have_the_same_style(argv, words):
 
 
 def test_a_bug_is_exit_1_and_says_so(tmp_path):
-    driver = ("import sys, mptkit.edit as e\n"
-              "def boom(*a, **k):\n    raise RuntimeError('deliberate')\n"
-              "e.slice_tasks = boom\nfrom mptkit.cli import main; main(sys.argv[1:], prog_name='mptkit')")
-    r = subprocess.run([sys.executable, "-c", driver, "slice", str(EXAMPLE), "--tasks", "0", "-o", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    driver = (
+        "import sys, mptkit._edit as e\n"
+        "def boom(*a, **k):\n    raise RuntimeError('deliberate')\n"
+        "e.slice_tasks = boom\nfrom mptkit.cli import main; main(sys.argv[1:], prog_name='mptkit')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", driver, "slice", str(EXAMPLE), "--tasks", "0", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "mptkit: error: internal error: RuntimeError: deliberate (a bug in mptkit" in r.stderr
 
 
 def test_dtype_accepts_the_same_set_everywhere(tmp_path):
+    from mptkit._options import DTYPES
     from mptkit.cli import main
-    from mptkit.options import DTYPES
 
     seen = {name: p.type.choices for name, cmd in main.commands.items() for p in cmd.params if p.name == "dtype"}
     assert set(seen) >= {"derive", "export", "merge"} and all(tuple(c) == DTYPES for c in seen.values())
-    for argv in (["derive", EXAMPLE, "--mode", "exact", "--task", "1"], ["merge", EXAMPLE, EXAMPLE, "--rename-duplicates"]):
+    for argv in (
+        ["derive", EXAMPLE, "--mode", "exact", "--task", "1"],
+        ["merge", EXAMPLE, EXAMPLE, "--rename-duplicates"],
+    ):
         out = tmp_path / f"{argv[0]}.safetensors"
         assert run_mptkit(*argv, "--dtype", "float64", "-o", out).returncode == 0 and mptkit.load(out).dtype == "F64"
 
@@ -271,7 +327,9 @@ def test_singular_plural_and_ranges(tmp_path):
     r = run_mptkit("derive", one, "--mode", "average", "-o", tmp_path / "avg.safetensors")
     assert "the mean of the factors of 1 task of" in r.stdout and "1 tasks" not in r.stdout
     one_error(run_mptkit("slice", one, "--tasks", "3", "-o", tmp_path / "x"), "has 1 task (index 0; it names none)")
-    line = one_error(run_mptkit("slice", EXAMPLE, "--tasks", "0,0", "-o", tmp_path / "x"), "task 0 is listed more than once")
+    line = one_error(
+        run_mptkit("slice", EXAMPLE, "--tasks", "0,0", "-o", tmp_path / "x"), "task 0 is listed more than once"
+    )
     assert "(0)" not in line
     text = run_mptkit("inspect", EXAMPLE).stdout
     assert "6 virtual tokens x 2 submodules" in text and "(s)" not in text
@@ -281,7 +339,7 @@ def test_inspect_values_columns_line_up(tmp_path):
     src = random_bank(tmp_path / "b.safetensors", T=3, names=["a", "a-much-longer-task-name", "mid"])
     lines = run_mptkit("inspect", "--values", src).stdout.splitlines()
     start = next(i for i, x in enumerate(lines) if x.lstrip().startswith("per task"))
-    table = [lines[start].replace("per task", " " * 8, 1)] + lines[start + 1: start + 4]
+    table = [lines[start].replace("per task", " " * 8, 1)] + lines[start + 1 : start + 4]
     ends = [[m.end() for m in re.finditer(r"\S+", row)][2:5] for row in table]  # the three norm columns
     assert len(table) == 4 and all(e == ends[0] for e in ends), table
 
@@ -296,7 +354,9 @@ def test_the_python_error_names_the_python_option(tmp_path):
 
 # -- hints ------------------------------------------------------------------------------------------------
 def test_a_repo_id_where_a_path_was_expected_suggests_hf(tmp_path):
-    one_error(run_mptkit("inspect", "owner/my-bank", cwd=tmp_path), "no such file or folder", "write hf://owner/my-bank")
+    one_error(
+        run_mptkit("inspect", "owner/my-bank", cwd=tmp_path), "no such file or folder", "write hf://owner/my-bank"
+    )
     one_error(run_mptkit("slice", "owner/my-bank@v2", "--tasks", "0", "-o", "x", cwd=tmp_path), "hf://owner/my-bank@v2")
     line = one_error(run_mptkit("inspect", "./nope", cwd=tmp_path), "no such file")
     assert "hf://" not in line
@@ -304,7 +364,11 @@ def test_a_repo_id_where_a_path_was_expected_suggests_hf(tmp_path):
 
 def test_an_unknown_task_name_suggests_the_nearest(tmp_path):
     src = random_bank(tmp_path / "b.safetensors", T=3, names=["sst2", "mnli", "qqp"])
-    one_error(run_mptkit("slice", src, "--tasks", "MNLI", "-o", tmp_path / "x.safetensors"), "unknown task 'MNLI'", "did you mean 'mnli'?")
+    one_error(
+        run_mptkit("slice", src, "--tasks", "MNLI", "-o", tmp_path / "x.safetensors"),
+        "unknown task 'MNLI'",
+        "did you mean 'mnli'?",
+    )
     one_error(run_mptkit("slice", src, "--tasks", "sst", "-o", tmp_path / "x.safetensors"), "did you mean 'sst2'?")
     line = one_error(run_mptkit("slice", src, "--tasks", "zzzz", "-o", tmp_path / "x.safetensors"), "unknown task")
     assert "did you mean" not in line
@@ -314,8 +378,13 @@ def test_shell_completion_works_and_is_documented():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for shell in ("bash", "zsh", "fish"):
         assert f"_MPTKIT_COMPLETE={shell}_source mptkit" in readme
-    r = subprocess.run([sys.executable, "-m", "mptkit"], env={**os.environ, "_MPTKIT_COMPLETE": "bash_source"},
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "mptkit"],
+        env={**os.environ, "_MPTKIT_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "complete" in r.stdout and "_MPTKIT_COMPLETE" in r.stdout
 
 
@@ -324,15 +393,21 @@ def test_a_command_that_imported_torch_skips_the_teardown_but_not_the_exit_handl
     """Once torch is imported, the console script ends without tearing the interpreter down (0.4-0.5 s
     here): the exit handlers still run, the streams are flushed, the status is kept; the teardown
     (a module-level object's finaliser) is what is skipped."""
-    driver = ("import atexit, sys\n"
-              "class Late:\n    def __del__(self):\n        print('finalised', flush=True)\n"
-              "keep = Late()\n"
-              "atexit.register(lambda: print('handler ran'))\n"
-              "sys.argv = ['mptkit'] + sys.argv[1:]\n"
-              "from mptkit.cli import main; main()")
+    driver = (
+        "import atexit, sys\n"
+        "class Late:\n    def __del__(self):\n        print('finalised', flush=True)\n"
+        "keep = Late()\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "sys.argv = ['mptkit'] + sys.argv[1:]\n"
+        "from mptkit.cli import main; main()"
+    )
     out = tmp_path / "r1.safetensors"
-    r = subprocess.run([sys.executable, "-c", driver, "rank", str(EXAMPLE), "--rank", "1", "-o", str(out), *extra],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", driver, "rank", str(EXAMPLE), "--rank", "1", "-o", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == status, r.stderr
     assert "handler ran" in r.stdout and "finalised" not in r.stdout
     if status == 0:

@@ -9,15 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from bankutil import full_prompts, memory_bank, random_bank, run_mptkit
 
 import mptkit
-from bankutil import full_prompts, memory_bank, random_bank, run_mptkit
-from mptkit import numerics
-from mptkit.bank import Source
-from mptkit.derive import derive
-from mptkit.info import value_stats
-from mptkit.schema import check
-from mptkit.similarity import similarity
+from mptkit import _numerics as numerics
+from mptkit._bank import Source
+from mptkit._derive import derive
+from mptkit._info import value_stats
+from mptkit._schema import check
+from mptkit._similarity import similarity
 
 
 # -- provenance ----------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def test_one_task_of_a_big_bank_is_named_by_the_ranges_it_read(tmp_path, monkeyp
     assert entry["scheme"] == "ranges" and entry["name"] == "big.safetensors"
     data = src.read_bytes()
     assert entry["ranges"][0][0] == 0  # the header comes first
-    assert entry["sha256"] == hashlib.sha256(b"".join(data[o:o + n] for o, n in entry["ranges"])).hexdigest()
+    assert entry["sha256"] == hashlib.sha256(b"".join(data[o : o + n] for o, n in entry["ranges"])).hexdigest()
     covered = sum(n for _, n in entry["ranges"])
     task = 4 * (6 * 2 + 2 * 16)
     assert covered < len(data) / 4 and covered >= task + 4 * 6 * 16
@@ -54,7 +54,9 @@ def test_a_known_digest_is_used_without_reading_the_file(tmp_path, monkeypatch):
 def test_the_cli_says_which_scheme_named_a_source(tmp_path):
     src = random_bank(tmp_path / "big.safetensors", T=40, N=6, r=2, d=16)
     out = tmp_path / "one.safetensors"
-    r = run_mptkit("derive", src, "--mode", "exact", "--task", "1", "-o", out, env={"MPTKIT_CACHE": str(tmp_path / "c")})
+    r = run_mptkit(
+        "derive", src, "--mode", "exact", "--task", "1", "-o", out, env={"MPTKIT_CACHE": str(tmp_path / "c")}
+    )
     assert r.returncode == 0, r.stderr
     shown = run_mptkit("inspect", out).stdout
     assert "from big.safetensors (read ranges " in shown
@@ -100,7 +102,7 @@ def test_average_reads_a_task_larger_than_a_chunk_in_pieces(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("rank", [1, 3, 9])
 def test_values_match_float64_for_small_and_large_ranks(monkeypatch, rank):
-    import mptkit.info as info
+    import mptkit._info as info
 
     bank = memory_bank(T=5, N=7, d=11, r=rank, seed=rank)
     monkeypatch.setattr(info, "VALUES_CHUNK_BYTES", 200)  # many chunks and token blocks
@@ -110,15 +112,17 @@ def test_values_match_float64_for_small_and_large_ranks(monkeypatch, rank):
         assert t["prompt_norm"] == pytest.approx(float(want.norm()), rel=1e-12) and t["nonfinite_prompt"] == 0
     cols = bank.tensors["prefix_task_cols"].to_torch().clone()
     cols[2, 1, 0] = float("inf")
-    bank.tensors["prefix_task_cols"] = mptkit.tensor.Array.from_torch(cols)
+    bank.tensors["prefix_task_cols"] = mptkit._tensor.Array.from_torch(cols)
     bad = value_stats(bank)
     assert bad["tasks"][2]["nonfinite_cols"] == 1 and bad["tasks"][2]["nonfinite_prompt"] > 0
     assert bad["nonfinite"]["prefix_task_cols"] == 1 and bad["tasks"][1]["nonfinite_prompt"] == 0
 
 
 # -- bounds --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args", [("rank", "--rank", "99999"), ("derive", "--mode", "shared", "--num-tasks", "1",
-                                                                  "--num-ranks", "100000000")])
+@pytest.mark.parametrize(
+    "args",
+    [("rank", "--rank", "99999"), ("derive", "--mode", "shared", "--num-tasks", "1", "--num-ranks", "100000000")],
+)
 def test_ranks_above_min_n_d_are_refused_with_the_numbers(example_bank, tmp_path, args):
     out = tmp_path / "out"
     r = run_mptkit(args[0], example_bank, *args[1:], "-o", out)

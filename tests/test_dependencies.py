@@ -9,9 +9,10 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -45,8 +46,12 @@ def _distribution(module: str) -> str | None:
 
 def test_every_runtime_import_is_declared():
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    optional = {_name(r) for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items() if extra != "test"
-                for r in reqs}
+    optional = {
+        _name(r)
+        for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items()
+        if extra != "test"
+        for r in reqs
+    }
     undeclared = {}
     for module, files in _imports().items():
         if module == "mptkit" or module in sys.stdlib_module_names:
@@ -63,13 +68,14 @@ def test_every_declared_dependency_is_used():
     for req in PYPROJECT["project"]["dependencies"]:
         name = _name(req)
         assert name in imported or name in USED_INDIRECTLY, (
-            f"{name} is a runtime dependency that mptkit never imports: use it or move it to the test extra")
+            f"{name} is a runtime dependency that mptkit never imports: use it or move it to the test extra"
+        )
     assert "safetensors" not in {_name(r) for r in PYPROJECT["project"]["dependencies"]}  # the tests' reference only
 
 
 def test_the_check_sees_imports_inside_functions():
-    assert "mptkit/similarity.py" in _imports()["matplotlib"]  # imported lazily, for --plot
-    assert "mptkit/schema.py" in _imports()["referencing"]
+    assert "mptkit/_similarity.py" in _imports()["matplotlib"]  # imported lazily, for --plot
+    assert "mptkit/_schema.py" in _imports()["referencing"]
 
 
 def test_the_readme_set_up_installs_as_users_do():

@@ -7,12 +7,21 @@ import shutil
 
 import pytest
 import torch
-from bankutil import DTYPES, load_tensors, loaded_modules, peft_model, random_bank, run_mptkit, sha256_tree, tiny_base_model
+from bankutil import (
+    DTYPES,
+    load_tensors,
+    loaded_modules,
+    peft_model,
+    random_bank,
+    run_mptkit,
+    sha256_tree,
+    tiny_base_model,
+)
 
 import mptkit
-from mptkit import numerics
-from mptkit.derive import derive
-from mptkit.numerics import fresh_factors
+from mptkit import _numerics as numerics
+from mptkit._derive import derive
+from mptkit._numerics import fresh_factors
 from mptkit.errors import UsageError
 
 INIT = {"exact": "EXACT_SOURCE_TASK", "average": "AVERAGE_SOURCE_TASKS", "shared": "ONLY_SOURCE_SHARED"}
@@ -22,14 +31,24 @@ V, R, T = 5, 2, 3  # the peft_banks fixture: 5 virtual tokens, rank 2, 3 tasks
 
 def encoder_params(model) -> dict:
     enc = model.prompt_encoder["default"]
-    return {"embedding": enc.embedding.weight.detach().clone(), "cols": enc.prefix_task_cols.detach().clone(),
-            "rows": enc.prefix_task_rows.detach().clone()}
+    return {
+        "embedding": enc.embedding.weight.detach().clone(),
+        "cols": enc.prefix_task_cols.detach().clone(),
+        "rows": enc.prefix_task_rows.detach().clone(),
+    }
 
 
 def peft_online(kind, mode, init_path, task=0, num_tasks=1):
     """The encoder parameters PEFT itself computes from ``init_path`` with ``mode``'s init."""
-    model = peft_model(kind, num_tasks=num_tasks, num_ranks=R, num_virtual_tokens=V, init=INIT[mode],
-                       init_path=str(init_path), init_task=task)
+    model = peft_model(
+        kind,
+        num_tasks=num_tasks,
+        num_ranks=R,
+        num_virtual_tokens=V,
+        init=INIT[mode],
+        init_path=str(init_path),
+        init_task=task,
+    )
     return encoder_params(model)
 
 
@@ -176,14 +195,30 @@ def test_folder_from_bare_source_needs_config(peft_banks, cli, tmp_path):
     r = cli("derive", bare, "--mode", "exact", "--task", "2", "-o", out)
     assert r.exit_code == 2 and not out.exists()
     assert "--task-type" in r.stderr and "--num-virtual-tokens" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = cli("derive", bare, "--mode", "exact", "--task", "2", "--task-type", "causal_lm", "--num-virtual-tokens", V,
-            "--base-model", "tiny-gpt2", "-o", out)
+    r = cli(
+        "derive",
+        bare,
+        "--mode",
+        "exact",
+        "--task",
+        "2",
+        "--task-type",
+        "causal_lm",
+        "--num-virtual-tokens",
+        V,
+        "--base-model",
+        "tiny-gpt2",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["task_type"] == "CAUSAL_LM" and cfg["base_model_name_or_path"] == "tiny-gpt2"
     assert cfg["prompt_tuning_init"] == "RANDOM" and cfg["prompt_tuning_init_state_dict_path"] is None
-    assert_identical(peft_loaded("causal", out),
-                     peft_online("causal", "exact", peft_banks("causal") / "adapter_model.safetensors", task=2))
+    assert_identical(
+        peft_loaded("causal", out),
+        peft_online("causal", "exact", peft_banks("causal") / "adapter_model.safetensors", task=2),
+    )
 
 
 def test_reloads_after_source_deleted(peft_banks, tmp_path, cli):
@@ -204,13 +239,16 @@ def test_pickle_source(peft_banks, cli, tmp_path):
     assert_identical(peft_loaded("causal", out), peft_online("causal", "exact", src / "adapter_model.bin", task=0))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--mode", "exact", "--task", "4"], "has 4 tasks"),
-    (["--mode", "exact", "--task", "nope"], "named a, b, c, d"),
-    (["--mode", "exact"], "needs a task (--task)"),
-    (["--mode", "average", "--task", "1"], "applies to mode exact only"),
-    (["--mode", "exact", "--task", "1", "--num-tasks", "2"], "applies to mode shared only"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--mode", "exact", "--task", "4"], "has 4 tasks"),
+        (["--mode", "exact", "--task", "nope"], "named a, b, c, d"),
+        (["--mode", "exact"], "needs a task (--task)"),
+        (["--mode", "average", "--task", "1"], "applies to mode exact only"),
+        (["--mode", "exact", "--task", "1", "--num-tasks", "2"], "applies to mode shared only"),
+    ],
+)
 def test_usage_errors(tmp_path, cli, args, needle):
     src = random_bank(tmp_path / "src.safetensors", T=4, names=["a", "b", "c", "d"])
     before = sha256_tree(src)

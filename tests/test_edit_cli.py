@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import torch
-
 from bankutil import full_prompts, load_tensors, loaded_modules, peft_load, random_bank, save_peft_bank, write_bank
-from mptkit import edit, load, save
-from mptkit.tensor import Array
+
+import mptkit
+from mptkit import load, save
+from mptkit._tensor import Array
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +21,11 @@ def banks(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit_cli")
     peft = save_peft_bank(root / "peft", num_tasks=3, num_ranks=2)
     bank = load(peft)
-    named = save(edit.set_names(bank, "sst2,mnli,qqp"), root / "named")
+    named = save(mptkit.set_names(bank, "sst2,mnli,qqp"), root / "named")
     pe = bank.tensors["prompt_embeddings"].to_torch()
     scale = torch.linspace(0.5, 2.0, pe.shape[0])[:, None]
     rescaled = dict(bank.tensors, prompt_embeddings=Array.from_torch(pe * scale))
-    scaled = save(edit.set_names(bank.with_tensors(rescaled, None), "a,b,c"), root / "scaled")
+    scaled = save(mptkit.set_names(bank.with_tensors(rescaled, None), "a,b,c"), root / "scaled")
     other = save_peft_bank(root / "other", num_tasks=2, num_ranks=1, seed=5)
     causal = save_peft_bank(root / "causal", "causal", num_tasks=2)
     return {"peft": peft, "named": named, "scaled": scaled, "other": other, "causal": causal, "root": root}
@@ -114,32 +115,41 @@ def refusal(cli, *args):
     return lines[0]
 
 
-@pytest.mark.parametrize("args, words", [
-    (("merge", "{named}", "{causal}"), r"prompt length N differs \(.*named has N=10, .*causal has N=5\)"),
-    (("merge", "{named}", "{small_d}"), r"hidden size d differs \(.*named has d=24, .*small_d.safetensors has d=8\)"),
-    (("merge", "{named}", "{other}"), r"the shared prompts differ: .*other's prompt_embeddings is not .*named's \(\d+ of 240 "
-                                      r"values differ; max abs difference .*relative difference .*--refit"),
-    (("merge", "{named}", "{named}"), r"task names clash: 'sst2' in .*named, .*named.*--rename-duplicates"),
-    (("merge", "{named}", "{scaled}", "--refit", "--max-error", "1e-300"), r"relative error .* above --max-error"),
-    (("merge", "{named}"), "at least two banks"),
-    (("merge", "{named}", "{peft}", "--max-error", "0.1"), "only with --refit"),
-    (("slice", "{named}", "--tasks", "zz"), r"unknown task 'zz': .*named has 3 tasks \(named sst2, mnli, qqp\)"),
-    (("slice", "{named}", "--tasks", "5"), "task 5 is out of range"),
-    (("slice", "{named}", "--tasks", ""), "empty task selection"),
-    (("slice", "{named}", "--tasks", "0,sst2"), "listed more than once"),
-    (("remove", "{named}", "--tasks", "0-2"), "would leave no tasks"),
-    (("rename", "{named}", "sst2=mnli"), "'mnli' given more than once"),
-    (("rename", "{named}", "sst2=a,b"), "not allowed"),
-    (("rename", "{named}", "sst2"), "is not OLD=NEW"),
-    (("rename", "{named}"), "give OLD=NEW pairs or --names"),
-    (("rename", "{peft}", "--names", "a,b"), "2 names given for 3 tasks"),
-    (("add", "{named}", "--name", "mnli", "--init", "average"), "already used by task 1"),
-    (("add", "{named}", "--name", "x"), "exactly one of --init"),
-    (("add", "{named}", "--name", "x", "--from", "{other}"), "has 2 tasks; name one"),
-    (("add", "{named}", "--name", "x", "--from", "{other}:1"), "shared prompts differ"),
-    (("add", "{named}", "--name", "x", "--init", "average", "--refit"), "only with --from"),
-    (("similarity", "{named}", "--tasks", "nope"), "unknown task 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("merge", "{named}", "{causal}"), r"prompt length N differs \(.*named has N=10, .*causal has N=5\)"),
+        (
+            ("merge", "{named}", "{small_d}"),
+            r"hidden size d differs \(.*named has d=24, .*small_d.safetensors has d=8\)",
+        ),
+        (
+            ("merge", "{named}", "{other}"),
+            r"the shared prompts differ: .*other's prompt_embeddings is not .*named's \(\d+ of 240 "
+            r"values differ; max abs difference .*relative difference .*--refit",
+        ),
+        (("merge", "{named}", "{named}"), r"task names clash: 'sst2' in .*named, .*named.*--rename-duplicates"),
+        (("merge", "{named}", "{scaled}", "--refit", "--max-error", "1e-300"), r"relative error .* above --max-error"),
+        (("merge", "{named}"), "at least two banks"),
+        (("merge", "{named}", "{peft}", "--max-error", "0.1"), "only with --refit"),
+        (("slice", "{named}", "--tasks", "zz"), r"unknown task 'zz': .*named has 3 tasks \(named sst2, mnli, qqp\)"),
+        (("slice", "{named}", "--tasks", "5"), "task 5 is out of range"),
+        (("slice", "{named}", "--tasks", ""), "empty task selection"),
+        (("slice", "{named}", "--tasks", "0,sst2"), "listed more than once"),
+        (("remove", "{named}", "--tasks", "0-2"), "would leave no tasks"),
+        (("rename", "{named}", "sst2=mnli"), "'mnli' given more than once"),
+        (("rename", "{named}", "sst2=a,b"), "not allowed"),
+        (("rename", "{named}", "sst2"), "is not OLD=NEW"),
+        (("rename", "{named}"), "give OLD=NEW pairs or --names"),
+        (("rename", "{peft}", "--names", "a,b"), "2 names given for 3 tasks"),
+        (("add", "{named}", "--name", "mnli", "--init", "average"), "already used by task 1"),
+        (("add", "{named}", "--name", "x"), "exactly one of --init"),
+        (("add", "{named}", "--name", "x", "--from", "{other}"), "has 2 tasks; name one"),
+        (("add", "{named}", "--name", "x", "--from", "{other}:1"), "shared prompts differ"),
+        (("add", "{named}", "--name", "x", "--init", "average", "--refit"), "only with --from"),
+        (("similarity", "{named}", "--tasks", "nope"), "unknown task 'nope'"),
+    ],
+)
 def test_refusals_are_one_line_exit_2_and_write_nothing(args, words, banks, cli, tmp_path):
     small_d = tmp_path / "small_d.safetensors"
     random_bank(small_d, T=2, N=10, d=8)
@@ -150,21 +160,34 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(args, words, banks, cli,
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["small_d.safetensors"]
 
 
-@pytest.mark.parametrize("args", [
-    ("slice", "{a}", "--tasks", "2,0"),
-    ("remove", "{a}", "--tasks", "1"),
-    ("merge", "{a}", "{b}", "--rename-duplicates"),
-    ("rename", "{a}", "x=y"),
-    ("add", "{a}", "--name", "z", "--init", "exact:1"),
-    ("slice", "{peft}", "--tasks", "1"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("slice", "{a}", "--tasks", "2,0"),
+        ("remove", "{a}", "--tasks", "1"),
+        ("merge", "{a}", "{b}", "--rename-duplicates"),
+        ("rename", "{a}", "x=y"),
+        ("add", "{a}", "--name", "z", "--init", "exact:1"),
+        ("slice", "{peft}", "--tasks", "1"),
+    ],
+)
 def test_byte_commands_do_not_import_torch(args, banks, tmp_path):
     g = torch.Generator().manual_seed(0)
     pe = torch.randn(4, 6, generator=g)
-    a = write_bank(tmp_path / "a.safetensors", pe, torch.randn(3, 4, 2, generator=g), torch.randn(3, 2, 6, generator=g),
-                   names=["x", "u", "v"])
-    b = write_bank(tmp_path / "b.safetensors", pe, torch.randn(2, 4, 2, generator=g), torch.randn(2, 2, 6, generator=g),
-                   names=["x", "w"])
+    a = write_bank(
+        tmp_path / "a.safetensors",
+        pe,
+        torch.randn(3, 4, 2, generator=g),
+        torch.randn(3, 2, 6, generator=g),
+        names=["x", "u", "v"],
+    )
+    b = write_bank(
+        tmp_path / "b.safetensors",
+        pe,
+        torch.randn(2, 4, 2, generator=g),
+        torch.randn(2, 2, 6, generator=g),
+        names=["x", "w"],
+    )
     argv = [x.format(a=a, b=b, peft=banks["peft"]) for x in args] + ["-o", str(tmp_path / "out.safetensors")]
     code, mods = loaded_modules(*argv)
     assert code == 0 and "torch" not in mods, mods
@@ -210,7 +233,7 @@ def test_peft_round_trip_drops_names_and_mptkit_says_so(banks, cli, tmp_path):
 
 
 def test_from_reference_parsing(tmp_path):
-    from mptkit.cli.edit import split_task_ref as _split_task_ref
+    from mptkit.cli._edit import split_task_ref as _split_task_ref
 
     odd = tmp_path / "a:b"
     odd.mkdir()

@@ -10,8 +10,8 @@ import torch
 from bankutil import DTYPES, load_tensors, random_bank, sha256_tree, task_type, tiny_base_model
 
 import mptkit
-from mptkit.export import export, task_prompt
-from mptkit.runtime import TaskPrompts, prepend
+from mptkit._export import export, task_prompt
+from mptkit.serve._runtime import TaskPrompts, prepend
 
 V = 5  # the peft_banks fixture's virtual tokens
 
@@ -29,8 +29,9 @@ def test_config_is_what_peft_writes(peft_banks, cli, tmp_path, kind):
     out = tmp_path / "pt"
     assert cli("export", peft_banks(kind), "--task", "1", "-o", out).exit_code == 0
     ref = tmp_path / "peft-pt"
-    get_peft_model(tiny_base_model(kind), PromptTuningConfig(task_type=task_type(kind), num_virtual_tokens=V)
-                   ).save_pretrained(str(ref))
+    get_peft_model(
+        tiny_base_model(kind), PromptTuningConfig(task_type=task_type(kind), num_virtual_tokens=V)
+    ).save_pretrained(str(ref))
     assert (out / "adapter_config.json").read_text() == (ref / "adapter_config.json").read_text()
     ours, theirs = load_tensors(out), load_tensors(ref)
     assert set(ours) == {"prompt_embeddings"} and ours["prompt_embeddings"].shape == theirs["prompt_embeddings"].shape
@@ -62,8 +63,14 @@ def test_same_outputs_as_mpt_with_task_ids(peft_banks, cli, tmp_path, kind, dtyp
         a = mpt(input_ids=ids, attention_mask=mask, labels=labels, task_ids=task_ids).encoder_last_hidden_state
         b = pt(input_ids=ids, attention_mask=mask, labels=labels).encoder_last_hidden_state
         assert torch.equal(a, b)
-        kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True)
+        kw = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=4,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         ga, gb = mpt.generate(task_ids=task_ids, **kw), pt.generate(**kw)
         assert torch.equal(ga.sequences, gb.sequences)
         assert all(torch.equal(x, y) for x, y in zip(ga.scores, gb.scores))
@@ -78,8 +85,14 @@ def test_prepend_matches_peft_prompt_tuning_on_encoder_models(peft_banks, cli, t
 
     def model():
         torch.manual_seed(5)
-        cfg = BertConfig(vocab_size=96, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=48, max_position_embeddings=32)
+        cfg = BertConfig(
+            vocab_size=96,
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=32,
+        )
         return (BertModel(cfg) if task == "FEATURE_EXTRACTION" else BertForQuestionAnswering(cfg)).eval()
 
     src, k = peft_banks("causal"), 1
@@ -91,7 +104,9 @@ def test_prepend_matches_peft_prompt_tuning_on_encoder_models(peft_banks, cli, t
         from peft import PromptTuningConfig, get_peft_model
 
         cfg = json.loads((out / "adapter_config.json").read_text())
-        pt = get_peft_model(model(), PromptTuningConfig(task_type=task, num_virtual_tokens=cfg["num_virtual_tokens"])).eval()
+        pt = get_peft_model(
+            model(), PromptTuningConfig(task_type=task, num_virtual_tokens=cfg["num_virtual_tokens"])
+        ).eval()
         with torch.no_grad():
             pt.prompt_encoder["default"].embedding.weight.copy_(load_tensors(out)["prompt_embeddings"])
     base = model()
@@ -115,8 +130,21 @@ def test_dtype_and_values(tmp_path, cli):
     want = t["prompt_embeddings"].float() * (t["prefix_task_cols"][1].float() @ t["prefix_task_rows"][1].float())
     assert torch.allclose(task_prompt(bank, "y"), want, rtol=1e-6, atol=1e-6)
     out = tmp_path / "pt"
-    r = cli("export", src, "--task", "y", "--task-type", "CAUSAL_LM", "--num-virtual-tokens", 6, "--dtype", "bfloat16",
-            "-o", out, "--json")
+    r = cli(
+        "export",
+        src,
+        "--task",
+        "y",
+        "--task-type",
+        "CAUSAL_LM",
+        "--num-virtual-tokens",
+        6,
+        "--dtype",
+        "bfloat16",
+        "-o",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["dtype"] == "BF16" and info["arguments"] == {"task": 1, "task_name": "y", "dtype": "bfloat16"}
@@ -139,11 +167,14 @@ def test_python_api(example_bank):
     assert "num_tasks" not in adapter.config and adapter.config["num_transformer_submodules"] == 2
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--task", "3"], "has 3 tasks"),
-    (["--task", "nope"], "unknown task 'nope'"),
-    (["--task", "1", "-o", "{tmp}/x.safetensors"], "adapter folder"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--task", "3"], "has 3 tasks"),
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "1", "-o", "{tmp}/x.safetensors"], "adapter folder"),
+    ],
+)
 def test_errors(peft_banks, cli, tmp_path, args, needle):
     src = peft_banks("causal")
     before = sha256_tree(src)

@@ -1,24 +1,31 @@
-"""The batched weighted low-rank fit (mptkit.fit): never worse than the one-task fit it replaced
+"""The batched weighted low-rank fit (mptkit._fit): never worse than the one-task fit it replaced
 (tests/fitref.py, kept verbatim), exact where it must be, and --rank auto's choice minimal."""
 
 from __future__ import annotations
 
+import fitref
 import pytest
 import torch
-
-import fitref
 from bankutil import full_prompts, memory_bank
-from mptkit import edit, fit, numerics
-from mptkit.bank import PromptBank
+
+import mptkit
+from mptkit import _fit as fit, _numerics as numerics
+from mptkit._bank import PromptBank
+from mptkit._tensor import Array
 from mptkit.errors import IncompatibleBanks, UsageError
-from mptkit.tensor import Array
 
 f64 = torch.float64
 
 
 def bank_of(pe, cols, rows, names=None):
-    return PromptBank({"prompt_embeddings": Array.from_torch(pe), "prefix_task_cols": Array.from_torch(cols),
-                       "prefix_task_rows": Array.from_torch(rows)}, names)
+    return PromptBank(
+        {
+            "prompt_embeddings": Array.from_torch(pe),
+            "prefix_task_cols": Array.from_torch(cols),
+            "prefix_task_rows": Array.from_torch(rows),
+        },
+        names,
+    )
 
 
 def reference_errors(bank, rank):
@@ -27,7 +34,9 @@ def reference_errors(bank, rank):
     tdtype = numerics.torch_dtype(bank.dtype)
     W = bank.tensors["prompt_embeddings"].to_torch(dtype=f64)
     out = []
-    for c, r in zip(bank.tensors["prefix_task_cols"].to_torch(dtype=f64), bank.tensors["prefix_task_rows"].to_torch(dtype=f64)):
+    for c, r in zip(
+        bank.tensors["prefix_task_cols"].to_torch(dtype=f64), bank.tensors["prefix_task_rows"].to_torch(dtype=f64)
+    ):
         C, R = fitref.weighted_lowrank_fit(W, c @ r, rank)
         out.append(fitref.relative_error(W, C.to(tdtype), R.to(tdtype), W * (c @ r)))
     return out
@@ -58,7 +67,7 @@ def structured(kind: str, g, T=3, N=7, d=11, r=4):
 def test_the_batched_fit_is_never_worse_than_the_old_one_on_random_banks(shape):
     T, N, d, r, rank = shape
     bank = memory_bank(T=T, N=N, d=d, r=r, seed=sum(shape))
-    got = edit.change_rank(bank, rank).provenance[-1]["results"]["relative_error"]
+    got = mptkit.change_rank(bank, rank).provenance[-1]["results"]["relative_error"]
     old = reference_errors(bank, rank)
     for k, e in enumerate(old):
         assert got[str(k)] <= e * (1 + 1e-9) + 1e-12, (k, got[str(k)], e)
@@ -70,7 +79,7 @@ def test_the_batched_fit_is_never_worse_than_the_old_one_on_structured_banks(kin
     pe, cols, rows = structured(kind, torch.Generator().manual_seed(11))
     bank = bank_of(pe, cols, rows)
     for rank in (1, 2, 3):
-        got = edit.change_rank(bank, rank).provenance[-1]["results"]["relative_error"]
+        got = mptkit.change_rank(bank, rank).provenance[-1]["results"]["relative_error"]
         for k, e in enumerate(reference_errors(bank, rank)):
             assert got[str(k)] <= e * (1 + 1e-9) + 1e-12, (kind, rank, k, got[str(k)], e)
 
@@ -80,12 +89,12 @@ def test_a_product_of_low_rank_is_fitted_exactly_without_iterating():
     T, N, d = 5, 9, 13
     pe = torch.randn(N, d, generator=g, dtype=f64)
     A, B = torch.randn(T, N, 2, generator=g, dtype=f64), torch.randn(T, 2, d, generator=g, dtype=f64)
-    cols = torch.cat([A, A @ torch.randn(2, 3, generator=g, dtype=f64)], dim=2)   # rank 5 factors, product rank 2
+    cols = torch.cat([A, A @ torch.randn(2, 3, generator=g, dtype=f64)], dim=2)  # rank 5 factors, product rank 2
     rows = torch.cat([B, torch.randn(T, 3, d, generator=g, dtype=f64) * 0], dim=1) + 0
     rows[:, 2:] = torch.randn(3, 2, generator=g, dtype=f64) @ B  # dependent rows too
     bank = bank_of(pe, cols, rows)
     assert all(int(torch.linalg.matrix_rank(c @ r)) <= 2 for c, r in zip(cols, rows))
-    out = edit.change_rank(bank, 2)
+    out = mptkit.change_rank(bank, 2)
     torch.testing.assert_close(full_prompts(out), full_prompts(bank), rtol=1e-10, atol=1e-12)
     assert max(out.provenance[-1]["results"]["relative_error"].values()) < 1e-13
 
@@ -94,7 +103,7 @@ def test_a_few_small_tasks_get_a_pool_their_size(monkeypatch):
     """The pool's slots are allocated up front: sized by the memory bound alone, 3 tasks of a
     4 x 6 bank got 131072 float64 slots (and four times as many float32 ones), 0.3 s a call; a fit
     of 3 tasks got 4 x 3 float32 slots."""
-    from mptkit import als
+    from mptkit import _als as als
 
     sizes, init = [], als.Pool.__init__
 
@@ -104,8 +113,8 @@ def test_a_few_small_tasks_get_a_pool_their_size(monkeypatch):
 
     monkeypatch.setattr(als.Pool, "__init__", recorded)
     bank = memory_bank(T=3, N=4, d=6, r=2)
-    edit.change_rank(bank, 1)
-    edit.change_rank(bank, "auto", max_error=0.5)
+    mptkit.change_rank(bank, 1)
+    mptkit.change_rank(bank, "auto", max_error=0.5)
     assert sizes and max(sizes) <= 3, sizes
 
 
@@ -148,7 +157,7 @@ def exact_rank_bank(ranks, N=8, d=10, r=5, seed=0):
 
 def test_rank_auto_finds_each_tasks_exact_rank():
     bank = exact_rank_bank([1, 3, 2, 4])
-    out = edit.change_rank(bank, "auto", max_error=1e-9)
+    out = mptkit.change_rank(bank, "auto", max_error=1e-9)
     res = out.provenance[-1]["results"]
     assert res["rank"] == {"0": 1, "1": 3, "2": 2, "3": 4} and out.rank == 4
     assert max(res["relative_error"].values()) <= 1e-9
@@ -158,16 +167,16 @@ def test_rank_auto_finds_each_tasks_exact_rank():
 @pytest.mark.parametrize("max_error", [0.05, 0.3, 0.6])
 def test_rank_auto_picks_the_smallest_rank_within_the_error(max_error):
     bank = memory_bank(T=4, N=10, d=14, r=8, seed=3, dtype=torch.float64)
-    res = edit.change_rank(bank, "auto", max_error=max_error).provenance[-1]["results"]
+    res = mptkit.change_rank(bank, "auto", max_error=max_error).provenance[-1]["results"]
     for k in range(4):
         chosen, err = res["rank"][str(k)], res["relative_error"][str(k)]
         assert err <= max_error
-        one = edit.slice_tasks(bank, [k])
+        one = mptkit.slice_tasks(bank, [k])
         if chosen > 1:  # one rank less is not good enough
-            below = edit.change_rank(one, chosen - 1).provenance[-1]["results"]["relative_error"]["0"]
+            below = mptkit.change_rank(one, chosen - 1).provenance[-1]["results"]["relative_error"]["0"]
             assert below > max_error
         if chosen < bank.rank:
-            at = edit.change_rank(one, chosen).provenance[-1]["results"]["relative_error"]["0"]
+            at = mptkit.change_rank(one, chosen).provenance[-1]["results"]["relative_error"]["0"]
             # the same fit, alone or in a batch (whose float32 products round differently): each
             # stops once a sweep gains less than 1e-9 of the squared error, a few 1e-9 short of the
             # limit, so the two errors agree to about 1e-9 (1.3e-9 measured): 1e-8 holds it
@@ -178,23 +187,25 @@ def test_merge_refit_rank_auto_reports_each_tasks_rank():
     a = memory_bank(T=2, N=6, d=8, r=2, seed=1)
     pe = a.tensors["prompt_embeddings"].to_torch() * torch.linspace(0.5, 2, 8)  # a per-channel scale: exact
     b = memory_bank(T=3, N=6, d=8, r=3, seed=2, pe=pe)
-    m = edit.merge([a, b], refit=True, rank="auto", max_error=1e-6)
+    m = mptkit.merge([a, b], refit=True, rank="auto", max_error=1e-6)
     refit = m.provenance[-1]["results"]["refit"]
-    assert sorted(refit) == ["2", "3", "4"] and all(v["rank"] <= 3 and v["relative_error"] <= 1e-6 for v in refit.values())
+    assert sorted(refit) == ["2", "3", "4"] and all(
+        v["rank"] <= 3 and v["relative_error"] <= 1e-6 for v in refit.values()
+    )
     assert m.rank == max(2, *(v["rank"] for v in refit.values()))
     with pytest.raises(IncompatibleBanks, match=r"relative error .* above --max-error 1e-300"):
-        edit.merge([a, memory_bank(T=1, N=6, d=8, r=1, seed=9)], refit=True, rank=2, max_error=1e-300)
+        mptkit.merge([a, memory_bank(T=1, N=6, d=8, r=1, seed=9)], refit=True, rank=2, max_error=1e-300)
 
 
 def test_rank_options_are_checked():
     bank = memory_bank(T=2, N=4, d=6, r=2)
     with pytest.raises(UsageError, match="--rank auto needs --max-error"):
-        edit.change_rank(bank, "auto")
+        mptkit.change_rank(bank, "auto")
     with pytest.raises(UsageError, match=r"--rank 5 is more than the bank can use: min\(N, d\) = min\(4, 6\) = 4"):
-        edit.change_rank(bank, 5)
+        mptkit.change_rank(bank, 5)
     with pytest.raises(UsageError, match="--max-error applies only with --refit"):
-        edit.merge([bank, bank], rank="auto", max_error=0.1)
+        mptkit.merge([bank, bank], rank="auto", max_error=0.1)
     with pytest.raises(UsageError, match="positive integer or auto"):
-        edit.change_rank(bank, "many")
+        mptkit.change_rank(bank, "many")
     with pytest.raises(IncompatibleBanks, match=r"rank error too large: task 0 of the bank has relative error"):
-        edit.change_rank(memory_bank(T=2, N=6, d=8, r=3, seed=4), 1, max_error=1e-6)
+        mptkit.change_rank(memory_bank(T=2, N=6, d=8, r=3, seed=4), 1, max_error=1e-6)

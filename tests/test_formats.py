@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from bankutil import DTYPES, random_bank, sha256_tree, tiny_base_model
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
-from bankutil import DTYPES, random_bank, sha256_tree, tiny_base_model
 from mptkit import load, save
+from mptkit._tensor import Array
 from mptkit.errors import InvalidBank, OutputError
-from mptkit.formats import safetensors as stf
-from mptkit.formats.atomic import TMP_MARK
-from mptkit.tensor import Array
+from mptkit.formats import _safetensors as stf
+from mptkit.formats._atomic import TMP_MARK
 
 KINDS = {"seq2seq": ("SEQ_2_SEQ_LM", 2), "causal": ("CAUSAL_LM", 1)}
 ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -43,7 +42,10 @@ def test_load_peft_saved_bank(peft_banks, kind, dtype, safe):
     expected = peft_tensors(folder)
     task_type, subs = KINDS[kind]
     data = folder / ("adapter_model.safetensors" if safe else "adapter_model.bin")
-    for path, fmt in ((folder, "peft-adapter" if safe else "peft-adapter (.bin)"), (data, "safetensors" if safe else "pickle")):
+    for path, fmt in (
+        (folder, "peft-adapter" if safe else "peft-adapter (.bin)"),
+        (data, "safetensors" if safe else "pickle"),
+    ):
         bank = load(path)
         assert bank.source.format == fmt
         assert bank.source.data_file == str(data)
@@ -95,15 +97,25 @@ def test_missing_paths_and_folders_are_clear(tmp_path):
 
 
 # -- the bare-file writer against safetensors.torch.save_file --------------------------------------
-TORCH_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32,
-                torch.int16, torch.int8, torch.uint8, torch.bool]
+TORCH_DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.bfloat16,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 names = st.text(min_size=1, max_size=10).filter(lambda s: s != "__metadata__")
 tensor_spec = st.tuples(st.sampled_from(TORCH_DTYPES), st.lists(st.integers(0, 4), min_size=0, max_size=3))
 
 
 def make_tensor(dtype, shape, seed):
     g = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (int(torch.tensor(shape).prod().item()) if shape else 1,) , generator=g)
+    raw = torch.randint(0, 256, (int(torch.tensor(shape).prod().item()) if shape else 1,), generator=g)
     t = torch.randn(shape if shape else (), generator=g) * 10
     if dtype == torch.bool:
         return t > 0
@@ -114,15 +126,23 @@ def make_tensor(dtype, shape, seed):
 
 def split_file(data: bytes):
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(spec=st.dictionaries(names, tensor_spec, min_size=1, max_size=4),
-       extra_meta=st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda s: s != "format"),
-                                  st.text(max_size=12), max_size=3),
-       seed=st.integers(0, 1000))
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    spec=st.dictionaries(names, tensor_spec, min_size=1, max_size=4),
+    extra_meta=st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda s: s != "format"), st.text(max_size=12), max_size=3
+    ),
+    seed=st.integers(0, 1000),
+)
 def test_writer_matches_safetensors(tmp_path, spec, extra_meta, seed):
     tensors = {name: make_tensor(dt, shape, seed + i) for i, (name, (dt, shape)) in enumerate(spec.items())}
     meta = {"format": "pt", **extra_meta}
@@ -155,9 +175,13 @@ def test_saved_bare_file_is_peft_compatible_and_keeps_names(tmp_path, peft_banks
         assert sorted(f.keys()) == ["prefix_task_cols", "prefix_task_rows", "prompt_embeddings"]
     assert meta["format"] == "pt"
     assert json.loads(meta["mptkit.task_names"]) == ["sst2", "mnli", "qnli"]
-    assert json.loads(meta["mptkit.config"]) == {"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 5,
-                                                 "num_transformer_submodules": 2, "num_layers": 1,
-                                                 "num_attention_heads": 4}
+    assert json.loads(meta["mptkit.config"]) == {
+        "task_type": "SEQ_2_SEQ_LM",
+        "num_virtual_tokens": 5,
+        "num_transformer_submodules": 2,
+        "num_layers": 1,
+        "num_attention_heads": 4,
+    }
     back = load(out)
     assert back.task_names == ["sst2", "mnli", "qnli"] and back.num_virtual_tokens == 5 and back.num_submodules == 2
     for k, t in load_file(str(out)).items():
@@ -175,8 +199,9 @@ def peft_prompts(folder, kind):
     return enc, prompts
 
 
-@pytest.mark.parametrize("kind, dtype, safe", [("seq2seq", "float32", True), ("causal", "float32", False),
-                                               ("causal", "bfloat16", True)])
+@pytest.mark.parametrize(
+    "kind, dtype, safe", [("seq2seq", "float32", True), ("causal", "float32", False), ("causal", "bfloat16", True)]
+)
 def test_adapter_folder_loads_in_peft_and_config_text_is_peft_s(tmp_path, peft_banks, kind, dtype, safe):
     src_folder = peft_banks(kind, dtype, safe)
     out = save(load(src_folder), tmp_path / "out")
@@ -212,8 +237,11 @@ def test_adapter_folder_never_points_at_an_init_file(tmp_path, peft_banks):
     src = tmp_path / "src"
     shutil.copytree(peft_banks("causal", "float32", True), src)
     cfg = json.loads((src / "adapter_config.json").read_text())
-    cfg.update(prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_state_dict_path=str(tmp_path / "gone.bin"),
-               prompt_tuning_init_task=1)
+    cfg.update(
+        prompt_tuning_init="EXACT_SOURCE_TASK",
+        prompt_tuning_init_state_dict_path=str(tmp_path / "gone.bin"),
+        prompt_tuning_init_task=1,
+    )
     (src / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="gone.bin"):
         peft_prompts(src, "causal")
@@ -252,7 +280,9 @@ def test_existing_output_needs_force(tmp_path):
     target = tmp_path / "out.safetensors"
     save(bank, target)
     before = target.read_bytes()
-    with pytest.raises(OutputError, match=r"out.safetensors: already exists; replacing it needs --force \(force=True in Python\)"):
+    with pytest.raises(
+        OutputError, match=r"out.safetensors: already exists; replacing it needs --force \(force=True in Python\)"
+    ):
         save(other, target)
     assert target.read_bytes() == before
     save(other, target, force=True)

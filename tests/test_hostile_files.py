@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from measured import killed_for_cpu, run_measured
 
 #: generous bounds on the child's peak RSS: without torch mptkit runs in ~25 MB, with it ~230 MB
@@ -67,15 +66,18 @@ def _refused(path: Path, *words, cmd="validate", limit_mb=NO_TORCH_MB, cpu=60, e
     return m
 
 
-def _bank_file(path: Path, T: int, meta: dict | None = None, *, raw_meta: str | None = None,
-               pe_entry: str | None = None) -> Path:
+def _bank_file(
+    path: Path, T: int, meta: dict | None = None, *, raw_meta: str | None = None, pe_entry: str | None = None
+) -> Path:
     """A tiny F32 bank (N = r = d = 1) with T tasks, its header written by hand so that it can hold
     what no writer would write: ``meta`` (or ``raw_meta``, JSON text) as __metadata__."""
     n = 4 * T
     pe = pe_entry or '{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}'
-    entries = [f'"prompt_embeddings":{pe}',
-               f'"prefix_task_cols":{{"dtype":"F32","shape":[{T},1,1],"data_offsets":[4,{4 + n}]}}',
-               f'"prefix_task_rows":{{"dtype":"F32","shape":[{T},1,1],"data_offsets":[{4 + n},{4 + 2 * n}]}}']
+    entries = [
+        f'"prompt_embeddings":{pe}',
+        f'"prefix_task_cols":{{"dtype":"F32","shape":[{T},1,1],"data_offsets":[4,{4 + n}]}}',
+        f'"prefix_task_rows":{{"dtype":"F32","shape":[{T},1,1],"data_offsets":[{4 + n},{4 + 2 * n}]}}',
+    ]
     if raw_meta is None:
         raw_meta = json.dumps({"format": "pt", **(meta or {})}, ensure_ascii=False)
     head = ("{" + (f'"__metadata__":{raw_meta},' if raw_meta else "") + ",".join(entries) + "}").encode()
@@ -110,11 +112,21 @@ def test_task_names_refuse_c1_and_bidi_controls(tmp_path):
 # -- item 4: memory the file did not bring --------------------------------------------------------------
 def test_broadcast_view_pickle(tmp_path):
     p = tmp_path / "expand.bin"
-    torch.save({"prompt_embeddings": torch.zeros(1).expand(20000, 25000), "prefix_task_cols": torch.zeros(1, 20000, 1),
-                "prefix_task_rows": torch.zeros(1, 1, 25000)}, p)
+    torch.save(
+        {
+            "prompt_embeddings": torch.zeros(1).expand(20000, 25000),
+            "prefix_task_cols": torch.zeros(1, 20000, 1),
+            "prefix_task_rows": torch.zeros(1, 1, 25000),
+        },
+        p,
+    )
     assert p.stat().st_size < 300_000
-    _refused(p, "tensor 'prompt_embeddings' is a view of shape [20000, 25000] (strides [0, 0]",
-             "over a storage of only 4 bytes", limit_mb=WITH_TORCH_MB)
+    _refused(
+        p,
+        "tensor 'prompt_embeddings' is a view of shape [20000, 25000] (strides [0, 0]",
+        "over a storage of only 4 bytes",
+        limit_mb=WITH_TORCH_MB,
+    )
 
 
 def _storage_pickle(numel: int) -> bytes:
@@ -158,8 +170,13 @@ def test_zip_bomb(tmp_path):
             else:
                 zout.writestr(item, zin.read(item.filename))
     assert bomb.stat().st_size < 2_000_000
-    _refused(bomb, "member 'real/data/0' is compressed", "would inflate to 1,400,000,000", "does not inflate",
-             limit_mb=WITH_TORCH_MB)
+    _refused(
+        bomb,
+        "member 'real/data/0' is compressed",
+        "would inflate to 1,400,000,000",
+        "does not inflate",
+        limit_mb=WITH_TORCH_MB,
+    )
 
 
 def test_huge_adapter_config(tmp_path, example_bank):
@@ -177,8 +194,12 @@ def test_header_with_millions_of_tensors(tmp_path):
     head += b" " * (-len(head) % 8)
     p.write_bytes(struct.pack("<Q", len(head)) + head)
     assert p.stat().st_size > 80_000_000
-    _refused(p, "the header holds up to", "JSON values (counting ':', ',', '[' and '{'), more than the 3,000,000 mptkit reads",
-             limit_mb=400)
+    _refused(
+        p,
+        "the header holds up to",
+        "JSON values (counting ':', ',', '[' and '{'), more than the 3,000,000 mptkit reads",
+        limit_mb=400,
+    )
 
 
 def test_many_tensors_within_the_value_cap_are_capped_by_count(tmp_path):
@@ -222,10 +243,15 @@ def test_deep_json_in_metadata_and_config(tmp_path, example_bank):
 
 @pytest.mark.parametrize("what", ["sparse", "meta", "stride-0"])
 def test_pickles_of_tensors_without_plain_data(tmp_path, what):
-    pe = {"sparse": torch.eye(4).to_sparse(), "meta": torch.empty(4, 4, device="meta"),
-          "stride-0": torch.ones(1, 1).expand(4, 4)}[what]
+    pe = {
+        "sparse": torch.eye(4).to_sparse(),
+        "meta": torch.empty(4, 4, device="meta"),
+        "stride-0": torch.ones(1, 1).expand(4, 4),
+    }[what]
     p = tmp_path / f"{what}.pt"
-    torch.save({"prompt_embeddings": pe, "prefix_task_cols": torch.ones(1, 4, 1), "prefix_task_rows": torch.ones(1, 1, 4)}, p)
+    torch.save(
+        {"prompt_embeddings": pe, "prefix_task_cols": torch.ones(1, 4, 1), "prefix_task_rows": torch.ones(1, 1, 4)}, p
+    )
     words = {"sparse": "is a sparse_coo tensor", "meta": "is a meta tensor", "stride-0": "is a view of shape [4, 4]"}
     for cmd in ("validate", "inspect", "derive"):
         extra = ("--mode", "exact", "--task", "0", "-o", tmp_path / "out.safetensors") if cmd == "derive" else ()
@@ -237,16 +263,19 @@ def test_pickles_of_tensors_without_plain_data(tmp_path, what):
 def test_duplicate_keys_and_negative_zero(tmp_path):
     p = tmp_path / "dup-meta.safetensors"
     _bank_file(p, 2, raw_meta='{"format":"pt"},"__metadata__":{"format":"pt"}')
-    _refused(p, "the key \"__metadata__\" appears twice")
-    p = _bank_file(tmp_path / "dup-dtype.safetensors", 2,
-                   pe_entry='{"dtype":"F32","dtype":"F32","shape":[1,1],"data_offsets":[0,4]}')
-    _refused(p, "the key \"dtype\" appears twice")
+    _refused(p, 'the key "__metadata__" appears twice')
+    p = _bank_file(
+        tmp_path / "dup-dtype.safetensors",
+        2,
+        pe_entry='{"dtype":"F32","dtype":"F32","shape":[1,1],"data_offsets":[0,4]}',
+    )
+    _refused(p, 'the key "dtype" appears twice')
     p = _bank_file(tmp_path / "negzero.safetensors", 2, pe_entry='{"dtype":"F32","shape":[1,1],"data_offsets":[-0,4]}')
     _refused(p, "the number -0")
     from safetensors import safe_open
 
     for name in ("dup-meta", "dup-dtype", "negzero"):  # the reference parser refuses them too
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 (whatever the reference parser raises)
             safe_open(str(tmp_path / f"{name}.safetensors"), "pt")
 
 
@@ -256,8 +285,12 @@ def test_config_types_peft_rejects_are_errors(tmp_path, example_bank):
     text = (folder / "adapter_config.json").read_text()
     (folder / "adapter_config.json").write_text(text.replace('"num_virtual_tokens": 6', '"num_virtual_tokens": 6.0'))
     _refused(folder, "field 'num_virtual_tokens': expected integer, found 6.0")
-    _refused(folder, "expected integer, found 6.0", cmd="derive", extra=("--mode", "exact", "--task", "0", "-o",
-                                                                           tmp_path / "out"))
+    _refused(
+        folder,
+        "expected integer, found 6.0",
+        cmd="derive",
+        extra=("--mode", "exact", "--task", "0", "-o", tmp_path / "out"),
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -276,11 +309,13 @@ def test_small_address_space_limit(tmp_path, example_bank):
     assert m.returncode == 2, (m.returncode, m.stderr)
     assert m.stderr.startswith("mptkit: error: this command needs torch") and "ulimit -v" in m.stderr
     assert len(m.stderr.strip().splitlines()) == 1 and not (tmp_path / "r1.safetensors").exists()
-    m = run_measured("derive", example_bank, "--mode", "exact", "--task", "1", "-o", tmp_path / "t1.safetensors",
-                     address_space=limit)  # moving bytes needs no torch: it still works
+    m = run_measured(
+        "derive", example_bank, "--mode", "exact", "--task", "1", "-o", tmp_path / "t1.safetensors", address_space=limit
+    )  # moving bytes needs no torch: it still works
     assert m.returncode == 0, m.stderr
-    m = run_measured("derive", example_bank, "--mode", "average", "-o", tmp_path / "avg.safetensors",
-                     address_space=limit)  # nor does averaging (numpy)
+    m = run_measured(
+        "derive", example_bank, "--mode", "average", "-o", tmp_path / "avg.safetensors", address_space=limit
+    )  # nor does averaging (numpy)
     assert m.returncode == 0, m.stderr
     assert run_measured("validate", example_bank, address_space=limit).returncode == 0
 
@@ -288,9 +323,11 @@ def test_small_address_space_limit(tmp_path, example_bank):
 def test_an_import_error_is_one_sentence(tmp_path, example_bank):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "torch.py").write_text("raise ImportError('libtorch_cpu.so: failed to map segment from shared object', "
-                                     "name='torch')\n")
-    m = run_measured("rank", example_bank, "--rank", "1", "-o", tmp_path / "a.safetensors",
-                     env={"PYTHONPATH": str(shadow)})
+    (shadow / "torch.py").write_text(
+        "raise ImportError('libtorch_cpu.so: failed to map segment from shared object', name='torch')\n"
+    )
+    m = run_measured(
+        "rank", example_bank, "--rank", "1", "-o", tmp_path / "a.safetensors", env={"PYTHONPATH": str(shadow)}
+    )
     assert m.returncode == 2 and "internal error" not in m.stderr, m.stderr
     assert m.stderr.startswith("mptkit: error: cannot import torch (libtorch_cpu.so: failed to map segment")

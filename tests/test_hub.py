@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bankutil import load_tensors, one_error, random_bank, run_mptkit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,9 +67,8 @@ def test_push_then_pull_round_trips_byte_for_byte(hub, cli, pushed, tmp_path):
 
 def test_pulled_adapter_loads_in_peft_with_the_same_weights(hub, cli, pushed, tmp_path):
     import torch
-    from peft import PeftModel
-
     from bankutil import tiny_base_model
+    from peft import PeftModel
 
     out = tmp_path / "pulled"
     assert cli("pull", "owner/bank", "-o", out).exit_code == 0
@@ -232,8 +230,13 @@ def test_derive_validate_and_load_take_hf_references(hub, cli, pushed, tmp_path)
     assert mptkit.load(f"hf://owner/bank@{head}/adapter_config.json").num_tasks == 3
     # a bare file inside a repo, named by its path
     random_bank(tmp_path / "x.safetensors", T=2)
-    hub.commit("owner/files", {"banks/x.safetensors": (tmp_path / "x.safetensors").read_bytes(),
-                               "banks/y.safetensors": (tmp_path / "x.safetensors").read_bytes()})
+    hub.commit(
+        "owner/files",
+        {
+            "banks/x.safetensors": (tmp_path / "x.safetensors").read_bytes(),
+            "banks/y.safetensors": (tmp_path / "x.safetensors").read_bytes(),
+        },
+    )
     assert mptkit.load("hf://owner/files/banks/x.safetensors").num_tasks == 2
     msg = _one_error(cli("inspect", "hf://owner/files/banks"))
     assert "several .safetensors files" in msg and "hf://owner/files/banks/x.safetensors" in msg
@@ -248,8 +251,11 @@ def test_python_push_uploads_the_bank_as_changed_in_memory(hub, peft_banks, tmp_
 
     bank = mptkit.load(peft_banks("seq2seq"))
     out = mhub.push(bank, "owner/api")
-    assert out["changed"] and hub.files("owner/api")["adapter_model.safetensors"] == (
-        peft_banks("seq2seq") / "adapter_model.safetensors").read_bytes()
+    assert (
+        out["changed"]
+        and hub.files("owner/api")["adapter_model.safetensors"]
+        == (peft_banks("seq2seq") / "adapter_model.safetensors").read_bytes()
+    )
     bank.task_names = ["x", "y", "z"]  # no longer what its folder holds: written afresh, not copied
     out = mhub.push(bank, "owner/api", message="names")
     assert out["changed"]
@@ -279,11 +285,17 @@ def test_remote_inspect_reads_only_the_header(hub, cli, tmp_path):
 
 
 def test_remote_inspect_checks_the_header(hub, cli, tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
-    save_file({"prompt_embeddings": torch.zeros(4, 8), "prefix_task_cols": torch.zeros(2, 5, 1),
-               "prefix_task_rows": torch.zeros(2, 1, 8)}, str(tmp_path / "bad.safetensors"))
+    save_file(
+        {
+            "prompt_embeddings": torch.zeros(4, 8),
+            "prefix_task_cols": torch.zeros(2, 5, 1),
+            "prefix_task_rows": torch.zeros(2, 1, 8),
+        },
+        str(tmp_path / "bad.safetensors"),
+    )
     hub.commit("owner/badshape", {"bad.safetensors": (tmp_path / "bad.safetensors").read_bytes()})
     msg = _one_error(cli("inspect", "hf://owner/badshape"))
     assert msg.startswith("mptkit: error: hf://owner/badshape/bad.safetensors: ") and "prefix_task_cols" in msg
@@ -295,21 +307,26 @@ def test_remote_inspect_of_an_adapter_reads_its_config(hub, cli, pushed):
     assert s["format"] == "peft-adapter" and s["task_type"] == "SEQ_2_SEQ_LM"
     assert (s["num_virtual_tokens"], s["num_transformer_submodules"]) == (5, 2)
     assert {q.path.rsplit("/", 1)[-1] for q in hub.requests if "/resolve/" in q.path} == {
-        "adapter_config.json", "adapter_model.safetensors"}
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
 
 
 # -- errors: one sentence, exit 2 -----------------------------------------------------------------
-@pytest.mark.parametrize("args, expect", [
-    (("pull", "owner/missing"), "no repo owner/missing"),
-    (("pull", "owner/bank@nope"), "no revision 'nope'"),
-    (("pull", "owner/bank", "--revision", "v9"), "no revision 'v9'"),
-    (("inspect", "hf://owner/bank/nothere.safetensors"), "no file or folder 'nothere.safetensors'"),
-    (("validate", "hf://owner/bank/sub"), "no file or folder 'sub'"),
-    (("pull", "owner/bank@main/x", "--revision", "dev"), "names revision 'main' but --revision says 'dev'"),
-    (("inspect", "hf://owner"), "expected owner/repo"),
-    (("inspect", "hf://owner/bank/../x"), "leaves the repo"),
-    (("push", "examples/bank", "owner/x/y"), "without a path"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (("pull", "owner/missing"), "no repo owner/missing"),
+        (("pull", "owner/bank@nope"), "no revision 'nope'"),
+        (("pull", "owner/bank", "--revision", "v9"), "no revision 'v9'"),
+        (("inspect", "hf://owner/bank/nothere.safetensors"), "no file or folder 'nothere.safetensors'"),
+        (("validate", "hf://owner/bank/sub"), "no file or folder 'sub'"),
+        (("pull", "owner/bank@main/x", "--revision", "dev"), "names revision 'main' but --revision says 'dev'"),
+        (("inspect", "hf://owner"), "expected owner/repo"),
+        (("inspect", "hf://owner/bank/../x"), "leaves the repo"),
+        (("push", "examples/bank", "owner/x/y"), "without a path"),
+    ],
+)
 def test_clear_errors(hub, cli, pushed, args, expect):
     assert expect in _one_error(cli(*args))
 
@@ -320,12 +337,18 @@ def test_missing_file_behind_a_listing(hub, cli, pushed):
     assert "download adapter_model.safetensors" in msg and "not in owner/bank" in msg
 
 
-@pytest.mark.parametrize("kind, options, expect", [
-    ("status", {"code": 500, "message": "database on fire"},
-     "answered HTTP 500 when asked to look up the repo: database on fire"),
-    ("garbage", {}, "sent an answer that could not be used"),
-    ("drop", {}, "the connection to"),
-])
+@pytest.mark.parametrize(
+    "kind, options, expect",
+    [
+        (
+            "status",
+            {"code": 500, "message": "database on fire"},
+            "answered HTTP 500 when asked to look up the repo: database on fire",
+        ),
+        ("garbage", {}, "sent an answer that could not be used"),
+        ("drop", {}, "the connection to"),
+    ],
+)
 def test_server_failures(hub, cli, pushed, kind, options, expect):
     hub.fault(kind, path=r"^/api/models/owner/bank", method="GET", **options)
     assert expect in _one_error(cli("pull", "owner/bank"))
@@ -423,16 +446,19 @@ def test_endpoint_and_cache_follow_the_environment_at_call_time(monkeypatch, tmp
     assert hub.cache_dir() == str(tmp_path / "c")
 
 
-@pytest.mark.parametrize("text, repo, rev, path", [
-    ("hf://o/r", "o/r", None, ""),
-    ("hf://o/r@v1", "o/r", "v1", ""),
-    ("hf://o/r@v1/sub/x.safetensors", "o/r", "v1", "sub/x.safetensors"),
-    ("hf://o/r/a.safetensors", "o/r", None, "a.safetensors"),
-    ("hf://o/r@refs/pr/3/a", "o/r", "refs/pr/3", "a"),
-    ("hf://o/r@release%2F2", "o/r", "release/2", ""),
-    ("hf://models/o/r", "o/r", None, ""),
-    ("o/r@main", "o/r", "main", ""),
-])
+@pytest.mark.parametrize(
+    "text, repo, rev, path",
+    [
+        ("hf://o/r", "o/r", None, ""),
+        ("hf://o/r@v1", "o/r", "v1", ""),
+        ("hf://o/r@v1/sub/x.safetensors", "o/r", "v1", "sub/x.safetensors"),
+        ("hf://o/r/a.safetensors", "o/r", None, "a.safetensors"),
+        ("hf://o/r@refs/pr/3/a", "o/r", "refs/pr/3", "a"),
+        ("hf://o/r@release%2F2", "o/r", "release/2", ""),
+        ("hf://models/o/r", "o/r", None, ""),
+        ("o/r@main", "o/r", "main", ""),
+    ],
+)
 def test_parse_ref(text, repo, rev, path):
     from mptkit.hub import HubRef, parse_ref
 
@@ -441,10 +467,18 @@ def test_parse_ref(text, repo, rev, path):
     assert parse_ref(str(ref)) == ref == HubRef(repo, rev, path)
 
 
-@pytest.mark.parametrize("text, why", [
-    ("hf://o", "expected owner/repo"), ("hf://o/r@", "empty revision"), ("hf://o/r/../x", "leaves the repo"),
-    ("hf://o/r@../x", "not a valid revision"), ("hf://o--x/r", "not a valid repo id"),
-    ("hf://datasets/o/r", "model repos"), ("hf://-o/r", "not a valid repo id")])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("hf://o", "expected owner/repo"),
+        ("hf://o/r@", "empty revision"),
+        ("hf://o/r/../x", "leaves the repo"),
+        ("hf://o/r@../x", "not a valid revision"),
+        ("hf://o--x/r", "not a valid repo id"),
+        ("hf://datasets/o/r", "model repos"),
+        ("hf://-o/r", "not a valid repo id"),
+    ],
+)
 def test_parse_ref_refuses(text, why):
     from mptkit.errors import UsageError
     from mptkit.hub import parse_ref

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from hubserver import Blob, git_blob_sha1, run_measured, sparse_bank
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +31,7 @@ def _one_error(r) -> str:
 
 
 def _tree(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    return set(root.rglob("*"))
 
 
 @pytest.fixture
@@ -54,8 +53,11 @@ def sandbox(hub, tmp_path, monkeypatch):
 
         @staticmethod
         def outside() -> list[str]:
-            return sorted(str(p.relative_to(tmp_path)) for p in _tree(tmp_path) - before
-                          if not any(p == a or a in p.parents for a in allowed) and p != tmp_path / "hf-home")
+            return sorted(
+                str(p.relative_to(tmp_path))
+                for p in _tree(tmp_path) - before
+                if not any(p == a or a in p.parents for a in allowed) and p != tmp_path / "hf-home"
+            )
 
         @staticmethod
         def cache_files() -> list[str]:
@@ -82,27 +84,37 @@ def _blob_names(box) -> set[str]:
 def test_etags_that_are_paths_never_become_paths(hub, cli, served, sandbox, tmp_path, header, where):
     target = "../../../../../escaped" if where == "relative" else str(tmp_path / "abs-escaped")
     hub.hostile("owner/bank", **{header: f'"{target}"'})
-    for argv in (["pull", "owner/bank"], ["pull", "owner/bank", "-o", sandbox.out / "p"],
-                 ["inspect", "hf://owner/bank"], ["validate", "hf://owner/bank"]):
+    for argv in (
+        ["pull", "owner/bank"],
+        ["pull", "owner/bank", "-o", sandbox.out / "p"],
+        ["inspect", "hf://owner/bank"],
+        ["validate", "hf://owner/bank"],
+    ):
         r = cli(*argv)
         assert r.exit_code == 0, (argv, r.output)
     assert sandbox.outside() == []
     assert {p.name: p.read_bytes() for p in (sandbox.out / "p").iterdir()} == served
     # blobs are named by the checksums the listing gives, whatever the headers said
-    assert _blob_names(sandbox) == {hashlib.sha256(served["adapter_model.safetensors"]).hexdigest(),
-                                    git_blob_sha1(served["adapter_config.json"])}
+    assert _blob_names(sandbox) == {
+        hashlib.sha256(served["adapter_model.safetensors"]).hexdigest(),
+        git_blob_sha1(served["adapter_config.json"]),
+    }
     assert not [p for p in sandbox.cache_files() if p.endswith((".lock", ".incomplete"))]
 
 
 # -- 2. one flipped byte under a non-hex ETag ----------------------------------------------------
-@pytest.mark.parametrize("etags", [{"linked_etag": '"not-hex"'}, {"etag": '"not-hex"', "linked_etag": '"not-hex"'}],
-                         ids=["weights", "both"])
+@pytest.mark.parametrize(
+    "etags", [{"linked_etag": '"not-hex"'}, {"etag": '"not-hex"', "linked_etag": '"not-hex"'}], ids=["weights", "both"]
+)
 def test_a_flipped_byte_is_caught_whatever_the_etag(hub, cli, served, sandbox, etags):
     size = len(served["adapter_model.safetensors"])
     hub.hostile("owner/bank", **etags, flip={"adapter_model.safetensors": size - 3})
-    for argv in (["pull", "owner/bank", "-o", sandbox.out / "p"], ["pull", "owner/bank"],
-                 ["derive", "hf://owner/bank", "--mode", "exact", "--task", "1", "-o", sandbox.out / "d.safetensors"],
-                 ["validate", "hf://owner/bank"]):
+    for argv in (
+        ["pull", "owner/bank", "-o", sandbox.out / "p"],
+        ["pull", "owner/bank"],
+        ["derive", "hf://owner/bank", "--mode", "exact", "--task", "1", "-o", sandbox.out / "d.safetensors"],
+        ["validate", "hf://owner/bank"],
+    ):
         msg = _one_error(cli(*argv))
         assert "adapter_model.safetensors is corrupt" in msg and "the Hub lists" in msg, (argv, msg)
     assert os.listdir(sandbox.out) == [] and sandbox.outside() == []
@@ -173,8 +185,10 @@ def big_remote(hub, tmp_path):
 
 def test_a_server_that_ignores_range_is_not_read_whole(hub, big_remote, sandbox):
     hub.hostile("owner/big", ignore_range=True)
-    for argv in (["inspect", "hf://owner/big"],
-                 ["derive", "hf://owner/big", "--mode", "exact", "--task", "7", "-o", sandbox.out / "d.safetensors"]):
+    for argv in (
+        ["inspect", "hf://owner/big"],
+        ["derive", "hf://owner/big", "--mode", "exact", "--task", "7", "-o", sandbox.out / "d.safetensors"],
+    ):
         before = hub.bytes_sent(r"/resolve/")
         r = run_measured(*argv)
         msg = _one_error(r)
@@ -211,7 +225,7 @@ def test_a_listing_of_millions_of_files_is_refused(hub, served, sandbox):
 
 
 def test_a_listing_paged_without_end_is_cut_off(hub, cli, served, monkeypatch):
-    import mptkit.hub.transfer as transfer
+    import mptkit.hub._transfer as transfer
 
     hub.commit("owner/bank", {f"notes/{i}.txt": b"x" for i in range(12)} | {f"n{i}.txt": b"x" for i in range(12)})
     hub.page_size = 2
@@ -306,8 +320,12 @@ def test_a_read_only_cache_is_blamed_on_the_cache(hub, served, sandbox):
     prefix = _read_only(sandbox.home)
     if prefix is None:
         pytest.skip("cannot make a folder read-only here (not root-free, no mount namespace)")
-    r = subprocess.run([*prefix, sys.executable, "-m", "mptkit", "pull", "owner/bank", "-o", sandbox.out / "p"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*prefix, sys.executable, "-m", "mptkit", "pull", "owner/bank", "-o", sandbox.out / "p"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     msg = _one_error(r)
     assert "cannot write to the HF cache at" in msg and ("read-only" in msg or "permission denied" in msg), msg
     assert "HF_HUB_CACHE" in msg and "Hub" not in msg.split("cannot write to the HF cache")[0]
@@ -324,8 +342,9 @@ def test_a_killed_download_leaves_a_temp_the_next_download_removes(hub, cli, ser
     import time
 
     hub.hostile("owner/bank", slow=0.05)
-    p = subprocess.Popen([sys.executable, "-m", "mptkit", "pull", "owner/bank"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mptkit", "pull", "owner/bank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     blobs = sandbox.home / "hub" / "models--owner--bank" / "blobs"
     deadline = time.monotonic() + 60
     while not (blobs.is_dir() and any(x.name.endswith(".incomplete") for x in blobs.iterdir())):

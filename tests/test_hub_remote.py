@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from hubserver import Blob, sparse_bank
 
 T, N, R, D = 8_000, 128, 1, 32_768
@@ -29,8 +28,9 @@ def big(tmp_path_factory):
     names = [f"t{i:05d}" for i in range(T)]
     layout = sparse_bank(folder / "adapter_model.safetensors", T=T, N=N, r=R, d=D, filled=FILLED, seed=3, names=names)
     cfg = json.loads((Path(__file__).parent.parent / "examples" / "bank" / "adapter_config.json").read_text())
-    cfg.update(num_tasks=T, num_ranks=R, token_dim=D, num_virtual_tokens=N, num_transformer_submodules=1,
-               task_type="CAUSAL_LM")
+    cfg.update(
+        num_tasks=T, num_ranks=R, token_dim=D, num_virtual_tokens=N, num_transformer_submodules=1, task_type="CAUSAL_LM"
+    )
     (folder / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     blob = Blob.file(folder / "adapter_model.safetensors")
     assert blob.size > 1_000_000_000 and blob.sha256  # hashed once for the whole module
@@ -74,8 +74,12 @@ def test_derive_exact_moves_one_task(hub, cli, remote, tmp_path):
     assert 0 < sent <= bound(remote, 1), (sent, bound(remote, 1))
     gets = [q for q in hub.requests if q.method == "GET" and q.path.endswith("adapter_model.safetensors")]
     assert all("range" in q.headers for q in gets) and len(gets) <= 6
-    assert cli("derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "local.safetensors") \
-        .exit_code == 0
+    assert (
+        cli(
+            "derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "local.safetensors"
+        ).exit_code
+        == 0
+    )
     assert _equal(_tensors(tmp_path / "remote.safetensors"), _tensors(tmp_path / "local.safetensors"))
     assert _names(tmp_path / "remote.safetensors") == ["t00007"]
 
@@ -101,15 +105,16 @@ def test_slice_of_three_tasks(hub, cli, remote, tmp_path):
 def test_task_prompts_from_a_remote_bank_hold_just_those_tasks(hub, remote):
     import torch
 
-    from mptkit.runtime import TaskPrompts
+    from mptkit.serve._runtime import TaskPrompts
 
     got = TaskPrompts.from_bank("hf://owner/bank", tasks=[3, 5])
     assert hub.bytes_sent(WEIGHTS) <= bound(remote, 2)
     want = TaskPrompts.from_bank(str(remote["folder"]), tasks=["t00003", "t00005"])
     assert got.task_names == want.task_names == ["t00003", "t00005"] and got.num_tasks == 2
     assert torch.equal(got(torch.tensor([1, 0])), want(torch.tensor([1, 0])))
-    assert torch.equal(got.prefix_task_rows, want.prefix_task_rows) and torch.equal(got.embedding.weight,
-                                                                                    want.embedding.weight)
+    assert torch.equal(got.prefix_task_rows, want.prefix_task_rows) and torch.equal(
+        got.embedding.weight, want.embedding.weight
+    )
 
 
 def test_pull_tasks_writes_a_partial_copy(hub, cli, remote, tmp_path):
@@ -132,8 +137,14 @@ def test_pull_tasks_writes_a_partial_copy(hub, cli, remote, tmp_path):
     assert entry["arguments"]["tasks"] == [0, 7] and entry["arguments"]["task_names"] == ["t00000", "t00007"]
     src = entry["sources"][0]
     assert src["sha256"] == remote["blob"].sha256
-    assert src["hub"] == {"repo": "owner/bank", "revision": "main", "commit": commit, "file": "adapter_model.safetensors",
-                          "sha256": remote["blob"].sha256, "partial": True}
+    assert src["hub"] == {
+        "repo": "owner/bank",
+        "revision": "main",
+        "commit": commit,
+        "file": "adapter_model.safetensors",
+        "sha256": remote["blob"].sha256,
+        "partial": True,
+    }
     # nothing of the partial read went into the HF cache as if it were the file
     snap = Path(os.environ["HF_HOME"]) / "hub" / "models--owner--bank" / "snapshots" / commit
     assert not (snap / "adapter_model.safetensors").exists()
@@ -146,7 +157,9 @@ def test_inspect_values_similarity_and_export_of_a_few_tasks(hub, cli, remote, t
     assert r.exit_code == 0, r.output
     assert hub.bytes_sent(WEIGHTS) <= bound(remote, 2)
     got = json.loads(r.stdout)["values"]["tasks"]
-    want = json.loads(cli("inspect", remote["folder"], "--values", "--tasks", "3,7", "--json").stdout)["values"]["tasks"]
+    want = json.loads(cli("inspect", remote["folder"], "--values", "--tasks", "3,7", "--json").stdout)["values"][
+        "tasks"
+    ]
     assert got == want and [t["task"] for t in got] == [3, 7] and got[1]["name"] == "t00007"
     hub.clear()
     r = cli("similarity", "hf://owner/bank", "--tasks", "3,5,7", "--json")
@@ -160,8 +173,10 @@ def test_inspect_values_similarity_and_export_of_a_few_tasks(hub, cli, remote, t
 
 
 def test_remote_provenance_names_the_commit_and_says_partial(hub, cli, remote, tmp_path):
-    assert cli("derive", "hf://owner/bank", "--mode", "exact", "--task", "3", "-o", tmp_path / "d.safetensors") \
-        .exit_code == 0
+    assert (
+        cli("derive", "hf://owner/bank", "--mode", "exact", "--task", "3", "-o", tmp_path / "d.safetensors").exit_code
+        == 0
+    )
     import mptkit
 
     src = mptkit.load(tmp_path / "d.safetensors").provenance[-1]["sources"][0]
@@ -180,16 +195,21 @@ def test_a_branch_that_moves_mid_command_does_not_mix_banks(hub, cli, remote, tm
     assert hub.repos["owner/bank"].refs["main"] != first  # it did move
     resolves = [q.path for q in hub.requests if "/resolve/" in q.path]
     assert len(resolves) >= 3 and all(f"/resolve/{first}/" in p for p in resolves)
-    assert cli("derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "l.safetensors") \
-        .exit_code == 0
+    assert (
+        cli("derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "l.safetensors").exit_code
+        == 0
+    )
     assert _equal(_tensors(tmp_path / "d.safetensors"), _tensors(tmp_path / "l.safetensors"))
 
 
 # -- servers that do not answer the ranges asked for -----------------------------------------------
-@pytest.mark.parametrize("how, expect", [
-    ({"ignore_range": True}, "ignored the range request"),
-    ({"range_shift": 4096}, "Content-Range"),
-])
+@pytest.mark.parametrize(
+    "how, expect",
+    [
+        ({"ignore_range": True}, "ignored the range request"),
+        ({"range_shift": 4096}, "Content-Range"),
+    ],
+)
 def test_a_wrong_answer_to_a_range_is_refused(hub, cli, remote, tmp_path, how, expect):
     hub.hostile("owner/bank", **how)
     r = cli("derive", "hf://owner/bank", "--mode", "exact", "--task", "7", "-o", tmp_path / "d.safetensors")
@@ -200,7 +220,7 @@ def test_a_wrong_answer_to_a_range_is_refused(hub, cli, remote, tmp_path, how, e
 
 
 def test_a_truncated_range_is_one_sentence_and_caches_nothing(hub, cli, remote, tmp_path, monkeypatch):
-    import mptkit.hub.http as mhttp
+    import mptkit.hub._http as mhttp
 
     monkeypatch.setattr(mhttp, "pause", lambda s: None)
     hub.fault("truncate", path=WEIGHTS, method="GET", keep=0, times=None)
@@ -215,8 +235,10 @@ def test_a_truncated_range_is_one_sentence_and_caches_nothing(hub, cli, remote, 
     hub.fault("truncate", path=WEIGHTS, method="GET", keep=1000, times=1)
     r = cli("derive", "hf://owner/bank", "--mode", "exact", "--task", "7", "-o", tmp_path / "d.safetensors")
     assert r.exit_code == 0, r.output
-    assert cli("derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "l.safetensors") \
-        .exit_code == 0
+    assert (
+        cli("derive", remote["folder"], "--mode", "exact", "--task", "7", "-o", tmp_path / "l.safetensors").exit_code
+        == 0
+    )
     assert _equal(_tensors(tmp_path / "d.safetensors"), _tensors(tmp_path / "l.safetensors"))
 
 
@@ -231,9 +253,11 @@ def test_offline_reads_what_a_full_pull_cached(hub, cli, peft_banks, tmp_path, m
     assert cli("pull", "owner/small").exit_code == 0
     hub.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for argv in (["derive", "hf://owner/small", "--mode", "exact", "--task", "1", "-o", tmp_path / "a.safetensors"],
-                 ["pull", "owner/small", "--tasks", "2", "-o", tmp_path / "b"],
-                 ["inspect", "hf://owner/small", "--values", "--tasks", "0"]):
+    for argv in (
+        ["derive", "hf://owner/small", "--mode", "exact", "--task", "1", "-o", tmp_path / "a.safetensors"],
+        ["pull", "owner/small", "--tasks", "2", "-o", tmp_path / "b"],
+        ["inspect", "hf://owner/small", "--values", "--tasks", "0"],
+    ):
         r = cli(*argv)
         assert r.exit_code == 0, (argv, r.output)
     assert hub.requests == []
@@ -248,8 +272,10 @@ def test_a_bank_in_the_cache_is_read_there_not_by_ranges(hub, cli, tmp_path):
     hub.commit("owner/mid", {"m.safetensors": (tmp_path / "m.safetensors").read_bytes()})
     assert cli("pull", "owner/mid").exit_code == 0
     hub.clear()
-    assert cli("derive", "hf://owner/mid", "--mode", "exact", "--task", "7", "-o", tmp_path / "d.safetensors") \
-        .exit_code == 0
+    assert (
+        cli("derive", "hf://owner/mid", "--mode", "exact", "--task", "7", "-o", tmp_path / "d.safetensors").exit_code
+        == 0
+    )
     assert hub.bytes_sent(r"/resolve/") == 0 and any("/tree/" in q.path for q in hub.requests)
 
 
@@ -274,13 +300,31 @@ def _in_a_terminal(argv, env) -> tuple[int, str]:
 def test_a_range_transfer_over_a_second_shows_a_bar_on_a_terminal(hub, remote, tmp_path):
     hub.hostile("owner/bank", rate=8e6)  # the 16 MB shared prompt takes about 2 s
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    code, shown = _in_a_terminal(["derive", "hf://owner/bank", "--mode", "exact", "--task", "7", "-o",
-                                  tmp_path / "a.safetensors"], env)
+    code, shown = _in_a_terminal(
+        ["derive", "hf://owner/bank", "--mode", "exact", "--task", "7", "-o", tmp_path / "a.safetensors"], env
+    )
     assert code == 0, shown
     assert "adapter_model.safetensors (ranges)" in shown and "MB/s" in shown
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "mptkit", "derive", "hf://owner/bank", "--mode", "exact", "--task", "7",
-                        "-o", tmp_path / "b.safetensors"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mptkit",
+            "derive",
+            "hf://owner/bank",
+            "--mode",
+            "exact",
+            "--task",
+            "7",
+            "-o",
+            tmp_path / "b.safetensors",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0 and "(ranges)" not in r.stderr and r.stderr == ""  # no terminal, no bar

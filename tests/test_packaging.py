@@ -11,9 +11,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from bankutil import run_mptkit
 
 import mptkit
-from bankutil import run_mptkit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,13 @@ def test_wheel_carries_every_schema_and_the_metadata(wheel):
         for s in schemas:
             assert f"mptkit/schemas/{s.name}" in names
             assert z.read(f"mptkit/schemas/{s.name}") == s.read_bytes()
-        assert {"mptkit/__init__.py", "mptkit/__main__.py", "mptkit/cli/__init__.py", "mptkit/hub/__init__.py", "mptkit/formats/safetensors.py"} <= names
+        assert {
+            "mptkit/__init__.py",
+            "mptkit/__main__.py",
+            "mptkit/cli/__init__.py",
+            "mptkit/hub/__init__.py",
+            "mptkit/formats/_safetensors.py",
+        } <= names
         assert not any(n.startswith(("tests/", "examples/")) for n in names)
         dist = next(n for n in names if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(z.read(dist))
@@ -49,8 +55,17 @@ def test_wheel_carries_every_schema_and_the_metadata(wheel):
     assert meta["Name"] == "mptkit" and meta["Version"] == mptkit.__version__
     assert meta["Requires-Python"] == ">=3.10"
     requires = " ".join(meta.get_all("Requires-Dist"))
-    for dep in ("torch", "safetensors", "huggingface-hub", "click", "jsonschema", "pytest", "hypothesis", "peft",
-                "transformers"):
+    for dep in (
+        "torch",
+        "safetensors",
+        "huggingface-hub",
+        "click",
+        "jsonschema",
+        "pytest",
+        "hypothesis",
+        "peft",
+        "transformers",
+    ):
         assert dep in requires, dep
     assert "test" in meta.get_all("Provides-Extra")
     assert "mptkit = mptkit.cli:main" in entry
@@ -66,7 +81,7 @@ def test_installed_wheel_finds_its_schemas_from_anywhere(wheel, tmp_path, exampl
     shutil.copytree(example_bank, bank)
     env = dict(os.environ, PYTHONPATH=str(site))
     code = (
-        "import mptkit, mptkit.schema as s, mptkit.io as i\n"
+        "import mptkit, mptkit._schema as s, mptkit._io as i\n"
         "print(mptkit.__file__)\n"
         "print(s.schema_dir())\n"
         "print(i.validate('bank')['valid'])\n"
@@ -79,8 +94,14 @@ def test_installed_wheel_finds_its_schemas_from_anywhere(wheel, tmp_path, exampl
     assert Path(sdir) == site / "mptkit" / "schemas"
     assert valid == "True"
     assert "expected 2 dimensions, found 1" in problems
-    r = subprocess.run([sys.executable, "-m", "mptkit", "validate", "bank"], capture_output=True, text=True,
-                       cwd=elsewhere, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "mptkit", "validate", "bank"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout == "bank: valid (bank)\n", r.stderr
 
 

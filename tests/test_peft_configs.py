@@ -10,13 +10,17 @@ import shutil
 
 import pytest
 import torch
+from bankutil import run_mptkit, tiny_base_model
 from safetensors.torch import load_file
 
-from bankutil import run_mptkit, tiny_base_model
-
-STALE = {"prompt_tuning_init": "EXACT_SOURCE_TASK", "prompt_tuning_init_state_dict_path": "/nonexistent/init.safetensors",
-         "prompt_tuning_init_task": 2, "tokenizer_kwargs": {"use_fast": True}, "tokenizer_name_or_path": "t5-small",
-         "prompt_tuning_init_text": "Classify:"}
+STALE = {
+    "prompt_tuning_init": "EXACT_SOURCE_TASK",
+    "prompt_tuning_init_state_dict_path": "/nonexistent/init.safetensors",
+    "prompt_tuning_init_task": 2,
+    "tokenizer_kwargs": {"use_fast": True},
+    "tokenizer_name_or_path": "t5-small",
+    "prompt_tuning_init_text": "Classify:",
+}
 
 
 @pytest.fixture
@@ -55,29 +59,50 @@ def test_validate_and_inspect_warn(stale, tmp_path):
     cfg.update(prompt_tuning_init_state_dict_path=str(init), tokenizer_kwargs=None, prompt_tuning_init="TEXT")
     (stale / "adapter_config.json").write_text(json.dumps(cfg))
     r = run_mptkit("validate", stale)
-    assert "prompt_tuning_init_state_dict_path" in r.stderr and "is set but unused (prompt_tuning_init is TEXT)" in r.stderr
+    assert (
+        "prompt_tuning_init_state_dict_path" in r.stderr
+        and "is set but unused (prompt_tuning_init is TEXT)" in r.stderr
+    )
     assert "PEFT loads tokenizer 't5-small' when this adapter is loaded for training" in r.stderr
     cfg.update(prompt_tuning_init="AVERAGE_SOURCE_TASKS")
     (stale / "adapter_config.json").write_text(json.dumps(cfg))
     assert "that file exists" in run_mptkit("validate", stale).stderr
 
 
-@pytest.mark.parametrize("argv", [["convert"], ["slice", "--tasks", "2,0"], ["derive", "--mode", "exact", "--task", "1"],
-                                  ["rename", "--names", "a,b,c"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["convert"],
+        ["slice", "--tasks", "2,0"],
+        ["derive", "--mode", "exact", "--task", "1"],
+        ["rename", "--names", "a,b,c"],
+    ],
+)
 def test_every_folder_written_loads_in_peft_and_says_what_was_repaired(stale, tmp_path, argv):
     out = tmp_path / "out"
     r = run_mptkit(argv[0], stale, *argv[1:], "-o", out)
     assert r.returncode == 0, r.stderr
     assert f"repaired {out / 'adapter_config.json'} so that PEFT loads it" in r.stdout, r.stdout
-    for phrase in ('prompt_tuning_init "EXACT_SOURCE_TASK" -> "RANDOM"',
-                   'prompt_tuning_init_state_dict_path "/nonexistent/init.safetensors" -> null',
-                   "prompt_tuning_init_task 2 -> 0", 'tokenizer_name_or_path "t5-small" -> null',
-                   'prompt_tuning_init_text "Classify:" -> null', 'tokenizer_kwargs {"use_fast": true} -> null'):
+    for phrase in (
+        'prompt_tuning_init "EXACT_SOURCE_TASK" -> "RANDOM"',
+        'prompt_tuning_init_state_dict_path "/nonexistent/init.safetensors" -> null',
+        "prompt_tuning_init_task 2 -> 0",
+        'tokenizer_name_or_path "t5-small" -> null',
+        'prompt_tuning_init_text "Classify:" -> null',
+        'tokenizer_kwargs {"use_fast": true} -> null',
+    ):
         assert phrase in r.stdout, (phrase, r.stdout)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["prompt_tuning_init"] == "RANDOM" and cfg["prompt_tuning_init_task"] == 0
-    assert all(cfg[k] is None for k in ("prompt_tuning_init_state_dict_path", "prompt_tuning_init_text",
-                                        "tokenizer_name_or_path", "tokenizer_kwargs"))
+    assert all(
+        cfg[k] is None
+        for k in (
+            "prompt_tuning_init_state_dict_path",
+            "prompt_tuning_init_text",
+            "tokenizer_name_or_path",
+            "tokenizer_kwargs",
+        )
+    )
     from peft import PeftModel
 
     enc = PeftModel.from_pretrained(tiny_base_model("seq2seq"), str(out)).prompt_encoder["default"]

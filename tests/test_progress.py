@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from bankutil import random_bank, run_on_terminal as on_terminal
 
 BAR = re.compile(r"rank: +\d+%\|")
@@ -31,9 +30,12 @@ def test_a_terminal_sees_the_bar_a_pipe_never_does(bank, tmp_path):
     code, out, tty = run_on_terminal(["rank", bank, "--rank", "1", "-o", tmp_path / "a.safetensors"])
     assert code == 0 and BAR.search(tty), tty
     assert "wrote" in out and "%|" not in out  # the report goes to stdout, the bar to the terminal only
-    piped = subprocess.run([sys.executable, "-m", "mptkit", "rank", str(bank), "--rank", "1", "-o", str(tmp_path / "b.safetensors")],
-                           capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"})
+    piped = subprocess.run(
+        [sys.executable, "-m", "mptkit", "rank", str(bank), "--rank", "1", "-o", str(tmp_path / "b.safetensors")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"},
+    )
     assert piped.returncode == 0 and "%|" not in piped.stderr and "%|" not in piped.stdout
 
 
@@ -51,7 +53,7 @@ def test_quiet_json_and_the_hub_setting_turn_the_bar_off(bank, tmp_path, how):
 HELD_FIT = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test runner ignores SIGINT
-from mptkit import als
+from mptkit import _als as als
 sweep, count = als.Pool.sweep, [0]
 def held(pool):
     count[0] += 1
@@ -75,8 +77,11 @@ def test_ctrl_c_stops_a_fit_at_once(tmp_path):
     src = random_bank(tmp_path / "big.safetensors", T=16, N=20, r=8, d=64)
     out = tmp_path / "out.safetensors"
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    code, stdout, shown = on_terminal([sys.executable, "-c", HELD_FIT, "rank", src, "--rank", "2", "-o", out], env,
-                                      when=(re.compile("fit held"), lambda p: p.send_signal(signal.SIGINT)))
+    code, stdout, shown = on_terminal(
+        [sys.executable, "-c", HELD_FIT, "rank", src, "--rank", "2", "-o", out],
+        env,
+        when=(re.compile("fit held"), lambda p: p.send_signal(signal.SIGINT)),
+    )
     assert code == 130, shown
     assert BAR.search(shown), shown  # the bar was up
     lines = [x.strip() for x in re.split(r"[\r\n]+", shown) if x.strip().startswith("mptkit:")]

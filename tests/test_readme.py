@@ -26,7 +26,7 @@ def _readme_command_lines():
                 if part.startswith("mptkit "):
                     lines.append(part)
     # the command table and the prose quote commands in backticks
-    lines += [m for m in re.findall(r"`(mptkit [^`]+)`", README)]
+    lines += list(re.findall(r"`(mptkit [^`]+)`", README))
     return lines
 
 

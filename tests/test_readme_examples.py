@@ -118,16 +118,19 @@ def test_readme_examples_run_in_order(world):
                 r = _run(cmd, work, env)
                 want = 2 if expected and expected[0].startswith("mptkit: error:") else 0
                 actual = (r.stdout + r.stderr).splitlines()
-                assert r.returncode == want, f"{where}: `{cmd}` exited {r.returncode}, expected {want}:\n" + \
-                    "\n".join(actual)
-                assert _matches(expected, actual), (f"{where}: `{cmd}` printed\n" + "\n".join(actual)
-                                                     + "\nbut the README shows\n" + "\n".join(expected))
+                assert r.returncode == want, f"{where}: `{cmd}` exited {r.returncode}, expected {want}:\n" + "\n".join(
+                    actual
+                )
+                assert _matches(expected, actual), (
+                    f"{where}: `{cmd}` printed\n" + "\n".join(actual) + "\nbut the README shows\n" + "\n".join(expected)
+                )
                 ran += 1
         elif lang == "python":
             script = work / f"readme_block_{lineno}.py"
             script.write_text(text, encoding="utf-8")
-            r = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
-                               timeout=600)
+            r = subprocess.run(
+                [sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
+            )
             assert r.returncode == 0, f"{where}: the Python block failed:\n{r.stderr[-3000:]}"
             printed = r.stdout.splitlines()
             pos = 0

@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bankutil import one_error, sha256_tree
 from relutil import TMP_MARK, digest, medium_bank, writing_commands, writing_labels
 
@@ -64,8 +63,9 @@ def tmpfs(path: Path, size: str):
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root and mount(8); the emulated variant still runs")
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the emulated variant still runs")
     try:
@@ -83,8 +83,14 @@ def _fill(folder: Path, leave: int) -> None:
 
 
 # -- file size limit (real, in a subprocess) --------------------------------------------------------
-@pytest.mark.parametrize("label,force", [(x, f) for x, f in (("slice", False), ("slice", True), ("merge", False),
-                                                              ("derive-exact", True), ("export", True)) if x in LABELS])
+@pytest.mark.parametrize(
+    "label,force",
+    [
+        (x, f)
+        for x, f in (("slice", False), ("slice", True), ("merge", False), ("derive-exact", True), ("export", True))
+        if x in LABELS
+    ],
+)
 def test_file_size_limit(src, tmp_path, label, force):
     limit = 64 << 10  # every output of the ~330 kB bank is larger
 
@@ -99,8 +105,9 @@ def test_file_size_limit(src, tmp_path, label, force):
         subprocess.run([sys.executable, "-m", "mptkit", *argv], check=True, capture_output=True)
         previous = digest(out)
         argv = [*argv, "--force"]
-    r = subprocess.run([sys.executable, "-m", "mptkit", *argv], capture_output=True, text=True,
-                       preexec_fn=limited, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mptkit", *argv], capture_output=True, text=True, preexec_fn=limited, timeout=120
+    )
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr and r.stderr.startswith("mptkit: error: ")
     assert "file size limit" in r.stderr and str(out) in r.stderr
@@ -129,8 +136,9 @@ def test_full_disk_tmpfs(cli, src, tmp_path, label):
         assert _run(cli, label, src, fresh).exit_code == 0
 
 
-@pytest.mark.parametrize("err,phrase,as_file", [(errno.ENOSPC, "disk is full", True),
-                                                (errno.EIO, "Input/output error", False)])
+@pytest.mark.parametrize(
+    "err,phrase,as_file", [(errno.ENOSPC, "disk is full", True), (errno.EIO, "Input/output error", False)]
+)
 @pytest.mark.parametrize("label", LABELS)
 def test_disk_error_at_fsync_emulated(cli, src, tmp_path, monkeypatch, label, err, phrase, as_file):
     """ENOSPC or EIO reported when the data is flushed (fsync), emulated."""
@@ -181,8 +189,9 @@ def test_read_only_output_folder_chmod(cli, src, tmp_path, label):
             if not shutil.which("setpriv"):
                 pytest.skip("as root, permission bits bind only without CAP_DAC_OVERRIDE, which needs setpriv(1)")
             argv = writing_commands(src, folder / out_name(label))[label][1]
-            r = subprocess.run([*_NO_DAC, sys.executable, "-m", "mptkit", *map(str, argv)], capture_output=True,
-                               text=True, timeout=120)
+            r = subprocess.run(
+                [*_NO_DAC, sys.executable, "-m", "mptkit", *map(str, argv)], capture_output=True, text=True, timeout=120
+            )
         else:
             r = _run(cli, label, src, folder / out_name(label))
         assert_refused(r, "permission denied")
@@ -260,7 +269,7 @@ def test_hardlinked_output_is_replaced_not_written_through(cli, tmp_path):
 @pytest.mark.parametrize("change", ["truncated", "deleted"])
 def test_input_changing_while_read(cli, src, tmp_path, monkeypatch, label, change):
     """The input shrinks or disappears between reading its header and reading its data."""
-    import mptkit.io as formats
+    import mptkit._io as formats
 
     victim = tmp_path / "bank"
     shutil.copytree(src, victim)

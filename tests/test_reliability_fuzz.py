@@ -22,12 +22,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import fuzzcases as fz
+import pytest
 from bankutil import save_peft_bank
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 REGRESSIONS = Path(__file__).parent / "regressions"
 COUNTS: Counter = Counter()
@@ -91,15 +89,17 @@ def test_truncation_at_every_header_offset(sources, tmp_path, name):
 
 @pytest.mark.parametrize("name", ST_SOURCES)
 def test_random_bit_flips(sources, tmp_path, name):
-    seen = _run_cases(fz.bit_flips(_st_file(sources, name), random.Random(name), 150), tmp_path / "case.safetensors",
-                      "bit flip")
+    seen = _run_cases(
+        fz.bit_flips(_st_file(sources, name), random.Random(name), 150), tmp_path / "case.safetensors", "bit flip"
+    )
     assert sum(seen.values()) == 150 and seen["invalid"] > 0
 
 
 @pytest.mark.parametrize("name", ST_SOURCES)
 def test_mutated_header_json(sources, tmp_path, name):
-    seen = _run_cases(fz.header_mutations(_st_file(sources, name)), tmp_path / "case.safetensors", "header mutation",
-                      cli=True)
+    seen = _run_cases(
+        fz.header_mutations(_st_file(sources, name)), tmp_path / "case.safetensors", "header mutation", cli=True
+    )
     assert seen["invalid"] > 100
 
 
@@ -107,9 +107,14 @@ def test_claims_are_never_allocated(sources, tmp_path):
     """A header that claims 100 MB, shapes of 2**62 elements, offsets at 10**20: what is allocated
     follows the bytes really there (a few times the file for the parsed JSON), not the claims."""
     data = _st_file(sources, "peft-seq2seq-f32")
-    claims = [(label, d) for label, d in fz.header_mutations(data)
-              if label.startswith(("length=", "length claims")) or "4611686018427387904" in label
-              or "100000000000000000000" in label or "1000000000000000000000000000000" in label]
+    claims = [
+        (label, d)
+        for label, d in fz.header_mutations(data)
+        if label.startswith(("length=", "length claims"))
+        or "4611686018427387904" in label
+        or "100000000000000000000" in label
+        or "1000000000000000000000000000000" in label
+    ]
     assert len(claims) >= 20
     case = tmp_path / "case.safetensors"
     for label, d in claims:
@@ -123,8 +128,9 @@ def test_mutated_adapter_config(sources, tmp_path, name, cli):
     folder = tmp_path / "adapter"
     shutil.copytree(sources[name], folder)
     text = (folder / "adapter_config.json").read_text()
-    seen = _run_cases(fz.config_mutations(text), folder / "adapter_config.json", "config mutation", cli=cli,
-                      folder_of=folder)
+    seen = _run_cases(
+        fz.config_mutations(text), folder / "adapter_config.json", "config mutation", cli=cli, folder_of=folder
+    )
     assert seen["invalid"] > 100 and seen["valid"] > 0  # some fields are free (e.g. base_model_name_or_path)
 
 
@@ -150,8 +156,12 @@ def test_damaged_pickles(sources, tmp_path):
     folder = tmp_path / "adapter"
     shutil.copytree(sources["peft-bin"], folder)
     data = (folder / "adapter_model.bin").read_bytes()
-    seen = _run_cases(fz.pickle_damage(data, random.Random(3), cuts=24, flips=40), folder / "adapter_model.bin",
-                      "pickle damage", folder_of=folder)
+    seen = _run_cases(
+        fz.pickle_damage(data, random.Random(3), cuts=24, flips=40),
+        folder / "adapter_model.bin",
+        "pickle damage",
+        folder_of=folder,
+    )
     assert seen["invalid"] >= 24
     pt = tmp_path / "bank.pt"
     seen = _run_cases(fz.pickle_damage(data, random.Random(4), cuts=8, flips=16), pt, "pickle damage")
@@ -171,8 +181,11 @@ def test_regressions(tmp_path):
 def report_counts():
     """Print how many cases ran (shown with pytest -s, and in the soak script's figures)."""
     yield
-    print("\nfuzz cases run: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items()))
-          + f"; total {sum(COUNTS.values())}")
+    print(
+        "\nfuzz cases run: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items()))
+        + f"; total {sum(COUNTS.values())}"
+    )
 
 
 # -- hypothesis-generated inputs: random bytes, mutated real headers, random adapter configs --------
@@ -180,15 +193,20 @@ def report_counts():
 ROOT = Path(__file__).resolve().parent.parent
 REAL = (ROOT / "examples" / "bank" / "adapter_model.safetensors").read_bytes()
 (_N,) = struct.unpack("<Q", REAL[:8])
-REAL_HEADER = json.loads(REAL[8:8 + _N])
-REAL_DATA = REAL[8 + _N:]
+REAL_HEADER = json.loads(REAL[8 : 8 + _N])
+REAL_DATA = REAL[8 + _N :]
 KEYS = ["prompt_embeddings", "prefix_task_cols", "prefix_task_rows"]
 
 
 def fuzz(n: int):
     """Bounded, deterministic hypothesis settings: ``n`` examples, no deadline, no example database."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 @contextlib.contextmanager
@@ -201,13 +219,29 @@ def _scratch():
 
 
 # -- random bytes ----------------------------------------------------------------------------------
-PREFIXES = [b"", b"PK\x03\x04", b"PK\x03\x04\x14\x00\x00\x00", b"\x80\x02", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8",
-            b"\x80\x04\x95", b"version https://git-lfs.github.com/spec/v1\n", b"<!DOCTYPE html>", b"{", b"\xef\xbb\xbf",
-            struct.pack("<Q", 2), struct.pack("<Q", 100), struct.pack("<Q", 100_000_000), struct.pack("<Q", 2 ** 64 - 1)]
+PREFIXES = [
+    b"",
+    b"PK\x03\x04",
+    b"PK\x03\x04\x14\x00\x00\x00",
+    b"\x80\x02",
+    b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8",
+    b"\x80\x04\x95",
+    b"version https://git-lfs.github.com/spec/v1\n",
+    b"<!DOCTYPE html>",
+    b"{",
+    b"\xef\xbb\xbf",
+    struct.pack("<Q", 2),
+    struct.pack("<Q", 100),
+    struct.pack("<Q", 100_000_000),
+    struct.pack("<Q", 2**64 - 1),
+]
 
 
-@given(prefix=st.sampled_from(PREFIXES), body=st.binary(max_size=300),
-       suffix=st.sampled_from([".safetensors", ".safetensors", ".bin", ".pt", ".pth"]))
+@given(
+    prefix=st.sampled_from(PREFIXES),
+    body=st.binary(max_size=300),
+    suffix=st.sampled_from([".safetensors", ".safetensors", ".bin", ".pt", ".pth"]),
+)
 @fuzz(70)
 def test_random_bytes(prefix, body, suffix):
     with _scratch() as d:
@@ -218,10 +252,11 @@ def test_random_bytes(prefix, body, suffix):
 
 # -- mutated real headers --------------------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
-    max_leaves=10)
-INTERESTING = [-1, 0, 1, 2, 3, 4, 12, 32, 2 ** 31, 2 ** 32, 2 ** 40, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 30]
+    max_leaves=10,
+)
+INTERESTING = [-1, 0, 1, 2, 3, 4, 12, 32, 2**31, 2**32, 2**40, 2**63 - 1, 2**63, 2**64, 10**30]
 ints = st.sampled_from(INTERESTING) | st.integers(-5, 5000)
 dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "f32", "", "F32 "]) | json_values
 
@@ -231,12 +266,20 @@ mutation = st.one_of(
     st.tuples(st.just("offsets"), st.sampled_from(KEYS), st.lists(ints, min_size=0, max_size=3)),
     st.tuples(st.just("entry"), st.sampled_from(KEYS + ["extra", "__metadata__"]), json_values),
     st.tuples(st.just("delete"), st.sampled_from(KEYS + ["__metadata__"]), st.none()),
-    st.tuples(st.just("meta"), st.sampled_from(["format", "mptkit.task_names", "mptkit.provenance", "mptkit.config", "x"]),
-              json_values),
-    st.tuples(st.just("meta-json"), st.sampled_from(["mptkit.task_names", "mptkit.provenance", "mptkit.config"]),
-              json_values),
-    st.tuples(st.just("length"), st.none(), st.sampled_from([0, 1, 7, _N - 1, _N + 1, _N + 8, 99_999_999, 100_000_000,
-                                                             100_000_001, 2 ** 63, 2 ** 64 - 1]) | st.integers(0, 2 ** 64 - 1)),
+    st.tuples(
+        st.just("meta"),
+        st.sampled_from(["format", "mptkit.task_names", "mptkit.provenance", "mptkit.config", "x"]),
+        json_values,
+    ),
+    st.tuples(
+        st.just("meta-json"), st.sampled_from(["mptkit.task_names", "mptkit.provenance", "mptkit.config"]), json_values
+    ),
+    st.tuples(
+        st.just("length"),
+        st.none(),
+        st.sampled_from([0, 1, 7, _N - 1, _N + 1, _N + 8, 99_999_999, 100_000_000, 100_000_001, 2**63, 2**64 - 1])
+        | st.integers(0, 2**64 - 1),
+    ),
     st.tuples(st.just("data"), st.none(), st.integers(-len(REAL_DATA), 64)),
     st.tuples(st.just("header-bytes"), st.none(), st.tuples(st.integers(0, _N - 1), st.binary(min_size=1, max_size=4))),
 )
@@ -269,7 +312,7 @@ def apply(mutations) -> bytes:
     text = bytearray(json.dumps(header, allow_nan=True).encode())
     if raw_edit is not None:
         pos, b = raw_edit
-        text[pos % len(text):pos % len(text) + len(b)] = b
+        text[pos % len(text) : pos % len(text) + len(b)] = b
     return struct.pack("<Q", len(text) if length is None else length) + bytes(text) + data
 
 
@@ -293,10 +336,23 @@ def test_unmutated_header_is_valid():
         assert fz.check(p, cli=True) == "valid"
 
 
-config_fields = st.sampled_from(["peft_type", "task_type", "num_virtual_tokens", "num_transformer_submodules",
-                                 "token_dim", "num_tasks", "num_ranks", "prompt_tuning_init", "inference_mode"])
-config_values = st.sampled_from([None, 0, 1, 2, 4, 6, 12, 32, -1, "SEQ_2_SEQ_LM", "CAUSAL_LM", "RANDOM", "x", True, 2.0,
-                                 [], {}]) | json_values
+config_fields = st.sampled_from(
+    [
+        "peft_type",
+        "task_type",
+        "num_virtual_tokens",
+        "num_transformer_submodules",
+        "token_dim",
+        "num_tasks",
+        "num_ranks",
+        "prompt_tuning_init",
+        "inference_mode",
+    ]
+)
+config_values = (
+    st.sampled_from([None, 0, 1, 2, 4, 6, 12, 32, -1, "SEQ_2_SEQ_LM", "CAUSAL_LM", "RANDOM", "x", True, 2.0, [], {}])
+    | json_values
+)
 
 
 @given(changes=st.dictionaries(config_fields, config_values, max_size=4), whole=st.none() | json_values)

@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from bankutil import one_error, sha256_tree
 from relutil import TMP_MARK
 
@@ -26,7 +25,7 @@ DOWNLOAD_FAULTS = [
     ("content_length", {"delta": 10}),
     ("content_length", {"delta": -10}),
     ("garbage", {}),
-    ("garbage", {"body": b"{\"error\": \"not the file\"}"}),
+    ("garbage", {"body": b'{"error": "not the file"}'}),
     ("status", {"code": 500}),
     ("status", {"code": 503}),
     ("drop", {}),
@@ -48,7 +47,7 @@ def no_retry_pauses(monkeypatch):
     import huggingface_hub.file_download as fd
     import huggingface_hub.utils._http as http
 
-    import mptkit.hub.http as mhttp
+    import mptkit.hub._http as mhttp
 
     monkeypatch.setattr(fd, "time", _NoSleep())
     monkeypatch.setattr(http, "time", _NoSleep())
@@ -69,7 +68,11 @@ def _one_error(r) -> str:
 
 
 def _bank_files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name in ("adapter_config.json", "adapter_model.safetensors")}
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.name in ("adapter_config.json", "adapter_model.safetensors")
+    }
 
 
 def _bank_part(files: dict) -> dict:
@@ -91,8 +94,7 @@ def _reading_commands(out_dir: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("kind,options", DOWNLOAD_FAULTS, ids=FAULT_IDS)
-def test_download_faults_leave_no_output_and_no_poisoned_cache(hub, cli, served, tmp_path, monkeypatch, kind,
-                                                               options):
+def test_download_faults_leave_no_output_and_no_poisoned_cache(hub, cli, served, tmp_path, monkeypatch, kind, options):
     """Every answer for the weights is faulty (a resumed download is truncated again, and the
     client gives up after its retries): every reading command fails with one sentence naming the
     repo, writes nothing and caches nothing; afterwards, offline there is nothing to serve and
@@ -138,8 +140,11 @@ def test_a_download_cut_once_is_resumed_to_the_right_bytes(hub, cli, served, tmp
     assert _bank_files(tmp_path / "offline") == want
 
 
-@pytest.mark.parametrize("kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {}),
-                                          ("truncate", {"keep": 10})], ids=["500", "garbage", "drop", "truncate"])
+@pytest.mark.parametrize(
+    "kind,options",
+    [("status", {"code": 500}), ("garbage", {}), ("drop", {}), ("truncate", {"keep": 10})],
+    ids=["500", "garbage", "drop", "truncate"],
+)
 def test_config_download_faults(hub, cli, served, tmp_path, kind, options):
     """The same for adapter_config.json (small, JSON: garbage there must not become a config)."""
     hub.fault(kind, path=r"/resolve/.*adapter_config\.json$", method="GET", times=None, **options)
@@ -150,8 +155,9 @@ def test_config_download_faults(hub, cli, served, tmp_path, kind, options):
     assert _bank_files(tmp_path / "o")["adapter_config.json"] == served["adapter_config.json"]
 
 
-@pytest.mark.parametrize("kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {})],
-                         ids=["500", "garbage", "drop"])
+@pytest.mark.parametrize(
+    "kind,options", [("status", {"code": 500}), ("garbage", {}), ("drop", {})], ids=["500", "garbage", "drop"]
+)
 @pytest.mark.parametrize("endpoint", ["/commit/", "/preupload/", "/api/repos/create"])
 def test_push_faults_change_nothing(hub, cli, peft_banks, tmp_path, endpoint, kind, options):
     """An upload that fails leaves the remote repo as it was and the local bank unchanged."""
@@ -180,11 +186,14 @@ def test_escaping_names_are_refused_by_every_command(hub, cli, tmp_path, name, m
     work = tmp_path / "deep" / "work"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
-    for argv in (["derive", "hf://owner/evil", "--mode", "exact", "--task", "0", "-o", "d.safetensors"],
-                 ["slice", "hf://owner/evil", "--tasks", "0", "-o", "s.safetensors"],
-                 ["merge", "hf://owner/evil", "hf://owner/evil", "-o", "m.safetensors"],
-                 ["validate", "hf://owner/evil"], ["inspect", "--values", "hf://owner/evil"],
-                 ["pull", "owner/evil", "-o", "p"]):
+    for argv in (
+        ["derive", "hf://owner/evil", "--mode", "exact", "--task", "0", "-o", "d.safetensors"],
+        ["slice", "hf://owner/evil", "--tasks", "0", "-o", "s.safetensors"],
+        ["merge", "hf://owner/evil", "hf://owner/evil", "-o", "m.safetensors"],
+        ["validate", "hf://owner/evil"],
+        ["inspect", "--values", "hf://owner/evil"],
+        ["pull", "owner/evil", "-o", "p"],
+    ):
         msg = _one_error(cli(*argv))
         assert "escape" in msg, (argv, msg)
     assert os.listdir(work) == [] and not (tmp_path / "deep" / "evil.safetensors").exists()
@@ -193,8 +202,9 @@ def test_escaping_names_are_refused_by_every_command(hub, cli, tmp_path, name, m
 
 def test_a_failed_download_then_a_good_one_reads_the_right_values(hub, cli, served, tmp_path):
     """After a truncated download, the tensors read through hf:// are the served ones, value for value."""
-    import mptkit
     from bankutil import load_tensors
+
+    import mptkit
 
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / "adapter_model.safetensors").write_bytes(served["adapter_model.safetensors"])
@@ -205,7 +215,9 @@ def test_a_failed_download_then_a_good_one_reads_the_right_values(hub, cli, serv
             assert bytes(a.read()) == want[k].contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
 
     hub.fault("truncate", path=r"/resolve/.*adapter_model\.safetensors$", method="GET", keep=0, times=None)
-    with pytest.raises(mptkit.MptkitError, match="download adapter_model.safetensors: the connection broke after byte 0 of"):
+    with pytest.raises(
+        mptkit.MptkitError, match="download adapter_model.safetensors: the connection broke after byte 0 of"
+    ):
         mptkit.load("hf://owner/bank")
     hub.clear()
     same(mptkit.load("hf://owner/bank"))
@@ -244,6 +256,7 @@ def test_a_failing_download_prints_one_sentence_in_a_real_process(hub, served, t
     r = run_mptkit("pull", "owner/bank", "-o", tmp_path / "out", env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mptkit: error: ") and "adapter_model.safetensors" in lines[0], \
+    assert len(lines) == 1 and lines[0].startswith("mptkit: error: ") and "adapter_model.safetensors" in lines[0], (
         r.stderr
+    )
     assert not (tmp_path / "out").exists()

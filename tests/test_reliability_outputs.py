@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import mptkit
 from bankutil import one_error, random_bank, run_mptkit, sha256_tree, write_bank
-from mptkit.formats import atomic
 from relutil import dead_pid, digest, medium_bank, temps
 from stophooks import FIFO_ENV, cli_stopping_argv, fork_stopping, kill, signal_and_wait, wait_stopped
+
+import mptkit
+from mptkit.formats import _atomic as atomic
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -40,9 +40,11 @@ def test_inputs_whose_names_are_not_utf8_just_work(bank, tmp_path):
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/bank-\xff\xfe"))
     shutil.copytree(bank, odd)
     before = digest(odd)
-    for argv, out in ((["slice", odd, "--tasks", "1,0"], tmp_path / "s.safetensors"),
-                      (["derive", odd, "--mode", "exact", "--task", "1"], tmp_path / "d"),
-                      (["merge", odd, odd, "--rename-duplicates"], tmp_path / "m.safetensors")):
+    for argv, out in (
+        (["slice", odd, "--tasks", "1,0"], tmp_path / "s.safetensors"),
+        (["derive", odd, "--mode", "exact", "--task", "1"], tmp_path / "d"),
+        (["merge", odd, odd, "--rename-duplicates"], tmp_path / "m.safetensors"),
+    ):
         r = run_mptkit(*argv, "-o", out)
         assert r.returncode == 0, r.stderr
         assert "\\udcff" in r.stdout or "\\xff" in r.stdout  # the odd bytes are shown escaped
@@ -80,12 +82,15 @@ def test_legal_long_output_names_work(bank, tmp_path, length, kind):
 
 
 def test_a_long_name_gets_a_temp_that_fits(tmp_path):
-    from mptkit.formats import temps as temps_mod
+    from mptkit.formats import _temps as temps_mod
 
     target = tmp_path / ("c" * 255)
     name = temps_mod._tmp_name(target, "0" * 16)
-    assert len(os.fsencode(name)) <= 255 and name.startswith(".ccc") and name.endswith(atomic.TMP_MARK
-                                                                                    + f"{os.getpid()}-" + "0" * 16)
+    assert (
+        len(os.fsencode(name)) <= 255
+        and name.startswith(".ccc")
+        and name.endswith(atomic.TMP_MARK + f"{os.getpid()}-" + "0" * 16)
+    )
 
 
 # -- item 9: --force replaces only a bank ------------------------------------------------------------
@@ -96,8 +101,12 @@ def test_force_never_deletes_what_is_not_a_bank(bank, tmp_path):
     (notabank / "sub" / "more.txt").write_text("mine too")
     before = sha256_tree(notabank)
     for out in (f"{notabank}/", notabank):
-        one_error(run_mptkit("slice", bank, "--tasks", "0", "-o", out, "--force"),
-                  "notes.txt, sub/", "not part of a bank", "nothing was touched")
+        one_error(
+            run_mptkit("slice", bank, "--tasks", "0", "-o", out, "--force"),
+            "notes.txt, sub/",
+            "not part of a bank",
+            "nothing was touched",
+        )
     assert sha256_tree(notabank) == before
     # an adapter folder with a stray file, a .safetensors that is some other model, a corrupt one
     stray = tmp_path / "stray"
@@ -109,7 +118,9 @@ def test_force_never_deletes_what_is_not_a_bank(bank, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"lm_head.weight": torch.zeros(2, 2)}, str(model))
-    one_error(run_mptkit("slice", bank, "--tasks", "0", "-o", model, "--force"), "not a prompt bank", "'lm_head.weight'")
+    one_error(
+        run_mptkit("slice", bank, "--tasks", "0", "-o", model, "--force"), "not a prompt bank", "'lm_head.weight'"
+    )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     one_error(run_mptkit("slice", bank, "--tasks", "0", "-o", corrupt, "--force"), "not a bank mptkit reads")
@@ -138,8 +149,11 @@ def test_force_never_replaces_the_working_directory_or_its_parents(bank, tmp_pat
     mptkit.save(mptkit.load(bank), b)  # the working directory is even a bank: still never replaced
     before = sha256_tree(tmp_path)
     for out in (".", "../b", "..", str(tmp_path), "/"):
-        one_error(run_mptkit("slice", bank, "--tasks", "0", "-o", out, "--force", cwd=b),
-                  "working directory", "never replaces it")
+        one_error(
+            run_mptkit("slice", bank, "--tasks", "0", "-o", out, "--force", cwd=b),
+            "working directory",
+            "never replaces it",
+        )
     assert sha256_tree(tmp_path) == before
     with pytest.raises(mptkit.MptkitError, match="is the working directory"):
         cwd = os.getcwd()
@@ -229,9 +243,13 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temp(bank, tmp_path):
     os.mkfifo(ready)
     os.mkfifo(go)
     argv = cli_stopping_argv("mid-tensor", "slice", bank, "--tasks", "0-3", "-o", out)
-    proc = subprocess.Popen(["unshare", "-pf", "sh", "-c", 'for i in 1 2 3 4 5 6 7 8; do true; done; "$@"; exit $?',
-                             "sh", *argv], env={**os.environ, FIFO_ENV: f"{ready}:{go}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["unshare", "-pf", "sh", "-c", 'for i in 1 2 3 4 5 6 7 8; do true; done; "$@"; exit $?', "sh", *argv],
+        env={**os.environ, FIFO_ENV: f"{ready}:{go}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with open(ready, "rb") as f:
         assert f.read(1) == b"x"  # the namespaced writer is half-way through its first tensor
     (t,) = temps(out)
@@ -257,20 +275,26 @@ def test_sigterm_and_sighup_remove_the_temp(bank, tmp_path, signum, kind):
 
 def test_sigterm_of_the_cli_removes_the_temp(bank, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(cli_stopping_argv("mid-tensor", "slice", bank, "--tasks", "0-3", "-o", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli_stopping_argv("mid-tensor", "slice", bank, "--tasks", "0-3", "-o", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_stopped(proc.pid)
     assert signal_and_wait(proc.pid, signal.SIGTERM) == -signal.SIGTERM
     proc.returncode = -signal.SIGTERM
     assert temps(out) == [] and not out.exists()
 
 
-@pytest.mark.parametrize("point,complete", [("mid-tensor", False), ("before-install", False),
-                                            ("after-install", True)])
+@pytest.mark.parametrize("point,complete", [("mid-tensor", False), ("before-install", False), ("after-install", True)])
 def test_ctrl_c_exits_130_saying_whether_the_output_was_completed(bank, tmp_path, point, complete):
     out = tmp_path / "out.safetensors"
-    proc = subprocess.Popen(cli_stopping_argv(point, "slice", bank, "--tasks", "0-3", "-o", out),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_stopping_argv(point, "slice", bank, "--tasks", "0-3", "-o", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_stopped(proc.pid)
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGCONT)
@@ -287,13 +311,19 @@ def test_ctrl_c_exits_130_saying_whether_the_output_was_completed(bank, tmp_path
 
 def test_ctrl_c_before_any_write_says_so(bank, tmp_path):
     """Interrupted while loading (before any output exists): 130, nothing written."""
-    driver = ("import os, signal, sys; import mptkit.io as io; real = io.load\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "def load(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); return real(*a, **k)\n"
-              "io.load = load\nfrom mptkit.cli import main; main(sys.argv[1:], prog_name='mptkit')")
+    driver = (
+        "import os, signal, sys; import mptkit._io as io; real = io.load\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "def load(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT); return real(*a, **k)\n"
+        "io.load = load\nfrom mptkit.cli import main; main(sys.argv[1:], prog_name='mptkit')"
+    )
     out = tmp_path / "o"
-    r = subprocess.run([sys.executable, "-c", driver, "slice", str(bank), "--tasks", "0", "-o", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", driver, "slice", str(bank), "--tasks", "0", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 130 and "interrupted before any output was written" in r.stderr, r.stderr
     assert not out.exists()
 
@@ -307,8 +337,13 @@ def _hostile_bank(path: Path) -> Path:
 
     g = torch.Generator().manual_seed(0)
     names = ["ok", "red\x9b31mtext", "csi\x9b2Jclear"]  # U+009B (CSI) passes the schema as it stood
-    return write_bank(path, torch.randn(4, 6, generator=g), torch.randn(3, 4, 2, generator=g),
-                      torch.randn(3, 2, 6, generator=g), names=names)
+    return write_bank(
+        path,
+        torch.randn(4, 6, generator=g),
+        torch.randn(3, 4, 2, generator=g),
+        torch.randn(3, 2, 6, generator=g),
+        names=names,
+    )
 
 
 def _assert_clean(r: subprocess.CompletedProcess) -> None:
@@ -319,14 +354,21 @@ def _assert_clean(r: subprocess.CompletedProcess) -> None:
 def test_terminal_escapes_in_task_names_are_never_echoed(tmp_path):
     src = _hostile_bank(tmp_path / "hostile.safetensors")
     before = sha256_tree(src)
-    runs = [("validate", src), ("validate", src, "--json"), ("inspect", src), ("inspect", src, "--json"),
-            ("inspect", src, "--values"), ("slice", src, "--tasks", "2,1", "-o", tmp_path / "s.safetensors"),
-            ("slice", src, "--tasks", "1", "-o", tmp_path / "s2.safetensors", "--json"),
-            ("rename", src, "ok=fine", "-o", tmp_path / "r.safetensors"),
-            ("rename", src, "ok=fine", "-o", tmp_path / "r2.safetensors", "--json"),
-            ("slice", src, "--tasks", "nope\x9b2J", "-o", tmp_path / "x.safetensors"),
-            ("slice", src, "--tasks", "nope\x9b2J", "-o", tmp_path / "x.safetensors", "--json"),
-            ("similarity", src), ("similarity", src, "--json")]
+    runs = [
+        ("validate", src),
+        ("validate", src, "--json"),
+        ("inspect", src),
+        ("inspect", src, "--json"),
+        ("inspect", src, "--values"),
+        ("slice", src, "--tasks", "2,1", "-o", tmp_path / "s.safetensors"),
+        ("slice", src, "--tasks", "1", "-o", tmp_path / "s2.safetensors", "--json"),
+        ("rename", src, "ok=fine", "-o", tmp_path / "r.safetensors"),
+        ("rename", src, "ok=fine", "-o", tmp_path / "r2.safetensors", "--json"),
+        ("slice", src, "--tasks", "nope\x9b2J", "-o", tmp_path / "x.safetensors"),
+        ("slice", src, "--tasks", "nope\x9b2J", "-o", tmp_path / "x.safetensors", "--json"),
+        ("similarity", src),
+        ("similarity", src, "--json"),
+    ]
     for argv in runs:
         r = run_mptkit(*argv)
         assert r.returncode in (0, 2)  # the exit status of each is checked elsewhere; here: what is printed
@@ -339,8 +381,11 @@ def test_terminal_escapes_in_task_names_are_never_echoed(tmp_path):
 
 def test_clicks_own_messages_are_cleaned_too(tmp_path):
     src = random_bank(tmp_path / "b.safetensors")
-    for argv in (["\x9b2Jcommand"], ["slice", src, "--tasks", "0", "-o", tmp_path / "o", "--dtype\x1b[31m", "x"],
-                 ["merge", src, src, "--dtype", "\x1b]0;x\x07", "-o", tmp_path / "m"]):
+    for argv in (
+        ["\x9b2Jcommand"],
+        ["slice", src, "--tasks", "0", "-o", tmp_path / "o", "--dtype\x1b[31m", "x"],
+        ["merge", src, src, "--dtype", "\x1b]0;x\x07", "-o", tmp_path / "m"],
+    ):
         r = run_mptkit(*argv)
         assert r.returncode == 2
         _assert_clean(r)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import mptkit
 from bankutil import random_bank, save_peft_bank
 from relutil import writing_commands
+
+import mptkit
 
 MARKERS: list[Path] = []
 
@@ -64,8 +64,16 @@ class _Eval:
 
 def _getattr_chain(cmd: str) -> bytes:
     """Raw protocol-2 opcodes: {"prompt_embeddings": getattr(__import__("os"), "system")(cmd)}."""
-    evil = (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(" + _op_str("os") + b"tR" + _op_str("system") + b"tR"
-            + b"(" + _op_str(cmd) + b"tR")
+    evil = (
+        b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n("
+        + _op_str("os")
+        + b"tR"
+        + _op_str("system")
+        + b"tR"
+        + b"("
+        + _op_str(cmd)
+        + b"tR"
+    )
     return b"\x80\x02}" + _op_str("prompt_embeddings") + evil + b"s."
 
 
@@ -90,8 +98,11 @@ def evil(tmp_path_factory):
     root = tmp_path_factory.mktemp("evil")
     marks = root / "markers"
     marks.mkdir()
-    good_tensors = {"prompt_embeddings": torch.randn(6, 8), "prefix_task_cols": torch.randn(3, 6, 2),
-                    "prefix_task_rows": torch.randn(3, 2, 8)}
+    good_tensors = {
+        "prompt_embeddings": torch.randn(6, 8),
+        "prefix_task_cols": torch.randn(3, 6, 2),
+        "prefix_task_rows": torch.randn(3, 2, 8),
+    }
     real_zip = root / "real.bin"
     torch.save(good_tensors, real_zip)
     out: dict[str, Path] = {}
@@ -117,8 +128,10 @@ def evil(tmp_path_factory):
         put(f"plain-p{proto}", pickle.dumps({"prompt_embeddings": shell(f"plain-p{proto}")}, protocol=proto))
     put("exec", pickle.dumps({"prompt_embeddings": py("exec")}, protocol=2))
     put("eval", pickle.dumps({"prompt_embeddings": py("eval", _Eval)}, protocol=2))
-    put("nested-containers", pickle.dumps(
-        OrderedDict(prompt_embeddings=[{"a": (1, [shell("nested-containers")])}]), protocol=2))
+    put(
+        "nested-containers",
+        pickle.dumps(OrderedDict(prompt_embeddings=[{"a": (1, [shell("nested-containers")])}]), protocol=2),
+    )
     put("as-dict-key", pickle.dumps({(shell("as-dict-key"),): 1}, protocol=2))
     put("getattr-chain", _getattr_chain(f"touch {marker('getattr-chain')}"))
     put("text-protocol-0", _text_pickle(f"touch {marker('text-protocol-0')}"), suffix=".pt")
@@ -127,21 +140,33 @@ def evil(tmp_path_factory):
     torch.save({**good_tensors, "extra": shell("torch-save-zip")}, buf)
     put("torch-save-zip", buf.getvalue(), suffix=".pt")
     buf = io.BytesIO()
-    torch.save({"prompt_embeddings": good_tensors["prompt_embeddings"], "nested": [OrderedDict(x=shell("torch-zip-nested"))]}, buf)
+    torch.save(
+        {"prompt_embeddings": good_tensors["prompt_embeddings"], "nested": [OrderedDict(x=shell("torch-zip-nested"))]},
+        buf,
+    )
     put("torch-zip-nested", buf.getvalue(), suffix=".pth")
-    out["zip-getattr-chain"] = _hand_made_zip(real_zip, _getattr_chain(f"touch {marker('zip-getattr-chain')}"),
-                                              root / "zip-getattr-chain.bin")
+    out["zip-getattr-chain"] = _hand_made_zip(
+        real_zip, _getattr_chain(f"touch {marker('zip-getattr-chain')}"), root / "zip-getattr-chain.bin"
+    )
     buf = io.BytesIO()
     torch.save({**good_tensors, "x": shell("torch-legacy")}, buf, _use_new_zipfile_serialization=False)
     put("torch-legacy", buf.getvalue())
     # under a .safetensors name
-    put("pickle-named-safetensors", pickle.dumps({"prompt_embeddings": shell("pickle-named-safetensors")}, protocol=2),
-        suffix=".safetensors")
+    put(
+        "pickle-named-safetensors",
+        pickle.dumps({"prompt_embeddings": shell("pickle-named-safetensors")}, protocol=2),
+        suffix=".safetensors",
+    )
     # adapter_model.bin of an otherwise real PEFT adapter folder
     folder = save_peft_bank(root / "adapter-bin", "causal", safe=False)
     buf = io.BytesIO()
-    torch.save({**{k: v for k, v in torch.load(folder / "adapter_model.bin", weights_only=True).items()},
-                "evil": shell("adapter-bin")}, buf)
+    torch.save(
+        {
+            **dict(torch.load(folder / "adapter_model.bin", weights_only=True).items()),
+            "evil": shell("adapter-bin"),
+        },
+        buf,
+    )
     (folder / "adapter_model.bin").write_bytes(buf.getvalue())
     out["adapter-bin"] = folder
     return out
@@ -166,10 +191,15 @@ def _refused(msg: str, label: str) -> None:
 
 READERS = {
     "mptkit.load": lambda p: mptkit.load(p),
-    "formats.pickle.read": lambda p: __import__("mptkit.formats.pickle", fromlist=["read"]).read(
-        str(p / "adapter_model.bin" if Path(p).is_dir() else p)),
-    "TaskPrompts.from_bank": lambda p: __import__("mptkit.runtime", fromlist=["TaskPrompts"]).TaskPrompts.from_bank(p),
-    "info.validate --values": lambda p: _raise_invalid(__import__("mptkit.io", fromlist=["validate"]).validate(p, values=True)),
+    "formats.pickle.read": lambda p: __import__("mptkit.formats._pickle", fromlist=["read"]).read(
+        str(p / "adapter_model.bin" if Path(p).is_dir() else p)
+    ),
+    "TaskPrompts.from_bank": lambda p: __import__(
+        "mptkit.serve._runtime", fromlist=["TaskPrompts"]
+    ).TaskPrompts.from_bank(p),
+    "info.validate --values": lambda p: _raise_invalid(
+        __import__("mptkit._io", fromlist=["validate"]).validate(p, values=True)
+    ),
 }
 
 
@@ -182,7 +212,9 @@ def _raise_invalid(report):
 @pytest.mark.parametrize("reader", list(READERS))
 def test_every_reader_refuses_without_running_code(evil, reader):
     for label, path in evil.items():
-        with pytest.raises(mptkit.MptkitError, match=r"refused|pickle under a \.safetensors name|not a (readable )?PyTorch checkpoint") as e:
+        with pytest.raises(
+            mptkit.MptkitError, match=r"refused|pickle under a \.safetensors name|not a (readable )?PyTorch checkpoint"
+        ) as e:
             READERS[reader](path)
         _refused(e.value.message, label)
 
@@ -226,7 +258,15 @@ def test_every_command_refuses_without_running_code(cli, evil, good, tmp_path):
 
 def test_unsafe_pickles_are_named_as_such(evil):
     """The refusal says why: objects other than tensors (not a vague 'corrupt')."""
-    for label in ("plain-p2", "plain-p4", "exec", "getattr-chain", "torch-save-zip", "zip-getattr-chain", "adapter-bin"):
+    for label in (
+        "plain-p2",
+        "plain-p4",
+        "exec",
+        "getattr-chain",
+        "torch-save-zip",
+        "zip-getattr-chain",
+        "adapter-bin",
+    ):
         with pytest.raises(mptkit.errors.UnsafeFile, match="never runs code"):
             mptkit.load(evil[label])
 
@@ -238,8 +278,11 @@ def test_init_path_in_adapter_config_is_never_followed(cli, evil, good, tmp_path
     folder = tmp_path / "init-evil"
     shutil.copytree(good, folder)
     cfg = json.loads((folder / "adapter_config.json").read_text())
-    cfg.update(prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_state_dict_path=str(evil["plain-p2"]),
-               prompt_tuning_init_task=0)
+    cfg.update(
+        prompt_tuning_init="EXACT_SOURCE_TASK",
+        prompt_tuning_init_state_dict_path=str(evil["plain-p2"]),
+        prompt_tuning_init_task=0,
+    )
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     folders_written = 0
     for label, (kind, _) in writing_commands(folder, "OUT").items():

@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import mptkit
-from mptkit.formats import atomic
 from relutil import TMP_MARK, digest, fork_save, medium_bank, temps, wait_exit
 from stophooks import cli_stopping_argv, fork_stopping, kill, wait_stopped
+
+import mptkit
+from mptkit.formats import _atomic as atomic
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -96,14 +96,20 @@ def test_sigkill_between_the_two_renames_of_the_fallback_keeps_the_previous_fold
 def test_sigkill_of_the_cli_process(banks, tmp_path):
     """The real CLI in a fresh interpreter, stopped half-way through its first tensor and killed."""
     out = tmp_path / "out.safetensors"
-    proc = subprocess.Popen(cli_stopping_argv("mid-tensor", "slice", banks["B"], "--tasks", "0-3", "-o", out),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_stopping_argv("mid-tensor", "slice", banks["B"], "--tasks", "0-3", "-o", out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_stopped(proc.pid)
     assert kill(proc.pid) == -signal.SIGKILL
     proc.returncode = -signal.SIGKILL  # reaped by kill()
     assert not out.exists() and len(_leftovers_are_hidden_temps(out)) == 1
-    res = subprocess.run([sys.executable, "-m", "mptkit", "slice", str(banks["B"]), "--tasks", "0-3", "-o", str(out)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mptkit", "slice", str(banks["B"]), "--tasks", "0-3", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert temps(out) == [] and mptkit.load(out).num_tasks == 4
 

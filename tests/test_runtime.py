@@ -1,4 +1,4 @@
-"""mptkit.runtime.TaskPrompts against PEFT's MultitaskPromptEmbedding, and prepend() on HF models."""
+"""mptkit.serve._runtime.TaskPrompts against PEFT's MultitaskPromptEmbedding, and prepend() on HF models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from bankutil import DTYPES, random_bank, tiny_base_model
 
 import mptkit
-from mptkit.derive import derive
+from mptkit._derive import derive
 from mptkit.errors import UsageError
-from mptkit.runtime import TaskPrompts, prepend
+from mptkit.serve._runtime import TaskPrompts, prepend
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("seq2seq", "causal")
@@ -27,11 +27,11 @@ def peft_loaded(kind, folder):
 
 def batches(T, gen):
     """Random batches of task ids: repeated ids, one id for every row, every task, a single row."""
-    yield torch.randint(0, T, (9,), generator=gen)             # repeats
-    yield torch.full((6,), T - 1)                               # one task throughout
-    yield torch.randperm(T, generator=gen)                      # every task once, shuffled
-    yield torch.arange(T).repeat(3)                             # every task, repeated
-    yield torch.tensor([1])                                     # a single row
+    yield torch.randint(0, T, (9,), generator=gen)  # repeats
+    yield torch.full((6,), T - 1)  # one task throughout
+    yield torch.randperm(T, generator=gen)  # every task once, shuffled
+    yield torch.arange(T).repeat(3)  # every task, repeated
+    yield torch.tensor([1])  # a single row
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -77,7 +77,7 @@ def test_stands_where_peft_module_stands(peft_banks, kind):
         ref = model(input_ids=ids, attention_mask=mask, task_ids=task_ids, **kw).logits
         state = {k: v.clone() for k, v in model.prompt_encoder["default"].state_dict().items()}
         ours = TaskPrompts.from_bank(folder)
-        assert {k: v for k, v in ours.state_dict().items()}.keys() == state.keys()
+        assert dict(ours.state_dict().items()).keys() == state.keys()
         model.prompt_encoder["default"] = ours
         got = model(input_ids=ids, attention_mask=mask, task_ids=task_ids, **kw).logits
         model.prompt_encoder["default"] = ours.cache()
@@ -100,7 +100,9 @@ def test_prepend_gives_peft_logits_causal(peft_banks):
         kwargs = prepend(base, prompts(task_ids), input_ids=ids, attention_mask=mask)
         got = base(**kwargs).logits
     assert kwargs["inputs_embeds"].shape == (4, prompts.num_tokens + 6, 24)
-    assert kwargs["attention_mask"].shape == (4, prompts.num_tokens + 6) and kwargs["attention_mask"].dtype == mask.dtype
+    assert (
+        kwargs["attention_mask"].shape == (4, prompts.num_tokens + 6) and kwargs["attention_mask"].dtype == mask.dtype
+    )
     assert torch.equal(got, ref)
 
 
@@ -173,16 +175,17 @@ def test_to_bank_round_trip(tmp_path, example_bank):
 def test_import_mptkit_does_not_import_torch():
     from bankutil import loaded_by
 
-    r, mods = loaded_by("import mptkit, mptkit.derive, mptkit.export, mptkit.edit, mptkit.similarity")
+    r, mods = loaded_by("import mptkit, mptkit._derive, mptkit._export, mptkit._edit, mptkit._similarity")
     assert r.returncode == 0 and "torch" not in mods, (mods, r.stderr)
-    r, mods = loaded_by("import mptkit.runtime")  # the probe sees torch where it is imported
+    r, mods = loaded_by("import mptkit.serve._runtime")  # the probe sees torch where it is imported
     assert "torch" in mods
 
 
 @pytest.mark.parametrize("script", ["transfer_workflow.py", "runtime_question_answering.py"])
 def test_examples_run(script, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(tmp_path)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     if script == "transfer_workflow.py":
         assert "bit-identical to PEFT's online init: True" in r.stdout

@@ -20,11 +20,32 @@ import safetensors
 
 import mptkit
 from mptkit.errors import MptkitError
-from mptkit.formats import safetensors as stf
+from mptkit.formats import _safetensors as stf
 
 DTYPES = list(stf.HEADER_DTYPE_BITS) + ["F8", "f32", "", "U1", "C128", "float32"]
-ODD_NUMBERS = ["-1", "-0", "0", "1", "2", "4", "1.0", "1e0", "18446744073709551616", "18446744073709551615",
-               "9223372036854775808", "NaN", "Infinity", '"4"', "true", "null", "[]", "{}", "0.5", "00", "-0.0"]
+ODD_NUMBERS = [
+    "-1",
+    "-0",
+    "0",
+    "1",
+    "2",
+    "4",
+    "1.0",
+    "1e0",
+    "18446744073709551616",
+    "18446744073709551615",
+    "9223372036854775808",
+    "NaN",
+    "Infinity",
+    '"4"',
+    "true",
+    "null",
+    "[]",
+    "{}",
+    "0.5",
+    "00",
+    "-0.0",
+]
 
 
 def _base(rng: random.Random):
@@ -75,7 +96,10 @@ def _mutate(rng: random.Random, entries: list, data: bytes) -> tuple[str, bytes,
             value["shape"] = rng.choice([value["shape"][:-1], value["shape"] + [1], value["shape"] + [0], []])
         elif move == 3 and tensor and isinstance(value.get("data_offsets"), list):
             i = rng.randrange(2)
-            value["data_offsets"][i] = ("raw", rng.choice(ODD_NUMBERS + [str(int(_num(value["data_offsets"][i])) + rng.choice([-4, -1, 1, 4]))]))
+            value["data_offsets"][i] = (
+                "raw",
+                rng.choice(ODD_NUMBERS + [str(int(_num(value["data_offsets"][i])) + rng.choice([-4, -1, 1, 4]))]),
+            )
         elif move == 4 and tensor:
             field = rng.choice(["dtype", "shape", "data_offsets"])
             if rng.random() < 0.5:
@@ -87,8 +111,19 @@ def _mutate(rng: random.Random, entries: list, data: bytes) -> tuple[str, bytes,
         elif move == 6:
             entries.insert(rng.randrange(len(entries) + 1), (key, json.loads(json.dumps(_plain(value)))))  # key twice
         elif move == 7 and key == "__metadata__":
-            value = rng.choice([None, [], "pt", 5, {"format": 5}, {"format": None}, {"a": {"b": "c"}},
-                                {"format": "pt", "n": ("raw", "1")}, ("raw", '{"format":"pt","format":"pt"}')])
+            value = rng.choice(
+                [
+                    None,
+                    [],
+                    "pt",
+                    5,
+                    {"format": 5},
+                    {"format": None},
+                    {"a": {"b": "c"}},
+                    {"format": "pt", "n": ("raw", "1")},
+                    ("raw", '{"format":"pt","format":"pt"}'),
+                ]
+            )
         elif move == 8:
             name = rng.choice(["", " ", "\u00e9", "a\\u0000b", "\\ud800", "__metadata__", "prompt_embeddings"])
             entries[k] = (("raw", json.dumps(name) if "\\" not in name else f'"{name}"'), value)
@@ -100,7 +135,7 @@ def _mutate(rng: random.Random, entries: list, data: bytes) -> tuple[str, bytes,
         elif move == 11:
             skew = rng.choice([-8, -2, -1, 1, 2, 8])
         elif move == 12 and key == "__metadata__" and isinstance(value, dict):
-            value = {**value, "s": ("raw", rng.choice(['"\\ud800"', '"a\tb"', '"\\u00e9"', '"\\/"', '"\x01"', 'NaN']))}
+            value = {**value, "s": ("raw", rng.choice(['"\\ud800"', '"a\tb"', '"\\u00e9"', '"\\/"', '"\x01"', "NaN"]))}
         elif move == 13 and tensor:  # overlap or gap with another tensor
             other = rng.choice([v for kk, v in entries if kk != "__metadata__" and isinstance(v, dict)])
             if isinstance(other.get("data_offsets"), list) and isinstance(value.get("data_offsets"), list):
@@ -113,7 +148,11 @@ def _mutate(rng: random.Random, entries: list, data: bytes) -> tuple[str, bytes,
             return head[:cut] + insert + head[cut:], data, skew
         elif move == 15:
             entries[k] = (key, value)
-            return rng.choice(["\ufeff", " ", "", "\n"]) + _render(entries) + rng.choice(["", " ", "\x00", "x", "\n"]), data, skew
+            return (
+                rng.choice(["\ufeff", " ", "", "\n"]) + _render(entries) + rng.choice(["", " ", "\x00", "x", "\n"]),
+                data,
+                skew,
+            )
         entries[k] = (key, value)
     return _render(entries), data, skew
 
@@ -204,21 +243,26 @@ def test_mptkit_accepts_only_what_safetensors_accepts(tmp_path):
             only_safetensors += 1
         else:
             neither += 1
-    print(f"{CASES} cases: both accept {both} ({loaded} load as banks), only safetensors {only_safetensors}, "
-          f"both refuse {neither}")
+    print(
+        f"{CASES} cases: both accept {both} ({loaded} load as banks), only safetensors {only_safetensors}, "
+        f"both refuse {neither}"
+    )
     # the fuzz reaches all three outcomes in number (it is not trivially refusing everything)
     assert both > CASES * 0.15 and neither > CASES * 0.3 and loaded > CASES * 0.1
 
 
-@pytest.mark.parametrize("head", [
-    '{"__metadata__":{"format":"pt"},"__metadata__":{"format":"pt"}}',
-    '{"t":{"dtype":"U8","dtype":"U8","shape":[0],"data_offsets":[0,0]}}',
-    '{"t":{"dtype":"U8","shape":[0],"data_offsets":[-0,0]}}',
-    '{"t":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}',
-    '{"t":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]}}',
-    '{"__metadata__":{"a":NaN}}',
-    '{"__metadata__":{"a":"\\ud800"}}',
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        '{"__metadata__":{"format":"pt"},"__metadata__":{"format":"pt"}}',
+        '{"t":{"dtype":"U8","dtype":"U8","shape":[0],"data_offsets":[0,0]}}',
+        '{"t":{"dtype":"U8","shape":[0],"data_offsets":[-0,0]}}',
+        '{"t":{"dtype":"U8","shape":[1.0],"data_offsets":[0,1]}}',
+        '{"t":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]}}',
+        '{"__metadata__":{"a":NaN}}',
+        '{"__metadata__":{"a":"\\ud800"}}',
+    ],
+)
 def test_known_disagreements_are_refused_by_both(tmp_path, head):
     blob = _file(head, b"" if "[1.0]" not in head else b"x", 0)
     path = tmp_path / "x.safetensors"

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_mptkit, tiny_base_model, write_bank
 
 import mptkit
-from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_mptkit, tiny_base_model, write_bank
-from mptkit.decompose import decompose
+from mptkit._decompose import decompose
+from mptkit._export import export_table
+from mptkit._tables import read_prompts
 from mptkit.errors import IncompatibleBanks, InvalidBank, UsageError
-from mptkit.export import export_table
-from mptkit.tables import read_prompts
 
 V = 5  # the peft_banks fixture's virtual tokens
 
@@ -83,7 +83,9 @@ def test_table_dtypes_and_refusals(tmp_path):
     bank = mptkit.load(src)
     export_table(bank, "c,a", tmp_path / "h.npy", dtype="float16")
     half = np.load(tmp_path / "h.npy")
-    assert half.dtype == np.float16 and torch.equal(torch.from_numpy(half), full_prompts(bank, torch.float32)[[2, 0]].half())
+    assert half.dtype == np.float16 and torch.equal(
+        torch.from_numpy(half), full_prompts(bank, torch.float32)[[2, 0]].half()
+    )
     r = run_mptkit("export", src, "--all", "--dtype", "bfloat16", "-o", tmp_path / "b.npy")
     assert r.returncode == 2 and "cannot hold bfloat16" in r.stderr and not (tmp_path / "b.npy").exists()
     assert run_mptkit("export", src, "--all", "--dtype", "bfloat16", "-o", tmp_path / "b16.safetensors").returncode == 0
@@ -105,7 +107,7 @@ def test_export_then_decompose_gives_the_prompts_back(tmp_path, shape):
     report = json.loads(res.stdout)
     assert report["task_names"] == [f"t{i}" for i in range(T)] and report["rank"] == r
     before, after = full_prompts(mptkit.load(src)), full_prompts(mptkit.load(tmp_path / "back.safetensors"))
-    rel = ((after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2)))
+    rel = (after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2))
     assert float(rel.max()) < 1e-5 and max(report["relative_error"].values()) < 1e-5
 
 
@@ -118,8 +120,17 @@ def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
     cols[1, :, 1] *= 1e-2
     src = write_bank(tmp_path / "b.safetensors", pe, cols, rows, names=["a", "b", "c"])
     assert run_mptkit("export", src, "--all", "-o", tmp_path / "all.npy").returncode == 0
-    res = run_mptkit("decompose", tmp_path / "all.npy", "--rank", "auto", "--max-error", "0.05",
-                     "-o", tmp_path / "auto.safetensors", "--json")
+    res = run_mptkit(
+        "decompose",
+        tmp_path / "all.npy",
+        "--rank",
+        "auto",
+        "--max-error",
+        "0.05",
+        "-o",
+        tmp_path / "auto.safetensors",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     errors = report["relative_error"]
@@ -188,7 +199,9 @@ def train_prompt_tuning(out, seed, steps=25):
 def test_decompose_real_prompt_tuning_adapters_into_a_bank_peft_loads(tmp_path):
     from peft import PeftModel
 
-    tasks = [train_prompt_tuning(tmp_path / name, seed) for seed, name in enumerate(["copy1", "copy2", "copy3", "copy4"])]
+    tasks = [
+        train_prompt_tuning(tmp_path / name, seed) for seed, name in enumerate(["copy1", "copy2", "copy3", "copy4"])
+    ]
     ids = torch.randint(2, 90, (4, 7), generator=torch.Generator().manual_seed(9))
     own = []
     for t in tasks:
@@ -208,6 +221,6 @@ def test_decompose_real_prompt_tuning_adapters_into_a_bank_peft_loads(tmp_path):
                 got = mpt(input_ids=ids, task_ids=torch.full((4,), k)).logits
             diffs.append(float((got - ref).norm() / ref.norm()))
         worst[rank] = max(diffs)
-        print(f"rank {rank}: relative logit difference per task {['%.2e' % x for x in diffs]}")
+        print(f"rank {rank}: relative logit difference per task {[f'{x:.2e}' for x in diffs]}")
     assert worst[6] < 1e-5  # rank min(N, d) = 6 is exact
     assert worst[1] > worst[3] > worst[6] and worst[1] < 0.5

@@ -1,22 +1,24 @@
 """Classification / QA adapters: PEFT saves the task head (modules_to_save) beside the bank."""
 
 import torch
+from bankutil import load_tensors
 from peft import MultitaskPromptTuningConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
 import mptkit
-from bankutil import load_tensors
 
 
 def _base():
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    return BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
 
 
 def _seq_cls_bank(path):
-    model = get_peft_model(_base(), MultitaskPromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3,
-                                                                num_tasks=3, num_ranks=2))
+    model = get_peft_model(
+        _base(), MultitaskPromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3, num_tasks=3, num_ranks=2)
+    )
     with torch.no_grad():
         for p in model.prompt_encoder["default"].parameters():
             p.copy_(torch.randn(p.shape))
@@ -46,13 +48,24 @@ def test_derived_start_from_a_classification_bank_matches_peft(tmp_path, cli):
     assert head and all(torch.equal(got[k], v) for k, v in head.items())
     # ... and a bare init file holds PEFT's three keys only
     assert cli("derive", src, "--mode", "exact", "--task", "1", "-o", tmp_path / "t1.safetensors").exit_code == 0
-    assert set(load_tensors(tmp_path / "t1.safetensors")) == {"prompt_embeddings", "prefix_task_cols",
-                                                              "prefix_task_rows"}
+    assert set(load_tensors(tmp_path / "t1.safetensors")) == {
+        "prompt_embeddings",
+        "prefix_task_cols",
+        "prefix_task_rows",
+    }
     ours = PeftModel.from_pretrained(_base(), str(out)).prompt_encoder["default"]
-    theirs = get_peft_model(_base(), MultitaskPromptTuningConfig(
-        task_type="SEQ_CLS", num_virtual_tokens=3, num_tasks=1, num_ranks=2, prompt_tuning_init="EXACT_SOURCE_TASK",
-        prompt_tuning_init_state_dict_path=str(src / "adapter_model.safetensors"),
-        prompt_tuning_init_task=1)).prompt_encoder["default"]
+    theirs = get_peft_model(
+        _base(),
+        MultitaskPromptTuningConfig(
+            task_type="SEQ_CLS",
+            num_virtual_tokens=3,
+            num_tasks=1,
+            num_ranks=2,
+            prompt_tuning_init="EXACT_SOURCE_TASK",
+            prompt_tuning_init_state_dict_path=str(src / "adapter_model.safetensors"),
+            prompt_tuning_init_task=1,
+        ),
+    ).prompt_encoder["default"]
     for name in ("embedding.weight", "prefix_task_cols", "prefix_task_rows"):
         assert torch.equal(ours.state_dict()[name], theirs.state_dict()[name]), name
 

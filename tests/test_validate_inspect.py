@@ -1,18 +1,17 @@
 """`mptkit validate` and `mptkit inspect`: PEFT-saved banks, values, every kind of broken file."""
 
 import json
-import re
 import os
 import pickle
+import re
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from bankutil import error_lines, loaded_modules, random_bank, run_mptkit, write_bank
+from safetensors.torch import load_file, save_file
 
 KINDS = {"seq2seq": ("SEQ_2_SEQ_LM", 2), "causal": ("CAUSAL_LM", 1)}
 ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -41,7 +40,7 @@ def raw_safetensors(path: Path, header, data: bytes = b"", length: int | None = 
 def header_of(path: Path):
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def expect_error(cli, path, *words, values=False):
@@ -73,8 +72,12 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     res = cli("inspect", "--json", path)
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
-    fmt = {(False, True): "peft-adapter", (False, False): "peft-adapter (.bin)",
-           (True, True): "safetensors", (True, False): "pickle"}[(bare, safe)]
+    fmt = {
+        (False, True): "peft-adapter",
+        (False, False): "peft-adapter (.bin)",
+        (True, True): "safetensors",
+        (True, False): "pickle",
+    }[(bare, safe)]
     assert info["format"] == fmt and info["path"] == str(path)
     assert info["file"] == str(data_file(folder)) and info["file_size"] == data_file(folder).stat().st_size
     assert info["dtype"] == ST_DTYPE[dtype] and info["kind"] == "bank"
@@ -84,9 +87,13 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     else:
         assert (info["num_virtual_tokens"], info["num_transformer_submodules"], info["task_type"]) == (5, S, task_type)
     shared, per_task = N * d, N * r + r * d
-    assert info["parameters"] == {"shared": shared, "per_task": per_task, "total": shared + T * per_task,
-                                  "as_separate_prompts": T * shared,
-                                  "saving": pytest.approx(1 - (shared + T * per_task) / (T * shared))}
+    assert info["parameters"] == {
+        "shared": shared,
+        "per_task": per_task,
+        "total": shared + T * per_task,
+        "as_separate_prompts": T * shared,
+        "saving": pytest.approx(1 - (shared + T * per_task) / (T * shared)),
+    }
     assert info["tensors"] == {k: {"dtype": ST_DTYPE[dtype], "shape": list(v.shape)} for k, v in tensors.items()}
 
     res = cli("inspect", path)
@@ -123,8 +130,15 @@ def test_inspect_lists_names_metadata_and_provenance(cli, tmp_path):
     p = random_bank(tmp_path / "b.safetensors", T=3, names=["sst2", "mnli", "qa"])
     header, data = header_of(p)
     header["__metadata__"]["mptkit.provenance"] = json.dumps(
-        [{"operation": "slice", "arguments": {"tasks": "0-2"}, "sources": [{"name": "big.safetensors", "sha256": "ab" * 32}],
-          "mptkit_version": "0.1.0"}])
+        [
+            {
+                "operation": "slice",
+                "arguments": {"tasks": "0-2"},
+                "sources": [{"name": "big.safetensors", "sha256": "ab" * 32}],
+                "mptkit_version": "0.1.0",
+            }
+        ]
+    )
     header["__metadata__"]["trained_by"] = "me"
     header["__metadata__"]["z"] = "\x1b[2Jgone\nline"
     raw_safetensors(p, json.dumps(header).encode() + b" " * 8, data)
@@ -173,8 +187,11 @@ def test_nonfinite_values_are_counted_per_tensor_and_per_task(cli, peft_banks, t
     pe, cols, rows = (t[k].double() for k in ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows"))
     for k in range(3):
         full = pe * (cols[k] @ rows[k])
-        expected = (f"task {k} has non-finite values: {int((~cols[k].isfinite()).sum())} in prefix_task_cols, "
-                    f"{int((~rows[k].isfinite()).sum())} in prefix_task_rows, {int((~full.isfinite()).sum())} in its full prompt")
+        expected = (
+            f"task {k} has non-finite values: {int((~cols[k].isfinite()).sum())} in prefix_task_cols, "
+            f"{int((~rows[k].isfinite()).sum())} in prefix_task_rows, {int((~full.isfinite()).sum())} "
+            "in its full prompt"
+        )
         assert expected in err
     v = json.loads(cli("inspect", "--values", "--json", folder).stdout)["values"]
     assert v["nonfinite"] == {"prompt_embeddings": 1, "prefix_task_cols": 1, "prefix_task_rows": 2}
@@ -201,11 +218,17 @@ def test_empty_file(cli, tmp_path):
 def test_truncated_downloads(cli, tmp_path, real_bank):
     (n,) = struct.unpack("<Q", real_bank[:8])
     h = 8 + n
-    cuts = {1: "the file is only 1 bytes", 7: "the file is only 7 bytes",
-            8: f"the header length field says {n} bytes but only 0 bytes follow it (a truncated download",
-            9: "but only 1 bytes follow it (a truncated download", h // 2: "(a truncated download",
-            h - 1: f"the header length field says {n} bytes but only {n - 1} bytes follow it",
-            h: "data ends at byte", h + 10: "(a truncated download?)", len(real_bank) - 1: "(a truncated download?)"}
+    cuts = {
+        1: "the file is only 1 bytes",
+        7: "the file is only 7 bytes",
+        8: f"the header length field says {n} bytes but only 0 bytes follow it (a truncated download",
+        9: "but only 1 bytes follow it (a truncated download",
+        h // 2: "(a truncated download",
+        h - 1: f"the header length field says {n} bytes but only {n - 1} bytes follow it",
+        h: "data ends at byte",
+        h + 10: "(a truncated download?)",
+        len(real_bank) - 1: "(a truncated download?)",
+    }
     for cut, words in cuts.items():
         p = tmp_path / f"cut{cut}.safetensors"
         p.write_bytes(real_bank[:cut])
@@ -213,8 +236,11 @@ def test_truncated_downloads(cli, tmp_path, real_bank):
 
 
 def test_truncated_pickles(cli, tmp_path):
-    t = {"prompt_embeddings": torch.randn(10, 24), "prefix_task_cols": torch.randn(3, 10, 2),
-         "prefix_task_rows": torch.randn(3, 2, 24)}
+    t = {
+        "prompt_embeddings": torch.randn(10, 24),
+        "prefix_task_cols": torch.randn(3, 10, 2),
+        "prefix_task_rows": torch.randn(3, 2, 24),
+    }
     zipped, legacy = tmp_path / "z.bin", tmp_path / "l.bin"
     torch.save(t, zipped)
     torch.save(t, legacy, _use_new_zipfile_serialization=False)
@@ -241,11 +267,14 @@ def test_git_lfs_pointer(cli, tmp_path):
     expect_error(cli, p, "a git-lfs pointer file, not the tensor data", "git lfs pull")
 
 
-@pytest.mark.parametrize("page", [
-    "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n",
-    "\n  <html><body>Repository not found</body></html>",
-    "\ufeff<!doctype html><html></html>",
-])
+@pytest.mark.parametrize(
+    "page",
+    [
+        "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n",
+        "\n  <html><body>Repository not found</body></html>",
+        "\ufeff<!doctype html><html></html>",
+    ],
+)
 def test_html_error_page(cli, tmp_path, page):
     p = tmp_path / "bank.safetensors"
     p.write_text(page, encoding="utf-8")
@@ -274,17 +303,20 @@ def test_safetensors_renamed_to_bin(cli, tmp_path, real_bank):
     expect_error(cli, tmp_path / "b.bin", "a safetensors file under a pickle name")
 
 
-@pytest.mark.parametrize("header, words", [
-    (b"{not json at all}", ["the header is not valid JSON"]),
-    (b'{"a": 1,}', ["the header is not valid JSON"]),
-    (b"\xff\xfe{}", ["the header is not valid UTF-8"]),
-    (b"[1, 2, 3]", ["the header must be a JSON object, found a JSON list"]),
-    (b'{"__metadata__": [1]}', ["__metadata__ must be a JSON object of strings"]),
-    (b"{", ["the header is 1 bytes long"]),
-    (b'{"x": ' + b"[" * 100000 + b"]" * 100000 + b"}", ["nested too deeply"]),
-    (b'{"x": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], "data_offsets": [0, 4]}}', ["not valid JSON"]),
-    (b'{"__metadata__": {"k": "\\ud800"}}', ["lone UTF-16 surrogate"]),
-])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        (b"{not json at all}", ["the header is not valid JSON"]),
+        (b'{"a": 1,}', ["the header is not valid JSON"]),
+        (b"\xff\xfe{}", ["the header is not valid UTF-8"]),
+        (b"[1, 2, 3]", ["the header must be a JSON object, found a JSON list"]),
+        (b'{"__metadata__": [1]}', ["__metadata__ must be a JSON object of strings"]),
+        (b"{", ["the header is 1 bytes long"]),
+        (b'{"x": ' + b"[" * 100000 + b"]" * 100000 + b"}", ["nested too deeply"]),
+        (b'{"x": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], "data_offsets": [0, 4]}}', ["not valid JSON"]),
+        (b'{"__metadata__": {"k": "\\ud800"}}', ["lone UTF-16 surrogate"]),
+    ],
+)
 def test_header_not_json(cli, tmp_path, header, words):
     p = raw_safetensors(tmp_path / "h.safetensors", header)
     expect_error(cli, p, *words)
@@ -292,8 +324,8 @@ def test_header_not_json(cli, tmp_path, header, words):
 
 def test_header_length_field_lies(cli, tmp_path, real_bank):
     p = tmp_path / "big.safetensors"
-    p.write_bytes(struct.pack("<Q", 10 ** 12) + real_bank[8:])
-    expect_error(cli, p, f"the header length field says {10 ** 12} bytes, more than safetensors allows")
+    p.write_bytes(struct.pack("<Q", 10**12) + real_bank[8:])
+    expect_error(cli, p, f"the header length field says {10**12} bytes, more than safetensors allows")
 
 
 def test_offsets_past_the_end_and_other_layout_problems(cli, tmp_path, real_bank):
@@ -307,9 +339,19 @@ def test_offsets_past_the_end_and_other_layout_problems(cli, tmp_path, real_bank
 
     b, e = header[last]["data_offsets"]
     p = variant("past.safetensors", lambda h: h[last].update(data_offsets=[b + 64, e + 64]))
-    expect_error(cli, p, f"tensor '{last}': data ends at byte {e + 64} of the data section but the file holds only {len(data)} data bytes")
+    expect_error(
+        cli,
+        p,
+        f"tensor '{last}': data ends at byte {e + 64} of the data section "
+        f"but the file holds only {len(data)} data bytes",
+    )
     p = variant("size.safetensors", lambda h: h[last].update(data_offsets=[b, e - 4]))
-    expect_error(cli, p, f"tensor '{last}': data_offsets [{b}, {e - 4}] hold {e - 4 - b} bytes but F32{header[last]['shape']} needs {e - b}")
+    expect_error(
+        cli,
+        p,
+        f"tensor '{last}': data_offsets [{b}, {e - 4}] hold {e - 4 - b} bytes "
+        f"but F32{header[last]['shape']} needs {e - b}",
+    )
     p = variant("neg.safetensors", lambda h: h[last].update(data_offsets=[-4, e - b - 4]))
     expect_error(cli, p, "are not an increasing byte range")
     p = variant("overlap.safetensors", lambda h: h[last].update(data_offsets=[b - 8, e - 8]))
@@ -317,14 +359,14 @@ def test_offsets_past_the_end_and_other_layout_problems(cli, tmp_path, real_bank
     p = variant("dtype.safetensors", lambda h: h[last].update(dtype="F33"))
     expect_error(cli, p, f"tensor '{last}': unknown dtype \"F33\"")
     p = variant("dtype2.safetensors", lambda h: h[last].update(dtype=["F32"]))
-    expect_error(cli, p, "unknown dtype [\"F32\"]")
+    expect_error(cli, p, 'unknown dtype ["F32"]')
     p = variant("shape.safetensors", lambda h: h[last].update(shape=[-1, 2]))
     expect_error(cli, p, "shape must be a list of non-negative integers, found [-1, 2]")
     p = variant("dims.safetensors", lambda h: h[last].update(shape=[1] * 50000))
     lines = expect_error(cli, p, "shape has 50000 dimensions")
     assert max(map(len, lines)) < 400
     p = variant("offs.safetensors", lambda h: h[last].update(data_offsets="0-4"))
-    expect_error(cli, p, "data_offsets must be two integers [begin, end], found \"0-4\"")
+    expect_error(cli, p, 'data_offsets must be two integers [begin, end], found "0-4"')
     p = variant("entry.safetensors", lambda h: h.update(x=[1, 2]))
     expect_error(cli, p, "tensor 'x': expected an object with dtype, shape and data_offsets")
     # safetensors refuses bytes that no tensor covers; so does mptkit
@@ -337,9 +379,7 @@ def test_offsets_past_the_end_and_other_layout_problems(cli, tmp_path, real_bank
             h[k]["data_offsets"] = [o + 8 for o in h[k]["data_offsets"]]
     p = raw_safetensors(tmp_path / "gap.safetensors", h, b"\0" * 8 + data)
     expect_error(cli, p, f"tensor '{first}' starts at byte 8 of the data section but the data before it ends at byte 0")
-    from safetensors import safe_open
-
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
 
     for bad in ("tail.safetensors", "gap.safetensors"):
         with pytest.raises(SafetensorError, match="(?i)invalid|offset|metadata"):
@@ -354,21 +394,28 @@ def _write(p: Path, data: bytes) -> Path:
 def test_many_bad_entries_are_listed_but_capped(cli, tmp_path):
     header = {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]} for i in range(500)}
     p = raw_safetensors(tmp_path / "many.safetensors", header, b"\0" * 8)
-    lines = expect_error(cli, p, "tensor 't0': data_offsets [0, 8] hold 8 bytes but F32[1] needs 4",
-                         "... and 480 more problems like these")
+    lines = expect_error(
+        cli,
+        p,
+        "tensor 't0': data_offsets [0, 8] hold 8 bytes but F32[1] needs 4",
+        "... and 480 more problems like these",
+    )
     assert len(lines) == 21
 
 
-@pytest.mark.parametrize("shapes, words", [
-    (((6, 8), (4, 5, 2), (4, 2, 8)), ["prompt length N differs", "N=6", "N=5"]),
-    (((6, 8), (4, 6, 2), (4, 3, 8)), ["rank r differs"]),
-    (((6, 8), (4, 6, 2), (4, 2, 9)), ["hidden size d differs", "d=8", "d=9"]),
-    (((6, 8), (4, 6, 2), (3, 2, 8)), ["task count T differs"]),
-    (((6, 8, 1), (4, 6, 2), (4, 2, 8)), ["prompt_embeddings.shape: expected 2 dimensions, found 3"]),
-    (((6, 8), (4, 6), (4, 2, 8)), ["prefix_task_cols.shape: expected 3 dimensions, found 2"]),
-    (((6, 8), (4, 6, 2), (2, 8)), ["prefix_task_rows.shape: expected 3 dimensions, found 2"]),
-    (((6, 8), (4, 6, 0), (4, 0, 8)), ["prefix_task_cols.shape[2]: expected a number >= 1, found 0"]),
-])
+@pytest.mark.parametrize(
+    "shapes, words",
+    [
+        (((6, 8), (4, 5, 2), (4, 2, 8)), ["prompt length N differs", "N=6", "N=5"]),
+        (((6, 8), (4, 6, 2), (4, 3, 8)), ["rank r differs"]),
+        (((6, 8), (4, 6, 2), (4, 2, 9)), ["hidden size d differs", "d=8", "d=9"]),
+        (((6, 8), (4, 6, 2), (3, 2, 8)), ["task count T differs"]),
+        (((6, 8, 1), (4, 6, 2), (4, 2, 8)), ["prompt_embeddings.shape: expected 2 dimensions, found 3"]),
+        (((6, 8), (4, 6), (4, 2, 8)), ["prefix_task_cols.shape: expected 3 dimensions, found 2"]),
+        (((6, 8), (4, 6, 2), (2, 8)), ["prefix_task_rows.shape: expected 3 dimensions, found 2"]),
+        (((6, 8), (4, 6, 0), (4, 0, 8)), ["prefix_task_cols.shape[2]: expected a number >= 1, found 0"]),
+    ],
+)
 def test_wrong_shaped_tensor(cli, tmp_path, shapes, words):
     pe, cols, rows = (torch.randn(*s) for s in shapes)
     p = write_bank(tmp_path / "w.safetensors", pe, cols, rows)
@@ -384,8 +431,11 @@ def test_wrong_dtype(cli, tmp_path):
 
 @pytest.mark.parametrize("missing", ["prefix_task_cols", "prefix_task_rows"])
 def test_missing_key(cli, tmp_path, missing):
-    t = {"prompt_embeddings": torch.randn(6, 8), "prefix_task_cols": torch.randn(4, 6, 2),
-         "prefix_task_rows": torch.randn(4, 2, 8)}
+    t = {
+        "prompt_embeddings": torch.randn(6, 8),
+        "prefix_task_cols": torch.randn(4, 6, 2),
+        "prefix_task_rows": torch.randn(4, 2, 8),
+    }
     del t[missing]
     save_file(t, str(tmp_path / "m.safetensors"), metadata={"format": "pt"})
     lines = expect_error(cli, tmp_path / "m.safetensors", f"tensor '{missing}' is missing")
@@ -402,22 +452,37 @@ def test_missing_prompt_embeddings_in_an_adapter_folder(cli, tmp_path, peft_bank
 
 
 def test_extra_key(cli, tmp_path):
-    t = {"prompt_embeddings": torch.randn(6, 8), "prefix_task_cols": torch.randn(4, 6, 2),
-         "prefix_task_rows": torch.randn(4, 2, 8), "lora_A": torch.randn(2, 2)}
+    t = {
+        "prompt_embeddings": torch.randn(6, 8),
+        "prefix_task_cols": torch.randn(4, 6, 2),
+        "prefix_task_rows": torch.randn(4, 2, 8),
+        "lora_A": torch.randn(2, 2),
+    }
     save_file(t, str(tmp_path / "x.safetensors"), metadata={"format": "pt"})
-    expect_error(cli, tmp_path / "x.safetensors", "unexpected tensor 'lora_A'",
-                 "expected only prefix_task_cols, prefix_task_rows, prompt_embeddings")
+    expect_error(
+        cli,
+        tmp_path / "x.safetensors",
+        "unexpected tensor 'lora_A'",
+        "expected only prefix_task_cols, prefix_task_rows, prompt_embeddings",
+    )
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("num_tasks", 7, ["field num_tasks is 7 but prefix_task_cols [3, 10, 2] has T=3"]),
-    ("num_ranks", 1, ["field num_ranks is 1 but prefix_task_cols [3, 10, 2] has r=2"]),
-    ("token_dim", 32, ["field token_dim is 32 but prompt_embeddings [10, 24] has d=24"]),
-    ("num_virtual_tokens", 4, ["num_virtual_tokens x num_transformer_submodules = 4 x 2 = 8 but prompt_embeddings [10, 24] has N=10"]),
-    ("num_transformer_submodules", 1, ["= 5 x 1 = 5 but prompt_embeddings [10, 24] has N=10"]),
-    ("num_tasks", "3", ["field 'num_tasks': expected integer, found \"3\""]),
-    ("peft_type", "LORA", ["field peft_type: expected \"MULTITASK_PROMPT_TUNING\", found \"LORA\""]),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("num_tasks", 7, ["field num_tasks is 7 but prefix_task_cols [3, 10, 2] has T=3"]),
+        ("num_ranks", 1, ["field num_ranks is 1 but prefix_task_cols [3, 10, 2] has r=2"]),
+        ("token_dim", 32, ["field token_dim is 32 but prompt_embeddings [10, 24] has d=24"]),
+        (
+            "num_virtual_tokens",
+            4,
+            ["num_virtual_tokens x num_transformer_submodules = 4 x 2 = 8 but prompt_embeddings [10, 24] has N=10"],
+        ),
+        ("num_transformer_submodules", 1, ["= 5 x 1 = 5 but prompt_embeddings [10, 24] has N=10"]),
+        ("num_tasks", "3", ["field 'num_tasks': expected integer, found \"3\""]),
+        ("peft_type", "LORA", ['field peft_type: expected "MULTITASK_PROMPT_TUNING", found "LORA"']),
+    ],
+)
 def test_inconsistent_config(cli, tmp_path, peft_banks, field, value, words):
     folder = tmp_path / "f"
     shutil.copytree(peft_banks("seq2seq", "float32", True), folder)
@@ -429,16 +494,26 @@ def test_inconsistent_config(cli, tmp_path, peft_banks, field, value, words):
 
 
 def test_inconsistent_config_hints_in_a_bare_file(cli, tmp_path):
-    p = write_bank(tmp_path / "h.safetensors", torch.randn(6, 8), torch.randn(4, 6, 2), torch.randn(4, 2, 8),
-                   extra_meta={"mptkit.config": json.dumps({"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 4})})
-    expect_error(cli, p, f"{p}: __metadata__ key 'mptkit.config': num_virtual_tokens x num_transformer_submodules = 4 x 2 = 8")
+    p = write_bank(
+        tmp_path / "h.safetensors",
+        torch.randn(6, 8),
+        torch.randn(4, 6, 2),
+        torch.randn(4, 2, 8),
+        extra_meta={"mptkit.config": json.dumps({"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 4})},
+    )
+    expect_error(
+        cli, p, f"{p}: __metadata__ key 'mptkit.config': num_virtual_tokens x num_transformer_submodules = 4 x 2 = 8"
+    )
 
 
-@pytest.mark.parametrize("text, words", [
-    ("{", ["adapter_config.json: not valid JSON"]),
-    ("[1]", ["adapter_config.json: value: expected object"]),
-    (b"\xff\xfe", ["not UTF-8 text"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{", ["adapter_config.json: not valid JSON"]),
+        ("[1]", ["adapter_config.json: value: expected object"]),
+        (b"\xff\xfe", ["not UTF-8 text"]),
+    ],
+)
 def test_unreadable_config(cli, tmp_path, peft_banks, text, words):
     folder = tmp_path / "f"
     shutil.copytree(peft_banks("causal", "float32", True), folder)
@@ -454,16 +529,24 @@ def test_non_string_metadata_value(cli, tmp_path, real_bank):
     assert len(lines) == 1
 
 
-@pytest.mark.parametrize("names, words", [
-    ("[sst2, mnli]", ["__metadata__ key 'mptkit.task_names' must hold JSON text"]),
-    (json.dumps(["a", "b"]), ["__metadata__ key 'mptkit.task_names' lists 2 names but the bank has T=4 tasks"]),
-    (json.dumps(["a", "b", "a", "c"]), ['found "a" more than once']),
-    (json.dumps(["a", "b,c", "d", "7"]), ['item 1: "b,c" is not allowed', 'item 3: "7" is not allowed']),
-    (json.dumps({"0": "a"}), ["expected array"]),
-])
+@pytest.mark.parametrize(
+    "names, words",
+    [
+        ("[sst2, mnli]", ["__metadata__ key 'mptkit.task_names' must hold JSON text"]),
+        (json.dumps(["a", "b"]), ["__metadata__ key 'mptkit.task_names' lists 2 names but the bank has T=4 tasks"]),
+        (json.dumps(["a", "b", "a", "c"]), ['found "a" more than once']),
+        (json.dumps(["a", "b,c", "d", "7"]), ['item 1: "b,c" is not allowed', 'item 3: "7" is not allowed']),
+        (json.dumps({"0": "a"}), ["expected array"]),
+    ],
+)
 def test_invalid_task_names_metadata(cli, tmp_path, names, words):
-    p = write_bank(tmp_path / "n.safetensors", torch.randn(6, 8), torch.randn(4, 6, 2), torch.randn(4, 2, 8),
-                   extra_meta={"mptkit.task_names": names})
+    p = write_bank(
+        tmp_path / "n.safetensors",
+        torch.randn(6, 8),
+        torch.randn(4, 6, 2),
+        torch.randn(4, 2, 8),
+        extra_meta={"mptkit.task_names": names},
+    )
     expect_error(cli, p, "mptkit.task_names", *words)
 
 
@@ -519,13 +602,24 @@ def test_malicious_pickle_never_runs(cli, tmp_path, peft_banks):
 
 # -- several problems, several paths -------------------------------------------------------------------
 def test_validate_lists_every_problem(cli, tmp_path, peft_banks):
-    p = write_bank(tmp_path / "bad.safetensors", torch.randn(6, 8), torch.randn(4, 5, 2), torch.randn(3, 2, 9),
-                   extra_meta={"mptkit.task_names": "nope", "epoch": "3"})
+    p = write_bank(
+        tmp_path / "bad.safetensors",
+        torch.randn(6, 8),
+        torch.randn(4, 5, 2),
+        torch.randn(3, 2, 9),
+        extra_meta={"mptkit.task_names": "nope", "epoch": "3"},
+    )
     header, data = header_of(p)
     header["__metadata__"]["epoch"] = 3
     raw_safetensors(p, header, data)
-    lines = expect_error(cli, p, "task count T differs", "prompt length N differs", "hidden size d differs",
-                         "__metadata__ key 'epoch': expected string, found 3")
+    lines = expect_error(
+        cli,
+        p,
+        "task count T differs",
+        "prompt length N differs",
+        "hidden size d differs",
+        "__metadata__ key 'epoch': expected string, found 3",
+    )
     assert len(lines) == 4
     folder = tmp_path / "folder"
     shutil.copytree(peft_banks("seq2seq", "float32", True), folder)
@@ -538,7 +632,11 @@ def test_validate_lists_every_problem(cli, tmp_path, peft_banks):
     lines = expect_error(cli, folder, "hidden size d differs", "field num_tasks is 5", "field num_ranks is 3")
     assert len(lines) == 3
     rep = json.loads(cli("validate", "--json", folder).stdout)
-    assert rep == {"path": str(folder), "valid": False, "problems": [ln.removeprefix("mptkit: error: ") for ln in lines]}
+    assert rep == {
+        "path": str(folder),
+        "valid": False,
+        "problems": [ln.removeprefix("mptkit: error: ") for ln in lines],
+    }
 
 
 def test_validate_several_paths_mixed(cli, tmp_path, peft_banks, example_bank):
@@ -549,9 +647,15 @@ def test_validate_several_paths_mixed(cli, tmp_path, peft_banks, example_bank):
     bad2 = tmp_path / "missing-folder"
     r = cli("validate", good1, bad1, example_bank, bad2, good2)
     assert r.exit_code == 2
-    assert r.stdout.splitlines() == [f"{good1}: valid (bank)", f"{example_bank}: valid (bank)", f"{good2}: valid (bank)"]
-    assert r.stderr.splitlines() == [f"mptkit: error: {bad1}: the file is empty (0 bytes); expected a safetensors file",
-                                     f"mptkit: error: {bad2}: no such file or folder"]
+    assert r.stdout.splitlines() == [
+        f"{good1}: valid (bank)",
+        f"{example_bank}: valid (bank)",
+        f"{good2}: valid (bank)",
+    ]
+    assert r.stderr.splitlines() == [
+        f"mptkit: error: {bad1}: the file is empty (0 bytes); expected a safetensors file",
+        f"mptkit: error: {bad2}: no such file or folder",
+    ]
     reps = json.loads(cli("validate", "--json", good1, bad1, example_bank, bad2, good2).stdout)
     assert [x["valid"] for x in reps] == [True, False, True, False, True]
     assert cli("validate", good1, good2, example_bank).exit_code == 0
@@ -563,8 +667,13 @@ def test_validate_several_paths_mixed(cli, tmp_path, peft_banks, example_bank):
 def test_inspect_and_validate_do_not_import_torch_or_the_hub(tmp_path, example_bank):
     bare = tmp_path / "bare.safetensors"
     shutil.copy(example_bank / "adapter_model.safetensors", bare)
-    for args in (["inspect", example_bank], ["inspect", "--json", bare], ["validate", example_bank, bare],
-                 ["validate", "--json", bare], ["inspect", tmp_path / "missing.safetensors"]):
+    for args in (
+        ["inspect", example_bank],
+        ["inspect", "--json", bare],
+        ["validate", example_bank, bare],
+        ["validate", "--json", bare],
+        ["inspect", tmp_path / "missing.safetensors"],
+    ):
         _, mods = loaded_modules(*args)
         assert not mods & {"torch", "numpy", "huggingface_hub", "transformers", "peft"}, (args, mods)
     # ... and the probe does see numpy when a command reads values (numpy, never torch: 0.05 s against 1-2 s)
@@ -578,4 +687,7 @@ def test_python_m_mptkit_exit_codes(example_bank, tmp_path):
     (tmp_path / "e.safetensors").write_bytes(b"")
     r = run_mptkit("inspect", tmp_path / "e.safetensors")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == f"mptkit: error: {tmp_path / 'e.safetensors'}: the file is empty (0 bytes); expected a safetensors file\n"
+    assert (
+        r.stderr
+        == f"mptkit: error: {tmp_path / 'e.safetensors'}: the file is empty (0 bytes); expected a safetensors file\n"
+    )

@@ -6,7 +6,10 @@ The commands live in one module per group and register themselves on :data:`main
 the README shows them.
 """
 
-from .app import main
-from . import read, derive, edit, convert, hub  # noqa: E402,F401  (registers the commands, in this order)
+# isort: skip_file
+from ._app import main
+
+# each module registers its commands on ``main`` when imported, in the order the help lists them
+from . import _read, _derive, _edit, _convert, _hub  # noqa: F401
 
 __all__ = ["main"]

@@ -7,12 +7,12 @@ from ``HF_HUB_CACHE``/``HF_HOME``, the token from ``HF_TOKEN``, the login cache 
 mptkit is imported. A token is only ever handed to the client: never printed, logged or written.
 Everything a server sends is untrusted: no server-chosen string becomes a local path, every
 downloaded file is checked against the checksum the Hub lists for it, and every transfer runs
-under a deadline and a no-progress timeout (:mod:`mptkit.hub.http`).
+under a deadline and a no-progress timeout (:mod:`mptkit.hub._http`).
 
 A reference is ``hf://owner/repo[@revision][/path]`` (``refs/pr/N`` revisions work; a revision
 holding other ``/`` must be URL-quoted). Without a path, the repo root holds the bank: an adapter
 folder (``adapter_config.json`` + ``adapter_model.safetensors`` or ``.bin``) or a single
-``.safetensors`` file. Only the bytes a command needs are transferred (:mod:`mptkit.hub.load`).
+``.safetensors`` file. Only the bytes a command needs are transferred (:mod:`mptkit.hub._load`).
 
     refs      references and settings         http      limits on every request
     client    the client, its errors          cache     the HF cache, written safely
@@ -21,11 +21,25 @@ folder (``adapter_config.json`` + ``adapter_model.safetensors`` or ``.bin``) or 
     push      uploads
 """
 
-from .card import model_card
-from .load import open_bank, partial, pull, remote_summary, resolve
-from .push import push
-from .refs import HubRef, cache_dir, endpoint, offline, parse_ref
-from .transfer import Fetched, fetch
+from ._card import model_card
+from ._load import open_bank, partial, pull, remote_summary, resolve
+from ._push import push
+from ._refs import HubRef, cache_dir, endpoint, offline, parse_ref
+from ._transfer import Fetched, fetch
 
-__all__ = ["HubRef", "Fetched", "parse_ref", "endpoint", "cache_dir", "offline", "fetch", "resolve", "open_bank",
-           "partial", "pull", "push", "remote_summary", "model_card"]
+__all__ = [
+    "HubRef",
+    "Fetched",
+    "parse_ref",
+    "endpoint",
+    "cache_dir",
+    "offline",
+    "fetch",
+    "resolve",
+    "open_bank",
+    "partial",
+    "pull",
+    "push",
+    "remote_summary",
+    "model_card",
+]

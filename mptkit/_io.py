@@ -1,0 +1,70 @@
+"""Where banks come from and go to: :func:`load` reads a local path (:mod:`mptkit.formats`) or an
+``hf://`` reference (:mod:`mptkit.hub`), :func:`save` writes a local path, :func:`validate` says
+whether a path holds a valid bank without raising."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ._bank import PromptBank
+from ._info import summary, value_stats
+from .errors import MptkitError
+from .formats import read, save
+
+__all__ = ["load", "save", "validate"]
+
+
+def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | None = None) -> PromptBank:
+    """A :class:`PromptBank` from any form mptkit reads: a ``.safetensors`` file, a PEFT adapter
+    folder, a whole-model, prompt-encoder or wrapped state dict (``.safetensors`` or a ``.bin``/``.pt``
+    pickle, weights only), a sharded whole-model folder or ``hf://owner/repo[@revision][/path]``;
+    tensors stay on disk until read. ``kind`` forces a schema ("bank", "task", "shared");
+    ``adapter`` picks one of several adapters (required when there are several)."""
+    name = os.fspath(path)
+    if name.startswith("hf://"):  # the header and the bytes an operation reads, not the whole bank
+        from .hub import open_bank
+
+        return open_bank(name, kind=kind, adapter=adapter)
+    if not os.path.lexists(name) and _REPO_SHAPE.match(name):
+        from .errors import InvalidBank
+
+        raise InvalidBank(f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, write hf://{name}")
+    return read(name, kind=kind, adapter=adapter)
+
+
+#: what a Hub repo id looks like (``owner/repo`` or ``owner/repo@rev``), for the hint above
+_REPO_SHAPE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./%-]+)?$")
+
+
+def validate(path: str | os.PathLike, values: bool = False, adapter: str | None = None) -> dict:
+    """``{"path", "valid", "problems", "warnings", ...}`` for one path; never raises for a bad bank.
+    ``warnings`` say what PEFT would read or refuse when loading the adapter (the bank is valid)."""
+    try:
+        bank = load(path, adapter=adapter)
+    except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
+        return {"path": os.fspath(path), "valid": False, "problems": e.problems}
+    report = {
+        "path": os.fspath(path),
+        "valid": True,
+        "problems": [],
+        "kind": summary(bank)["kind"],
+        "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")],
+    }
+    if values:
+        stats = value_stats(bank)
+        for name, n in stats["nonfinite"].items():
+            if n:
+                report["problems"].append(f"{path}: tensor '{name}' holds {n} NaN/Inf values")
+        for t in stats["tasks"]:
+            if t["nonfinite_cols"] or t["nonfinite_rows"] or t["nonfinite_prompt"]:
+                report["problems"].append(
+                    f"{path}: task {t['task']}"
+                    + (f" ({t['name']})" if t["name"] != str(t["task"]) else "")
+                    + " has non-finite values: "
+                    f"{t['nonfinite_cols']} in prefix_task_cols, {t['nonfinite_rows']} in prefix_task_rows, "
+                    f"{t['nonfinite_prompt']} in its full prompt"
+                )
+        report["valid"] = not report["problems"]
+        report["nonfinite"] = stats["nonfinite"]
+    return report

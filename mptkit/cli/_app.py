@@ -1,0 +1,379 @@
+"""The ``mptkit`` command group and what its commands share: error handling, ``--json``,
+``-o/--output``/``--force``, and the config options built from :data:`mptkit._options.CONFIG_FIELDS`.
+Commands only parse, call the Python API and print (:mod:`mptkit._render` holds the text).
+
+Exit status: 0 on success; 2 for every user mistake (an :class:`~mptkit.errors.MptkitError`, and
+click's usage errors), printed as ``mptkit: error: ...`` lines on stderr, or with ``--json`` as
+``{"error": ..., "problems": [...]}`` on stdout; 130 on Ctrl-C, with one sentence saying whether the
+output was completed; 1 only for a bug. ``--debug`` adds the traceback and changes no exit status.
+Everything printed passes through :func:`mptkit._text.clean` (:func:`say`, :func:`emit_json`)."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import traceback
+
+import click
+
+from .._text import clean, json_text
+from .._version import __version__
+from ..errors import MptkitError
+
+_DEBUG_ENV = "MPTKIT_DEBUG"
+EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+#: address space torch needs to import and work: under ~650 MB its import aborts the process
+#: (std::bad_alloc, exit 134) or OpenBLAS exits it, before any Python code could catch anything
+TORCH_ADDRESS_SPACE = 1 << 30
+
+
+class _TorchGuard(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Refuses ``import torch`` with one sentence (exit 2) when the address-space limit
+    (``ulimit -v``, RLIMIT_AS) is too small for it. Only the import itself fails: an availability
+    check (``importlib.util.find_spec``) still finds a module, and commands that never import torch
+    (inspect, validate, derive exact, slice, ...) run under any limit."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch" or _address_space() >= TORCH_ADDRESS_SPACE:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        raise MptkitError(
+            f"this command needs torch, which needs about {TORCH_ADDRESS_SPACE >> 20} MB of address space, but the "
+            f"limit (ulimit -v, RLIMIT_AS) is {_address_space() >> 20} MB; raise it (e.g. ulimit -v unlimited)"
+        )
+
+    def exec_module(self, module):  # never reached: create_module refuses
+        raise ImportError("torch")
+
+
+def _address_space() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return (1 << 62) if soft == resource.RLIM_INFINITY else soft
+
+
+_GUARD = _TorchGuard()
+
+
+class _Group(click.Group):
+    """Runs a command; turns every way it can end into one exit status and one style of message."""
+
+    _json = False
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that handles the outcome itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            self._run(args, prog_name, complete_var, **extra)
+        except SystemExit as e:
+            if args is None:  # the process's own command line (the console script, python -m mptkit)
+                _leave(e.code)
+            raise
+
+    def _run(self, args, prog_name, complete_var, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        prog_name = prog_name or "mptkit"  # also under python -m mptkit
+        words = argv[: argv.index("--")] if "--" in argv else argv
+        self._json = "--json" in words
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as e:  # usage errors: our style, exit 2
+            self._debug_traceback(e, "--debug" in words)
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+            fail([e.format_message().rstrip(".") + hint], as_json=self._json)
+            sys.exit(EXIT_USER)
+        except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            fail([interrupted_sentence()], as_json=self._json, kind="interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MptkitError as e:
+            self._debug_traceback(e, _debug(ctx))
+            fail(e.problems, as_json=self._json)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except ImportError as e:  # a broken or partial install, or a library that cannot load here
+            self._debug_traceback(e, _debug(ctx))
+            what = e.name or "a module mptkit needs"
+            fail(
+                [
+                    f"cannot import {what} ({_one_line(e)}); reinstall it "
+                    "(pip install --force-reinstall mptkit, with torch installed first)"
+                ],
+                as_json=self._json,
+            )
+            ctx.exit(EXIT_USER)
+        except Exception as e:  # a bug, not the user's mistake
+            self._debug_traceback(e, _debug(ctx))
+            fail(
+                [
+                    f"internal error: {type(e).__name__}: {e} (a bug in mptkit; "
+                    + ("the traceback is above)" if _debug(ctx) else "run with --debug for the traceback)")
+                ],
+                as_json=self._json,
+            )
+            ctx.exit(EXIT_BUG)
+
+    @staticmethod
+    def _debug_traceback(e: BaseException, debug: bool) -> None:
+        if debug:
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+
+    def list_commands(self, ctx):
+        return list(self.commands)  # in the order they are defined, which is the order of the README
+
+
+def _leave(code) -> None:
+    """End the process now that the command is done: run the exit handlers, flush the streams and
+    exit without tearing the interpreter down, which costs 0.4-0.5 s once torch is imported (its
+    modules' finalisation; measured: ``python -c "import torch"`` takes 1.45 s, 0.9 s this way).
+    Without torch loaded, or for an exit status that is not a number, a normal exit."""
+    import atexit
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if "torch" not in sys.modules or run_handlers is None or not isinstance(code, (int, type(None))):
+        return
+    status = code or 0
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # as Python's own exit does when a stream cannot be flushed
+            status = status or 120
+    os._exit(status)
+
+
+def fail(problems, *, as_json: bool, kind: str = "error") -> None:
+    """Print problems as ``mptkit: error: ...`` lines on stderr, or with ``as_json`` as one JSON
+    object on stdout."""
+    problems = [str(p) for p in problems] or ["unknown error"]
+    if as_json:
+        emit_json({"error": problems[0], "problems": problems})
+        return
+    for line in problems:
+        prefix = "mptkit: error: " if kind == "error" else "mptkit: "
+        click.echo(clean(prefix + line), err=True)
+
+
+def interrupted_sentence() -> str:
+    """What Ctrl-C stopped: an output half-written (so not written), one completed, or nothing."""
+    atomic = sys.modules.get("mptkit.formats._atomic")
+    progress = dict(getattr(atomic, "progress", {}) or {})
+    writing = [p for p, state in progress.items() if state == "writing"]
+    written = [p for p, state in progress.items() if state == "written"]
+    if writing:
+        return f"interrupted: {writing[-1]} was not written (nothing there changed)"
+    if written:
+        return f"interrupted after {written[-1]} was completely written (the output is complete)"
+    return "interrupted before any output was written"
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def _debug(ctx) -> bool:
+    return bool((ctx.obj or {}).get("debug")) or os.environ.get(_DEBUG_ENV) == "1"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="mptkit")
+@click.option("--debug", is_flag=True, help="Also show the traceback of an error (exit statuses stay the same).")
+@click.pass_context
+def main(ctx, debug):
+    """Inspect, validate, derive, edit and share multitask prompt tuning (MPT) prompt banks.
+
+    A bank is a .safetensors file, a PEFT adapter folder, a .bin/.pt pickle (weights only), or
+    hf://owner/repo[@rev][/path]. An output ending in .safetensors is a bare state dict; one with no
+    suffix (or ending in /) is a PEFT adapter folder; other suffixes are refused.
+
+    Exit status: 0 success, 2 a user error (one line on stderr; JSON on stdout with --json), 130
+    interrupted, 1 a bug. Shell completion: eval "$(_MPTKIT_COMPLETE=bash_source mptkit)".
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+    if _GUARD not in sys.meta_path:
+        sys.meta_path.insert(0, _GUARD)
+    from .._progress import disable
+
+    disable(False)  # each command starts with bars on (where stderr is a terminal); --quiet/--json turn them off
+    if debug:
+        os.environ[_DEBUG_ENV] = "1"  # library code (hub transfers) keeps its logs too
+
+
+def _no_bars(ctx, param, value):
+    if value:
+        from .._progress import disable
+
+        disable()  # bars are for people at a terminal: never beside --json output, off with --quiet
+    return value
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, callback=_no_bars, help="Print JSON for scripts.")(f)
+
+
+def quiet_option(f):
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_no_bars,
+        help=("No progress bars (they are off anyway without a terminal, and with HF_HUB_DISABLE_PROGRESS_BARS=1)."),
+    )(f)
+
+
+def force_option(f):
+    return click.option(
+        "--force",
+        is_flag=True,
+        help=("Replace an existing output, if it is a bank (or an empty folder); anything else is never replaced."),
+    )(f)
+
+
+def output_options(f):
+    f = force_option(f)
+    f = click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(),
+        help=(
+            "Output: a path ending in .safetensors (bare state dict), or a folder without a suffix or ending "
+            "in / (PEFT adapter)."
+        ),
+    )(f)
+    return f
+
+
+def adapter_option(f):
+    """``--adapter NAME``, for every command that reads a bank: which adapter of an input that holds
+    several (a PEFT folder with named adapters, a state dict with several prompt encoders)."""
+    return click.option(
+        "--adapter",
+        metavar="NAME",
+        help=(
+            "Which adapter to read when an input holds several (a PEFT folder with named adapters, "
+            "a state dict with prompt_encoder.A and .B)."
+        ),
+    )(f)
+
+
+def echo_repairs(bank, output) -> None:
+    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
+    from ..formats import folder_repairs
+
+    fixed = folder_repairs(bank, output)
+    if fixed:
+        say(
+            f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+            f"without a source file or tokenizer: {'; '.join(fixed)}"
+        )
+
+
+def dtype_option(help: str):
+    from .._options import DTYPES
+
+    return click.option("--dtype", type=click.Choice(DTYPES), help=help)
+
+
+_TASKS_HELP = "Tasks: indices, ranges and names, e.g. 0,3,5-7 or sst2,mnli."
+
+
+def tasks_option(extra: str = "", required: bool = True):
+    return click.option("--tasks", required=required, help=_TASKS_HELP + (" " + extra if extra else ""))
+
+
+def config_options(f):
+    """The adapter_config.json fields (:data:`mptkit._options.CONFIG_FIELDS`) as options, collected
+    into one ``config`` dict argument for the API's ``config=``/``with_config``."""
+    import functools
+
+    from .._options import CONFIG_FIELDS, task_types
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        kwargs["config"] = {fd.key: kwargs.pop("cfg_" + fd.key) for fd in CONFIG_FIELDS}
+        return f(*args, **kwargs)
+
+    for fd in reversed(CONFIG_FIELDS):
+        if fd.key == "task_type":
+            opt = click.option(
+                fd.flag,
+                "cfg_" + fd.key,
+                metavar="[" + "|".join(task_types()) + "]",
+                help=fd.help,
+                callback=_checked(fd),
+            )
+        elif fd.kind is int:
+            opt = click.option(fd.flag, "cfg_" + fd.key, type=click.IntRange(fd.minimum, fd.maximum), help=fd.help)
+        else:
+            opt = click.option(fd.flag, "cfg_" + fd.key, help=fd.help)
+        wrapper = opt(wrapper)
+    return wrapper
+
+
+def _checked(field):
+    def callback(ctx, param, value):
+        try:
+            return field.check(value)
+        except MptkitError as e:
+            raise click.BadParameter(e.message) from None
+
+    return callback
+
+
+def limit_options(f):
+    """--timeout and --deadline for Hub transfers (:mod:`mptkit.hub._http`); without them the
+    environment variables and the API's defaults apply."""
+    from .._options import HUB_DEADLINE, HUB_TIMEOUT
+
+    f = click.option(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            f"Hub transfers: give up when they take longer than this in all (default {HUB_DEADLINE:g}, or "
+            "MPTKIT_HUB_DEADLINE)."
+        ),
+    )(f)
+    f = click.option(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            f"Hub transfers: give up on a server that sends less than 1 kB in this many seconds (default "
+            f"{HUB_TIMEOUT:g}, or MPTKIT_HUB_TIMEOUT)."
+        ),
+    )(f)
+    return f
+
+
+def emit_json(obj) -> None:
+    """``obj`` as JSON on stdout, with control characters escaped and tokens redacted."""
+    click.echo(json_text(obj))
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print ``text`` (one line or several), each line made safe by :func:`mptkit._text.clean`."""
+    for line in str(text).split("\n"):
+        click.echo(clean(line), err=err)
+
+
+def echo_lines(lines) -> None:
+    for line in lines:
+        say(line)

@@ -1,0 +1,65 @@
+"""``convert``."""
+
+from __future__ import annotations
+
+import click
+
+from ._app import (
+    adapter_option,
+    config_options,
+    dtype_option,
+    echo_repairs,
+    emit_json,
+    json_option,
+    main,
+    output_options,
+    say,
+)
+
+
+@main.command()
+@click.argument("src")
+@dtype_option("Cast the tensors (default: as stored, bit for bit).")
+@config_options
+@adapter_option
+@output_options
+@json_option
+def convert(src, dtype, config, adapter, output, force, as_json):
+    """Write any bank mptkit reads as a PEFT adapter folder or a bare .safetensors bank.
+
+    SRC may be a whole-model state dict (model.safetensors, torch.save of a PeftModel, a DeepSpeed
+    {"module": ...} pickle), a sharded folder, a prompt encoder's state dict, a Trainer checkpoint or
+    a folder of named adapters (--adapter NAME).
+
+    \b
+      mptkit convert run/checkpoint-500 -o bank/
+      mptkit convert model.safetensors --task-type CAUSAL_LM --num-virtual-tokens 10 -o bank/
+      mptkit convert mp_rank_00_model_states.pt --adapter default -o bank.safetensors
+    """
+    from .._convert import convert as run
+    from .._io import load, save
+    from ..formats import check_output
+
+    bank = load(src, adapter=adapter)
+    out = run(bank, dtype=dtype, config=config)
+    check_output(out, output, force=force)
+    path = save(out, output, force=force)
+    if as_json:
+        emit_json(
+            {
+                "output": str(path),
+                "from": bank.source.format,
+                "dtype": out.dtype,
+                "N": out.num_tokens,
+                "d": out.token_dim,
+                "num_tasks": out.num_tasks,
+                "r": out.rank,
+                "task_names": out.task_names,
+                "provenance": out.provenance[-1],
+            }
+        )
+        return
+    shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
+    what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
+    say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
+    echo_repairs(out, path)

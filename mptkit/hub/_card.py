@@ -1,0 +1,142 @@
+"""The model card (README.md) mptkit writes for a bank repo."""
+
+from __future__ import annotations
+
+from .._bank import PromptBank
+from .._version import __version__
+
+CARD_NAME = "README.md"
+
+
+# -- model card ----------------------------------------------------------------------------------
+_AUTO_CLASS = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+}
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> str:
+    """README.md for a bank repo: YAML front matter as PEFT writes it (``library_name: peft``,
+    ``base_model``, tags) and a body with the tasks, shapes, parameter counts, provenance and usage.
+    The text depends on the bank only, so pushing the same bank twice changes nothing."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .._info import summary
+
+    s = summary(bank)
+    cfg = bank.config or {}
+    base = cfg.get("base_model_name_or_path") or None
+    task_type = cfg.get("task_type")
+    tags = {"multitask-prompt-tuning", "mptkit", "transformers"}
+    if base:
+        tags.add(f"base_model:adapter:{base}")
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base,
+        tags=sorted(tags),
+        pipeline_tag="text-generation" if task_type == "CAUSAL_LM" else None,
+    )
+    T, N, d, r = s["num_tasks"], s["N"], s["d"], s["r"]
+    p = s["parameters"]
+    names = bank.names()
+    rev_arg = f', revision="{revision}"' if revision and revision != "main" else ""
+    at = f"@{revision}" if revision and revision != "main" else ""
+    lines = [
+        f"# {repo_id}",
+        "",
+        f"A multitask prompt tuning (MPT) prompt bank with {T} task(s) for PEFT's `MULTITASK_PROMPT_TUNING`: one "
+        "shared soft prompt and a rank-r factor pair per task; task k's prompt is "
+        "`prompt_embeddings * (prefix_task_cols[k] @ prefix_task_rows[k])`.",
+        "",
+        f"- Base model: {f'`{base}`' if base else 'not recorded'}",
+        f"- Task type: {task_type or 'not recorded'}",
+        f"- Uploaded with mptkit {__version__}",
+        "",
+        "## Tasks",
+        "",
+        "| task_ids | name |",
+        "| ---: | --- |",
+    ]
+    shown = 200
+    lines += [f"| {i} | {_cell(n) if bank.task_names else '(unnamed)'} |" for i, n in enumerate(names[:shown])]
+    if shown < T:
+        lines.append(f"| ... | {T - shown} more (see `mptkit inspect hf://{repo_id}`) |")
+    v, sub = s["num_virtual_tokens"], s["num_transformer_submodules"]
+    lines += [
+        "",
+        "## Shapes",
+        "",
+        "| tensor | shape | dtype |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{k}` | {list(t['shape'])} | {t['dtype']} |" for k, t in s["tensors"].items()]
+    lines += [
+        "",
+        f"N = {N} prompt rows"
+        + (f" ({v} virtual tokens x {sub} transformer submodule(s))" if v and sub else "")
+        + f", hidden size d = {d}, T = {T} tasks, rank r = {r}.",
+        "",
+        "## Parameters",
+        "",
+        f"- shared prompt: N x d = {p['shared']:,}",
+        f"- per task: N x r + r x d = {p['per_task']:,}",
+        f"- total: {p['total']:,}"
+        + (f" ({T} separate full prompts would hold {p['as_separate_prompts']:,})" if T else ""),
+        "",
+        "## Provenance",
+        "",
+    ]
+    if bank.provenance:
+        for i, e in enumerate(bank.provenance, 1):
+            args = ", ".join(f"{k}={val}" for k, val in (e.get("arguments") or {}).items())
+            srcs = ", ".join(
+                f"{x.get('name', '?')} (sha256 {str(x.get('sha256', ''))[:12]})" for x in e.get("sources") or []
+            )
+            ver = f" [mptkit {e['mptkit_version']}]" if e.get("mptkit_version") else ""
+            lines.append(
+                f"{i}. `{_cell(e.get('operation', '?'))}`"
+                + (f" {_cell(args)}" if args else "")
+                + (f" from {_cell(srcs)}" if srcs else "")
+                + ver
+            )
+    else:
+        lines.append("No provenance recorded (the bank was trained or saved outside mptkit).")
+    auto = _AUTO_CLASS.get(task_type, "AutoModel")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "With PEFT (every example needs its task's index, `task_ids`, from the table above):",
+        "",
+        "```python",
+        "import torch",
+        f"from transformers import {auto}",
+        "from peft import PeftModel",
+        "",
+        f'base = {auto}.from_pretrained("{base or "<the base model>"}")',
+        f'model = PeftModel.from_pretrained(base, "{repo_id}"{rev_arg})',
+        "outputs = model(**inputs, task_ids=torch.tensor([0]))  # one task index per example",
+        "```",
+        "",
+        "With [mptkit](https://pypi.org/project/mptkit/):",
+        "",
+        "```bash",
+        f"mptkit inspect hf://{repo_id}{at}",
+        f"mptkit pull {repo_id}{at} -o bank/",
+        f"mptkit derive hf://{repo_id}{at} --mode exact --task 0 -o task0-init.safetensors",
+        "```",
+        "",
+        "```python",
+        "import mptkit",
+        f'bank = mptkit.load("hf://{repo_id}{at}")',
+        "```",
+        "",
+    ]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)
