@@ -34,6 +34,7 @@ import os
 from . import _fit as fit, _progress as progress
 from ._bank import PromptBank
 from ._options import CONFIG_FIELDS, storage_dtype
+from ._peftfields import MPT, as_type, common_dialect, has_dialect
 from ._tables import Prompts
 from ._tensor import Array
 from ._version import __version__
@@ -48,7 +49,6 @@ COLUMN_BLOCK_BYTES = 32 << 20
 #: (exact recoveries took up to ~300 rounds on random banks: slow for tens of rounds, then geometric)
 SHARED_ROUNDS = 300
 SHARED_BUDGET = 600
-CONFIG_KEYS = tuple(f.key for f in CONFIG_FIELDS)
 POLISH_ROUNDS = 100
 
 
@@ -136,16 +136,23 @@ def decompose(
         "mptkit_version": __version__,
         "results": results,
     }
-    bank = PromptBank(tensors, list(prompts.names), None, [*(shared.provenance if shared else []), entry])
-    return bank.with_config(output_config(prompts, shared)).with_config(config)
+    cfg = output_config(prompts, shared)
+    bank = PromptBank(tensors, list(prompts.names), cfg, [*(shared.provenance if shared else []), entry])
+    return bank.with_config(config)
 
 
-def output_config(prompts: Prompts, shared: PromptBank | None = None) -> dict:
-    """The adapter_config.json fields the output gets from the prompts (and a ``shared`` bank)."""
-    found = {k: v for k, v in (prompts.config or {}).items() if k in CONFIG_KEYS and v is not None}
+def output_config(prompts: Prompts, shared: PromptBank | None = None) -> dict | None:
+    """The adapter_config.json the output starts from: the prompts' (as an MPT config, keeping the
+    fields their PEFT writes) and a ``shared`` bank's, restricted to the fields both have when both
+    are PEFT configs; or, without one, the fields a user may set that they carry."""
+    configs = [as_type(prompts.config, MPT), shared.config if shared is not None else None]
+    if any(has_dialect(c) for c in configs):
+        return common_dialect(c for c in configs if has_dialect(c))
+    user = {f.key for f in CONFIG_FIELDS}
+    found = {k: v for k, v in (prompts.config or {}).items() if k in user and v is not None}
     if shared is not None and shared.config:
-        found = {**{k: v for k, v in shared.config.items() if k in CONFIG_KEYS}, **found}
-    return found
+        found = {**{k: v for k, v in shared.config.items() if k in user}, **found}
+    return found or None
 
 
 def check_output(
@@ -157,6 +164,7 @@ def check_output(
     config: dict | None = None,
     force: bool = False,
     inputs=(),
+    peft_version: str | None = None,
 ) -> None:
     """Refuse, before any work, an output :func:`mptkit._io.save` would refuse for the bank
     :func:`decompose` makes (its shapes, with rank 1 standing in for ``"auto"``)."""
@@ -168,8 +176,8 @@ def check_output(
         "prefix_task_cols": Array("F32", (K, N, r), []),
         "prefix_task_rows": Array("F32", (K, r, d), []),
     }  # shapes only: nothing is read
-    stand_in = PromptBank(shape, None).with_config(output_config(prompts, shared)).with_config(config)
-    check(stand_in, output, force=force, inputs=tuple(inputs))
+    stand_in = PromptBank(shape, None, output_config(prompts, shared)).with_config(config)
+    check(stand_in, output, force=force, inputs=tuple(inputs), peft_version=peft_version)
 
 
 class _Data:

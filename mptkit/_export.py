@@ -26,13 +26,11 @@ from pathlib import Path
 from . import _numerics as numerics
 from ._bank import KEYS, PromptBank, select_tasks
 from ._options import storage_dtype
+from ._peftfields import PT
 from ._schema import META_PROVENANCE
 from ._tensor import Array
 from .errors import UsageError
 from .formats import _atomic as atomic, _peft as peft, _safetensors as st, _targets as targets
-
-#: adapter_config.json fields of MULTITASK_PROMPT_TUNING that PROMPT_TUNING does not have
-MPT_ONLY_FIELDS = ("num_ranks", "num_tasks", "prompt_tuning_init_state_dict_path", "prompt_tuning_init_task")
 
 
 @dataclass
@@ -44,6 +42,8 @@ class PromptTuningAdapter:
     provenance: list[dict] = field(default_factory=list)
     #: a task head PEFT saved beside the bank (modules_to_save), written back unchanged
     extras: dict[str, Array] = field(default_factory=dict)
+    #: the bank's config fields the config dropped (those the PEFT release written for lacks)
+    dropped: list[str] = field(default_factory=list)
 
 
 def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
@@ -61,29 +61,33 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
 
 
 def export(
-    bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None
+    bank: PromptBank,
+    task: int | str,
+    *,
+    dtype: str | None = None,
+    config: dict | None = None,
+    peft_version: str | None = None,
 ) -> PromptTuningAdapter:
     """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
     :data:`mptkit._options.DTYPES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
-    fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
+    fields (task_type, num_virtual_tokens, ...) for a bank that carries none. The adapter's config
+    has the fields the bank's PEFT writes for PROMPT_TUNING, or those of PEFT ``peft_version``."""
 
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
     stored = storage_dtype(dtype, "F32")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     bank = bank.with_config(config)
-    full = peft.complete_config(
+    full, dropped = peft.complete_config(
         bank.config,
         num_tokens=bank.num_tokens,
         token_dim=bank.token_dim,
         num_tasks=bank.num_tasks,
         num_ranks=bank.rank,
         where=bank.where,
+        peft_type=PT,
+        peft_version=peft_version,
     )
-    for key in MPT_ONLY_FIELDS:
-        full.pop(key, None)
-    full["peft_type"] = "PROMPT_TUNING"
-    full.setdefault("prompt_tuning_init_text", None)
     prompt = task_prompt(bank, k).to(numerics.torch_dtype(stored))
     args = {"task": k}
     if bank.task_names:
@@ -93,7 +97,7 @@ def export(
     entry = bank.provenance_entry(
         "export", args, reads=[bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
     )
-    return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras))
+    return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras), dropped)
 
 
 def save_adapter(
@@ -231,9 +235,11 @@ def export_adapters(
     config: dict | None = None,
     force: bool = False,
     inputs=(),
+    peft_version: str | None = None,
 ) -> dict:
     """One PEFT PROMPT_TUNING adapter per task of ``tasks``, in subfolders of ``path`` named by
-    task (``task<i>`` for an unnamed bank), with a ``tasks.json`` listing their order."""
+    task (``task<i>`` for an unnamed bank), with a ``tasks.json`` listing their order; their
+    configs as :func:`export` makes them."""
     from ._tables import MANIFEST
 
     if bank.shared_only:
@@ -241,22 +247,20 @@ def export_adapters(
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
     target = folder_target(path, force, inputs)
-    adapters = [export(bank, k, dtype=dtype, config=config) for k in idx]  # checks every task before writing
+    # checks every task before writing
+    adapters = [export(bank, k, dtype=dtype, config=config, peft_version=peft_version) for k in idx]
     with atomic.atomic_dir(target, replace=force) as tmp:
         for name, adapter in zip(names, adapters):
             (tmp / name).mkdir()
             _write_adapter(adapter, tmp / name)
         (tmp / MANIFEST).write_text(json.dumps({"tasks": names}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"written": [str(target)], "tasks": names, "provenance": adapters[0].provenance[-1] if adapters else None}
+    return {
+        "written": [str(target)],
+        "tasks": names,
+        "provenance": adapters[0].provenance[-1] if adapters else None,
+        **({"dropped": adapters[0].dropped} if adapters and adapters[0].dropped else {}),
+    }
 
 
 def _prompt_config(bank: PromptBank) -> dict:
-    keep = (
-        "task_type",
-        "num_virtual_tokens",
-        "num_transformer_submodules",
-        "base_model_name_or_path",
-        "num_layers",
-        "num_attention_heads",
-    )
-    return {k: bank.config[k] for k in keep if bank.config.get(k) is not None}
+    return peft.config_hints(bank.config)

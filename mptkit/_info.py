@@ -40,8 +40,23 @@ def summary(bank: PromptBank) -> dict:
         "metadata": bank.metadata,
         "provenance": bank.provenance,
         "notes": bank.notes,
+        **peft_releases(bank),
     }
     return out
+
+
+def peft_releases(bank: PromptBank) -> dict:
+    """Which PEFT releases load the bank: an adapter folder's config (``peft_versions``, see
+    :func:`mptkit._peftfields.loadable`), or a bare file as a source-task init file
+    (``init_file``, see :func:`mptkit._peftfields.init_file`)."""
+    from . import _peftfields as fields
+
+    if fields.has_dialect(bank.config):
+        return {"peft_versions": fields.loadable(bank.config)}
+    data = (bank.source.data_file or "") if bank.source else ""
+    if bank.source and bank.source.format in ("safetensors", "pickle"):  # PEFT reads the bare keys only
+        return {"init_file": fields.init_file(data.lower().endswith(".safetensors"))}
+    return {}
 
 
 #: bytes of factors read at a time, and of float64 prompt rows computed at a time, by value_stats

@@ -8,7 +8,7 @@ import os
 import re
 
 from ._bank import PromptBank
-from ._info import summary, value_stats
+from ._info import peft_releases, summary, value_stats
 from .errors import MptkitError
 from .formats import read, save
 
@@ -39,7 +39,9 @@ _REPO_SHAPE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./%-]+)?$"
 
 def validate(path: str | os.PathLike, values: bool = False, adapter: str | None = None) -> dict:
     """``{"path", "valid", "problems", "warnings", ...}`` for one path; never raises for a bad bank.
-    ``warnings`` say what PEFT would read or refuse when loading the adapter (the bank is valid)."""
+    ``warnings`` say what PEFT would read or refuse when loading the adapter (the bank is valid);
+    ``peft_versions`` which PEFT releases load an adapter folder, ``init_file`` which use a bare
+    file as an init file (:func:`mptkit._info.peft_releases`)."""
     try:
         bank = load(path, adapter=adapter)
     except MptkitError as e:  # an invalid bank, or one that cannot be fetched (hf://)
@@ -50,6 +52,7 @@ def validate(path: str | os.PathLike, values: bool = False, adapter: str | None 
         "problems": [],
         "kind": summary(bank)["kind"],
         "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")],
+        **peft_releases(bank),
     }
     if values:
         stats = value_stats(bank)

@@ -20,6 +20,7 @@ from ._combine import (
     output_rank,
 )
 from ._edit import _result, _take, check_names, default_names
+from ._peftfields import common_dialect
 from ._tensor import Array
 from .errors import IncompatibleBanks, UsageError
 
@@ -67,7 +68,8 @@ def merge(
         **({"rank": rank} if rank is not None else {}),
         **({"allow_mismatch": True} if allow_mismatch else {}),
     }
-    first = replace(banks[0], config=next((b.config for b in banks if b.config), None))
+    # the fields every source's PEFT writes (a 0.10 bank merged with a 0.21 one loads in 0.10)
+    first = replace(banks[0], config=common_dialect(b.config for b in banks))
     return _result(
         first, parts, names, "merge", args, banks, results, provenance=[e for b in banks for e in b.provenance]
     )

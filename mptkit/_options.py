@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from ._peftfields import OPTIONS
 from ._tensor import DTYPE_BY_NAME
 from .errors import UsageError
 
@@ -76,21 +77,10 @@ class ConfigField:
         return value
 
 
-#: the config fields a user can supply (``config=`` in the API, these flags in the CLI)
-CONFIG_FIELDS: tuple[ConfigField, ...] = (
-    ConfigField(
-        "task_type", "--task-type", "PEFT task type, needed for an adapter folder when the source has no config."
-    ),
-    ConfigField("num_virtual_tokens", "--num-virtual-tokens", "Virtual tokens per submodule.", int, 1),
-    ConfigField(
-        "num_transformer_submodules",
-        "--num-transformer-submodules",
-        "1 (causal LM) or 2 (seq2seq: encoder and decoder halves).",
-        int,
-        1,
-        2,
-    ),
-    ConfigField("base_model_name_or_path", "--base-model", "base_model_name_or_path for the adapter config."),
+#: the config fields a user can supply (``config=`` in the API, these flags in the CLI): the rows of
+#: :data:`mptkit._peftfields.FIELDS` that say how a user sets them
+CONFIG_FIELDS: tuple[ConfigField, ...] = tuple(
+    ConfigField(key, o.flag, o.help, o.kind, o.minimum, o.maximum) for key, o in OPTIONS
 )
 
 

@@ -71,6 +71,14 @@ def summary_text(s: dict) -> str:
             + (f" from {srcs}" if srcs else "")
             + (f" [mptkit {e['mptkit_version']}]" if e.get("mptkit_version") else ""),
         )
+    if s.get("peft_versions"):
+        from ._peftfields import loadable_text
+
+        row("loads in", loadable_text(s["peft_versions"]))
+    if s.get("init_file"):
+        from ._peftfields import init_file_text
+
+        row("as init file", init_file_text(s["init_file"]) + " (prompt_tuning_init_state_dict_path)")
     for n in s["notes"]:
         row("note", n)
     if "values" in s:

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _peftfields as peftfields
 from ._bank import Source
 from ._schema import META_PROVENANCE, META_TASK_NAMES
 from ._tensor import Array
@@ -125,7 +126,8 @@ class Prompts:
     arrays: list[Array]
     names: list[str]
     sources: list[Source]
-    #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...)
+    #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...; every field
+    #: of a PROMPT_TUNING config, so that a bank made from them keeps the fields their PEFT writes)
     config: dict | None = None
     where: list[str] = field(default_factory=list)
 
@@ -192,11 +194,11 @@ def read_prompts(paths) -> Prompts:
             out.names.append(n)
             out.where.append(os.fspath(path))
         out.sources += source
-        configs.append(config)
+        configs.append(peftfields.as_type(config, peftfields.PT))  # a bank's config as its PEFT writes a prompt's
     if not out.arrays:
         raise UsageError("no prompts given: name PROMPT_TUNING adapter folders or prompt tables")
     known = [c for c in configs if c]
-    out.config = {k: v for k, v in known[0].items() if all(c.get(k) == v for c in known)} if known else None
+    out.config = {k: v for k, v in known[0].items() if all(k in c and c[k] == v for c in known)} if known else None
     return out
 
 
@@ -299,16 +301,8 @@ def _read_adapter(p: Path, name: str):
             f"{p}: adapter_config.json says {v} virtual tokens x {s} submodule(s) = {v * s} rows, "
             f"but 'prompt_embeddings' has {arr.shape[0]}"
         )
-    keep = (
-        "task_type",
-        "num_virtual_tokens",
-        "num_transformer_submodules",
-        "base_model_name_or_path",
-        "num_layers",
-        "num_attention_heads",
-        "token_dim",
-    )
-    return [arr], [name], [Source(str(p), "peft-adapter", str(data), size)], {k: config.get(k) for k in keep}
+    # the whole config: an MPT bank made from these prompts keeps the fields their PEFT writes
+    return [arr], [name], [Source(str(p), "peft-adapter", str(data), size)], dict(config)
 
 
 def _read_npy(p: Path):

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mptkit"
 LAYERS = [
     "mptkit._version",
     "mptkit.errors",
+    "mptkit._peftfields",
     "mptkit._text",
     "mptkit._progress",
     "mptkit._strictjson",

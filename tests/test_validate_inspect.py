@@ -65,9 +65,13 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     d = tensors["prompt_embeddings"].shape[1]
     assert (T, N, r, d) == (3, 5 * S, 2, 24)
 
+    # a folder: which PEFT releases load its config (PEFT 0.21 wrote it: modules_to_save, peft_version)
+    loads = [] if bare else ["  loads in PEFT 0.18.0 and later (needs peft_version 0.18.0, modules_to_save 0.17.0, "]
     for args in ((), ("--values",)):
         res = cli("validate", *args, path)
-        assert res.exit_code == 0 and res.stdout == f"{path}: valid (bank)\n" and res.stderr == ""
+        lines = res.stdout.splitlines()
+        assert res.exit_code == 0 and lines[0] == f"{path}: valid (bank)" and res.stderr == ""
+        assert [x[: len(y)] for x, y in zip(lines[1:], loads)] == loads and len(lines) == 1 + len(loads)
 
     res = cli("inspect", "--json", path)
     assert res.exit_code == 0, res.stderr
@@ -149,7 +153,7 @@ def test_inspect_lists_names_metadata_and_provenance(cli, tmp_path):
     text = cli("inspect", p).stdout
     assert "task names       0:sst2, 1:mnli, 2:qa" in text
     assert "metadata         trained_by=me, z=\\x1b[2Jgone\\nline" in text  # no terminal escapes
-    assert "\x1b" not in text and len(text.splitlines()) == 12
+    assert "\x1b" not in text and len(text.splitlines()) == 13  # the last: which PEFT releases read it as init file
     assert "provenance       1. slice tasks=0-2 from big.safetensors (abababababab) [mptkit 0.1.0]" in text
 
 
@@ -647,9 +651,12 @@ def test_validate_several_paths_mixed(cli, tmp_path, peft_banks, example_bank):
     bad2 = tmp_path / "missing-folder"
     r = cli("validate", good1, bad1, example_bank, bad2, good2)
     assert r.exit_code == 2
-    assert r.stdout.splitlines() == [
+    loads = "  loads in PEFT 0.18.0 and later"  # the two folders (PEFT 0.21 wrote them); not the bare file
+    assert [x[: len(loads)] if x.startswith("  ") else x for x in r.stdout.splitlines()] == [
         f"{good1}: valid (bank)",
+        loads,
         f"{example_bank}: valid (bank)",
+        loads,
         f"{good2}: valid (bank)",
     ]
     assert r.stderr.splitlines() == [

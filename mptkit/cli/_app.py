@@ -245,7 +245,33 @@ def force_option(f):
     )(f)
 
 
+def _peft_release(ctx, param, value):
+    if value is None:
+        return None
+    from .._peftfields import check_version
+
+    try:
+        return check_version(value)
+    except MptkitError as e:
+        raise click.BadParameter(e.message.removeprefix("--peft-version ")) from None
+
+
+def peft_version_option(f):
+    """``--peft-version X``, for every command that writes an adapter folder: the folder's
+    adapter_config.json has exactly the fields PEFT X writes (:mod:`mptkit._peftfields`)."""
+    return click.option(
+        "--peft-version",
+        metavar="X.Y.Z",
+        callback=_peft_release,
+        help=(
+            "Write the adapter folder's config as PEFT X.Y.Z writes it (its fields only; the others are dropped "
+            "and listed). Default: the fields the source's config has (or, without one, the installed PEFT's)."
+        ),
+    )(f)
+
+
 def output_options(f):
+    f = peft_version_option(f)
     f = force_option(f)
     f = click.option(
         "-o",
@@ -273,16 +299,25 @@ def adapter_option(f):
     )(f)
 
 
-def echo_repairs(bank, output) -> None:
-    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
+def echo_repairs(bank, output, peft_version: str | None = None) -> None:
+    """Say what an adapter-folder output's config had to lose so that PEFT loads it: a source
+    initialisation's fields, and the fields PEFT ``peft_version`` does not know."""
     from ..formats import folder_repairs
 
     fixed = folder_repairs(bank, output)
+    config = os.path.join(os.fspath(output), "adapter_config.json")
     if fixed:
-        say(
-            f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
-            f"without a source file or tokenizer: {'; '.join(fixed)}"
-        )
+        say(f"  repaired {config} so that PEFT loads it without a source file or tokenizer: {'; '.join(fixed)}")
+    if peft_version and os.path.isdir(output):
+        from ..formats import folder_config
+
+        echo_dropped(config, folder_config(bank, peft_version=peft_version)[1], peft_version)
+
+
+def echo_dropped(config, dropped, peft_version) -> None:
+    """Say which fields an output's config dropped for PEFT ``peft_version``."""
+    if dropped:
+        say(f"  wrote {config} for PEFT {peft_version}: dropped {', '.join(dropped)} (PEFT {peft_version} lacks them)")
 
 
 def dtype_option(help: str):

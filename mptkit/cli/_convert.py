@@ -24,17 +24,19 @@ from ._app import (
 @adapter_option
 @output_options
 @json_option
-def convert(src, dtype, config, adapter, output, force, as_json):
+def convert(src, dtype, config, adapter, output, force, peft_version, as_json):
     """Write any bank mptkit reads as a PEFT adapter folder or a bare .safetensors bank.
 
     SRC may be a whole-model state dict (model.safetensors, torch.save of a PeftModel, a DeepSpeed
     {"module": ...} pickle), a sharded folder, a prompt encoder's state dict, a Trainer checkpoint or
-    a folder of named adapters (--adapter NAME).
+    a folder of named adapters (--adapter NAME). With --peft-version X an adapter folder is
+    rewritten with the config PEFT X writes (the tensors keep their bytes).
 
     \b
       mptkit convert run/checkpoint-500 -o bank/
       mptkit convert model.safetensors --task-type CAUSAL_LM --num-virtual-tokens 10 -o bank/
       mptkit convert mp_rank_00_model_states.pt --adapter default -o bank.safetensors
+      mptkit convert bank/ --peft-version 0.13.2 -o bank-peft0.13/
     """
     from .._convert import convert as run
     from .._io import load, save
@@ -42,8 +44,8 @@ def convert(src, dtype, config, adapter, output, force, as_json):
 
     bank = load(src, adapter=adapter)
     out = run(bank, dtype=dtype, config=config)
-    check_output(out, output, force=force)
-    path = save(out, output, force=force)
+    check_output(out, output, force=force, peft_version=peft_version)
+    path = save(out, output, force=force, peft_version=peft_version)
     if as_json:
         emit_json(
             {
@@ -62,4 +64,4 @@ def convert(src, dtype, config, adapter, output, force, as_json):
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
     what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
     say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
-    echo_repairs(out, path)
+    echo_repairs(out, path, peft_version)

@@ -8,6 +8,7 @@ from ._app import (
     adapter_option,
     config_options,
     dtype_option,
+    echo_dropped,
     echo_lines,
     echo_repairs,
     emit_json,
@@ -15,6 +16,7 @@ from ._app import (
     json_option,
     main,
     output_options,
+    peft_version_option,
     quiet_option,
     say,
 )
@@ -39,7 +41,7 @@ from ._app import (
 @adapter_option
 @output_options
 @json_option
-def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, output, force, as_json):
+def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, output, force, peft_version, as_json):
     """Derive a new task's starting point from SRC, as PEFT's own initialisation would.
 
     \b
@@ -53,9 +55,9 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     from ..formats import check_output
 
     bank = load(src, adapter=adapter)
-    check_output(bank.with_config(config), output, force=force)  # before the arithmetic
+    check_output(bank.with_config(config), output, force=force, peft_version=peft_version)  # before the arithmetic
     out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
-    path = save(out, output, force=force)  # out keeps the source: save protects it
+    path = save(out, output, force=force, peft_version=peft_version)  # out keeps the source: save protects it
     entry = out.provenance[-1]
     if as_json:
         emit_json(
@@ -74,7 +76,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
         )
         return
     say(derive_report(out, path, src))
-    echo_repairs(bank.with_config(config), path)
+    echo_repairs(bank.with_config(config), path, peft_version)
 
 
 @main.command()
@@ -93,6 +95,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 @dtype_option("Stored dtype (default float32, as PEFT computes; .npy tables: float32 or float16).")
 @config_options
 @adapter_option
+@peft_version_option
 @force_option
 @click.option(
     "-o",
@@ -103,7 +106,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 )
 @quiet_option
 @json_option
-def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, as_json):
+def export(src, task, tasks, all_, half, dtype, config, adapter, peft_version, output, force, as_json):
     """Write tasks' full prompts: one task as a plain PEFT PROMPT_TUNING adapter folder; several as a
     prompt table for serving engines, one row per task, or a folder of adapters.
 
@@ -130,7 +133,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
         folder_target(output, force, input_paths(bank))  # before the arithmetic
-        result = run(bank, task, dtype=dtype, config=config)
+        result = run(bank, task, dtype=dtype, config=config, peft_version=peft_version)
         path = save_adapter(result, output, force=force, inputs=input_paths(bank))
         entry = result.provenance[-1]
         if as_json:
@@ -147,11 +150,18 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
             )
             return
         say(export_report(result, path, src))
+        echo_dropped(path / "adapter_config.json", result.dropped, peft_version)
         return
     sel = "all" if all_ else tasks
     if kind == "folder":
         report = export_adapters(
-            bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank)
+            bank.with_config(config),
+            sel,
+            output,
+            dtype=dtype,
+            force=force,
+            inputs=input_paths(bank),
+            peft_version=peft_version,
         )
     else:
         report = export_table(
@@ -161,6 +171,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
         emit_json(report)
         return
     say(table_report(report, src))
+    echo_dropped(f"{output.rstrip('/')}/*/adapter_config.json", report.get("dropped"), peft_version)
 
 
 @main.command()
@@ -180,7 +191,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
 @output_options
 @quiet_option
 @json_option
-def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, force, as_json):
+def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, force, peft_version, as_json):
     """Turn single-task prompts into one MPT bank: a shared prompt and per-task factors.
 
     PROMPTS are PEFT PROMPT_TUNING adapter folders (task names from the folder names), folders of
@@ -204,9 +215,11 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
     source = read_prompts(prompts)
     base = load(shared) if shared else None
     inputs = [*prompts, *(input_paths(base) if base else [])]
-    check_output(source, output, rank_, shared=base, config=config, force=force, inputs=inputs)  # before the work
+    check_output(
+        source, output, rank_, shared=base, config=config, force=force, inputs=inputs, peft_version=peft_version
+    )  # before the work
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
-    save(bank, output, force=force, inputs=inputs)
+    save(bank, output, force=force, inputs=inputs, peft_version=peft_version)
     results = bank.provenance[-1]["results"]
     if as_json:
         emit_json(
@@ -223,3 +236,4 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
         )
         return
     echo_lines(edit_report(bank, output))
+    echo_repairs(bank, output, peft_version)

@@ -36,26 +36,32 @@ _MISMATCH_HELP = (
 )
 
 
-def _check_out(bank, output, force, sources, config) -> None:
+def _check_out(bank, output, force, sources, config, peft_version=None) -> None:
     """Refuse the output before any work (existing, not a bank, the input, unwritable, a folder whose
     config is incomplete)."""
     from .._bank import input_paths
     from ..formats import check_output
 
-    check_output(bank.with_config(config), output, force=force, inputs=tuple(input_paths(*sources)))
+    check_output(
+        bank.with_config(config),
+        output,
+        force=force,
+        inputs=tuple(input_paths(*sources)),
+        peft_version=peft_version,
+    )
 
 
-def _edit_one(src, adapter, output, force, as_json, config, operation) -> None:
+def _edit_one(src, adapter, output, force, as_json, config, operation, peft_version=None) -> None:
     """The one-bank edits: read ``src``, refuse the output before the work, apply ``operation``
     (bank -> bank), write and report."""
     from .._io import load
 
     bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    _save_edit(operation(bank), output, force, [bank], as_json, config, [src])
+    _check_out(bank, output, force, [bank], config, peft_version)
+    _save_edit(operation(bank), output, force, [bank], as_json, config, [src], peft_version)
 
 
-def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None:
+def _save_edit(bank, output, force, sources, as_json, config, labels=(), peft_version=None) -> None:
     """Write an edited bank (with the --task-type/... ``config`` fields, for a folder output from a
     bare file) and say what was written and what the operation found, naming the sources by
     ``labels`` (what the user typed)."""
@@ -64,7 +70,7 @@ def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None
     from .._render import edit_report
 
     bank = bank.with_config(config)
-    save(bank, output, force=force, inputs=input_paths(*sources))
+    save(bank, output, force=force, inputs=input_paths(*sources), peft_version=peft_version)
     if as_json:
         entry = bank.provenance[-1] if bank.provenance else {}
         emit_json(
@@ -81,7 +87,7 @@ def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None
         )
         return
     echo_lines(edit_report(bank, output, labels))
-    echo_repairs(bank, output)
+    echo_repairs(bank, output, peft_version)
 
 
 @main.command()
@@ -92,7 +98,7 @@ def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None
 @adapter_option
 @output_options
 @json_option
-def rename(src, pairs, names, config, adapter, output, force, as_json):
+def rename(src, pairs, names, config, adapter, output, force, peft_version, as_json):
     """Rename tasks (OLD is an index or a name), or name them all with --names."""
     from .. import _edit as edit
     from ..errors import UsageError
@@ -110,6 +116,7 @@ def rename(src, pairs, names, config, adapter, output, force, as_json):
         as_json,
         config,
         lambda bank: edit.set_names(bank, names) if names else edit.rename(bank, [p.split("=", 1) for p in pairs]),
+        peft_version,
     )
 
 
@@ -120,11 +127,11 @@ def rename(src, pairs, names, config, adapter, output, force, as_json):
 @adapter_option
 @output_options
 @json_option
-def slice_(src, tasks, config, adapter, output, force, as_json):
+def slice_(src, tasks, config, adapter, output, force, peft_version, as_json):
     """Keep only the listed tasks (their bytes are copied unchanged)."""
     from .. import _edit as edit
 
-    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.slice_tasks(bank, tasks))
+    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.slice_tasks(bank, tasks), peft_version)
 
 
 @main.command()
@@ -134,11 +141,11 @@ def slice_(src, tasks, config, adapter, output, force, as_json):
 @adapter_option
 @output_options
 @json_option
-def remove(src, tasks, config, adapter, output, force, as_json):
+def remove(src, tasks, config, adapter, output, force, peft_version, as_json):
     """Drop the listed tasks (the others' bytes are copied unchanged)."""
     from .. import _edit as edit
 
-    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.remove_tasks(bank, tasks))
+    _edit_one(src, adapter, output, force, as_json, config, lambda bank: edit.remove_tasks(bank, tasks), peft_version)
 
 
 @main.command()
@@ -160,7 +167,19 @@ def remove(src, tasks, config, adapter, output, force, as_json):
 @quiet_option
 @json_option
 def merge(
-    banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json
+    banks,
+    dtype,
+    rename_duplicates,
+    refit,
+    max_error,
+    rank_,
+    allow_mismatch,
+    config,
+    adapter,
+    output,
+    force,
+    peft_version,
+    as_json,
 ):
     """Concatenate the tasks of two or more banks (same N and d, task type, base model and
     submodules; smaller ranks are zero-padded to --rank, default the largest).
@@ -173,7 +192,8 @@ def merge(
 
     _merge.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
     loaded = [load(b, adapter=adapter) for b in banks]
-    _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)  # merge's config
+    first = next((b for b in loaded if b.config), loaded[0])  # merge's config
+    _check_out(first, output, force, loaded, config, peft_version)
     out = _merge.merge(
         loaded,
         dtype=dtype,
@@ -183,7 +203,7 @@ def merge(
         rank=rank_,
         allow_mismatch=allow_mismatch,
     )
-    _save_edit(out, output, force, loaded, as_json, config, banks)
+    _save_edit(out, output, force, loaded, as_json, config, banks, peft_version)
 
 
 @main.command()
@@ -206,7 +226,23 @@ def merge(
 @output_options
 @quiet_option
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json):
+def add(
+    src,
+    name,
+    init,
+    seed,
+    from_,
+    refit,
+    max_error,
+    rank_,
+    allow_mismatch,
+    config,
+    adapter,
+    output,
+    force,
+    peft_version,
+    as_json,
+):
     """Append one task, initialised from the bank itself or taken from another bank (--from)."""
     from .. import _merge
     from .._io import load
@@ -222,7 +258,7 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         other_path, task = split_task_ref(from_)
         other = load(other_path, adapter=adapter)
     sources = [b for b in (bank, other) if b is not None]
-    _check_out(bank, output, force, sources, config)
+    _check_out(bank, output, force, sources, config, peft_version)
     out = _merge.add_task(
         bank,
         name,
@@ -235,7 +271,8 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         rank=rank_,
         allow_mismatch=allow_mismatch,
     )
-    _save_edit(out, output, force, sources, as_json, config, [src] + ([other_path] if other_path else []))
+    labels = [src] + ([other_path] if other_path else [])
+    _save_edit(out, output, force, sources, as_json, config, labels, peft_version)
 
 
 def split_task_ref(ref: str):
@@ -263,15 +300,14 @@ def split_task_ref(ref: str):
 @output_options
 @quiet_option
 @json_option
-def rank(src, rank_, max_error, config, adapter, output, force, as_json):
+def rank(src, rank_, max_error, config, adapter, output, force, peft_version, as_json):
     """Change the factors' rank: larger zero-pads (exact); smaller fits each task (errors reported)."""
     from .. import _edit as edit
     from .._fit import check_rank
 
     check_rank(rank_, max_error)  # before loading anything
-    _edit_one(
-        src, adapter, output, force, as_json, config, lambda bank: edit.change_rank(bank, rank_, max_error=max_error)
-    )
+    change = lambda bank: edit.change_rank(bank, rank_, max_error=max_error)
+    _edit_one(src, adapter, output, force, as_json, config, change, peft_version)
 
 
 @main.command()

@@ -15,7 +15,8 @@ from ._app import adapter_option, emit_json, fail, json_option, limit_options, m
 @adapter_option
 @json_option
 def validate(paths, values, adapter, as_json):
-    """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any)."""
+    """Check that every PATH is a valid prompt bank; list every problem (exit 2 if any). For an
+    adapter folder, say which PEFT releases load its config."""
     from .._io import validate as run
 
     reports = [run(p, values=values, adapter=adapter) for p in paths]
@@ -27,6 +28,10 @@ def validate(paths, values, adapter, as_json):
                 say(f"mptkit: warning: {line}", err=True)
             if r["valid"]:
                 say(f"{r['path']}: valid ({r['kind']})")
+                if r.get("peft_versions"):
+                    from .._peftfields import loadable_text
+
+                    say(f"  loads in {loadable_text(r['peft_versions'])}")
             else:
                 fail(r["problems"], as_json=False)
     if not all(r["valid"] for r in reports):

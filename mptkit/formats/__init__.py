@@ -13,13 +13,23 @@ import json
 import os
 from pathlib import Path
 
+from .. import _peftfields as fields
 from .._bank import KEYS, PromptBank, input_paths
 from .._schema import META_CONFIG, META_PROVENANCE, META_TASK_NAMES
 from ..errors import InvalidBank, OutputError
 from . import _atomic as atomic, _peft as peft, _safetensors as st, _targets as targets
 from ._read import PICKLE_SUFFIXES, from_header, read
 
-__all__ = ["PICKLE_SUFFIXES", "from_header", "read", "save", "check_output", "metadata_for", "folder_repairs"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "from_header",
+    "read",
+    "save",
+    "check_output",
+    "metadata_for",
+    "folder_repairs",
+    "folder_config",
+]
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -33,6 +43,21 @@ def folder_repairs(bank: PromptBank, path: str | os.PathLike) -> list[str]:
     """What saving ``bank`` as an adapter folder at ``path`` changes in its config so that PEFT
     loads it (RANDOM init, no init path, no stale TEXT fields); empty for a ``.safetensors`` output."""
     return [] if is_file_output(path) else peft.repairs(bank.config)
+
+
+def folder_config(bank: PromptBank, *, peft_version: str | None = None) -> tuple[dict, list[str]]:
+    """The adapter_config.json an adapter folder of ``bank`` gets, and the fields of the bank's
+    config it drops (those PEFT ``peft_version`` does not know): see
+    :func:`mptkit._peftfields.build_config`."""
+    return peft.complete_config(
+        bank.config,
+        num_tokens=bank.num_tokens,
+        token_dim=bank.token_dim,
+        num_tasks=max(bank.num_tasks, 1),
+        num_ranks=bank.rank or 1,
+        where=bank.where,
+        peft_version=peft_version,
+    )
 
 
 def metadata_for(bank: PromptBank, *, with_config: bool) -> dict[str, str]:
@@ -88,27 +113,41 @@ def _target(bank: PromptBank, path, force: bool, inputs) -> tuple[Path, bool]:
     return target, folder
 
 
-def check_output(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> None:
+def check_output(
+    bank: PromptBank,
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    inputs: tuple = (),
+    peft_version: str | None = None,
+) -> None:
     """Refuse an output that :func:`save` would refuse, before any work is done: a path that is not
     a ``.safetensors`` file or a folder, a Hub reference, an existing output without ``force`` (or,
     with it, one that is not a bank), the working directory, an input (``inputs``, or a file
     ``bank`` reads), a file where a folder is wanted (and the reverse), a folder that cannot be
-    written, or a folder whose adapter config cannot be completed from ``bank.config``."""
+    written, or a folder whose adapter config cannot be completed from ``bank.config`` (or
+    ``peft_version`` is not a PEFT release mptkit writes for)."""
+    if peft_version is not None:
+        fields.check_version(peft_version)
     _, folder = _target(bank, path, force, inputs)
     if folder:
-        peft.complete_config(
-            bank.config,
-            num_tokens=bank.num_tokens,
-            token_dim=bank.token_dim,
-            num_tasks=max(bank.num_tasks, 1),
-            num_ranks=bank.rank or 1,
-            where=bank.where,
-        )
+        folder_config(bank, peft_version=peft_version)
 
 
-def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()) -> Path:
+def save(
+    bank: PromptBank,
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    inputs: tuple = (),
+    peft_version: str | None = None,
+) -> Path:
     """Write ``bank`` to ``path``: a bare ``.safetensors`` state dict, or else a PEFT adapter folder.
-    ``inputs`` are paths that must not be overwritten (the sources). Returns the path written."""
+    ``inputs`` are paths that must not be overwritten (the sources). A folder's adapter_config.json
+    keeps the fields of the bank's own config (so the PEFT that wrote the source loads it), or, with
+    ``peft_version``, has exactly the fields that PEFT release writes. Returns the path written."""
+    if peft_version is not None:
+        fields.check_version(peft_version)
     target, folder = _target(bank, path, force, inputs)
     tensors = {k: bank.tensors[k] for k in KEYS if k in bank.tensors}
     if not folder:
@@ -120,15 +159,7 @@ def save(bank: PromptBank, path: str | os.PathLike, *, force: bool = False, inpu
             f"{target}: an adapter folder needs task factors, but this bank holds only the shared prompt "
             "(write a .safetensors file, or give --num-tasks to add fresh factors)"
         )
-    where = bank.where
-    config = peft.complete_config(
-        bank.config,
-        num_tokens=bank.num_tokens,
-        token_dim=bank.token_dim,
-        num_tasks=bank.num_tasks,
-        num_ranks=bank.rank,
-        where=where,
-    )
+    config, _ = folder_config(bank, peft_version=peft_version)
     with atomic.atomic_dir(target, replace=force) as tmp:
         with open(tmp / peft.SAFETENSORS_NAME, "xb") as f:
             st.write(f, {**tensors, **bank.extras}, metadata_for(bank, with_config=False))

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import _peftfields as fields
 from ..errors import UsageError
 from ._checkpoints import read_json_file
 
@@ -14,77 +15,33 @@ CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 
-#: what PEFT's MultitaskPromptTuningConfig writes when nothing else is known
-PEFT_DEFAULTS: dict = {
-    "auto_mapping": None,
-    "base_model_name_or_path": None,
-    "inference_mode": True,
-    "modules_to_save": None,
-    "num_attention_heads": None,
-    "num_layers": None,
-    "num_ranks": 1,
-    "num_tasks": 1,
-    "num_transformer_submodules": None,
-    "num_virtual_tokens": None,
-    "peft_type": "MULTITASK_PROMPT_TUNING",
-    "prompt_tuning_init": "RANDOM",
-    "prompt_tuning_init_state_dict_path": None,
-    "prompt_tuning_init_task": 0,
-    "prompt_tuning_init_text": None,
-    "revision": None,
-    "task_type": None,
-    "token_dim": None,
-    "tokenizer_kwargs": None,
-    "tokenizer_name_or_path": None,
-}
-
 #: PEFT's configs are ~1 kB; more than this is not one
 MAX_CONFIG_BYTES = 1_000_000
 #: the initialisations that make PEFT read prompt_tuning_init_state_dict_path at every load
 SOURCE_INITS = ("AVERAGE_SOURCE_TASKS", "EXACT_SOURCE_TASK", "ONLY_SOURCE_SHARED")
-#: what an adapter mptkit writes says about its initialisation: it needs no file and no tokenizer
-#: to load (a stale TEXT field makes PEFT's config refuse itself, e.g. tokenizer_kwargs without TEXT)
-CLEAN_INIT = {
-    "prompt_tuning_init": "RANDOM",
-    "prompt_tuning_init_state_dict_path": None,
-    "prompt_tuning_init_task": 0,
-    "prompt_tuning_init_text": None,
-    "tokenizer_name_or_path": None,
-    "tokenizer_kwargs": None,
-}
-
-#: the config fields a bare file keeps in its ``mptkit.config`` metadata
-HINT_FIELDS = (
-    "task_type",
-    "num_virtual_tokens",
-    "num_transformer_submodules",
-    "base_model_name_or_path",
-    "num_layers",
-    "num_attention_heads",
-)
-
-
-def peft_version() -> str | None:
-    from importlib import metadata  # here, not at the top: ~20 ms that inspect and validate never need
-
-    try:
-        return metadata.version("peft")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def config_hints(config: Mapping | None) -> dict:
     """The fields of ``config`` worth carrying in a bare file's metadata."""
-    return {k: config[k] for k in HINT_FIELDS if config and config.get(k) is not None}
+    return {k: config[k] for k in fields.HINT_FIELDS if config and config.get(k) is not None}
 
 
 def complete_config(
-    config: Mapping | None, *, num_tokens: int, token_dim: int, num_tasks: int, num_ranks: int, where: str
-) -> dict:
-    """An adapter_config.json for these shapes: PEFT's defaults, the known fields, the shapes, and
-    ``prompt_tuning_init: RANDOM`` with no init path (so the adapter never re-reads a source file)."""
-    cfg = dict(PEFT_DEFAULTS)
-    cfg.update(config or {})
+    config: Mapping | None,
+    *,
+    num_tokens: int,
+    token_dim: int,
+    num_tasks: int,
+    num_ranks: int,
+    where: str,
+    peft_type: str = fields.MPT,
+    peft_version: str | None = None,
+) -> tuple[dict, list[str]]:
+    """An adapter_config.json for these shapes, and the fields of ``config`` it dropped: the
+    fields :func:`mptkit._peftfields.build_config` keeps or adds (the source's own, or those of PEFT
+    ``peft_version``), the shapes, and ``prompt_tuning_init: RANDOM`` with no init path (so the
+    adapter never re-reads a source file). ``peft_type`` PROMPT_TUNING: one task's full prompt."""
+    cfg = dict(config or {})
     task_type = cfg.get("task_type")
     v, s = cfg.get("num_virtual_tokens"), cfg.get("num_transformer_submodules")
     if s is None and v is not None and task_type is not None:
@@ -107,27 +64,24 @@ def complete_config(
             f"num_virtual_tokens x num_transformer_submodules = {v} x {s} = {v * s}, but the prompt has "
             f"N = {num_tokens} rows ({where})"
         )
-    cfg.update(
-        num_virtual_tokens=v,
-        num_transformer_submodules=s,
-        token_dim=token_dim,
-        num_tasks=num_tasks,
-        num_ranks=num_ranks,
-        peft_type="MULTITASK_PROMPT_TUNING",
-        inference_mode=True,
-        **CLEAN_INIT,
-    )
-    version = peft_version()
-    if version and "peft_version" not in (config or {}):
-        cfg["peft_version"] = version
-    return cfg
+    required = {
+        "peft_type": peft_type,
+        "task_type": task_type,
+        "num_virtual_tokens": v,
+        "num_transformer_submodules": s,
+        "token_dim": token_dim,
+        "inference_mode": True,  # what save_pretrained writes
+    }
+    if peft_type == fields.MPT:
+        required.update(num_tasks=num_tasks, num_ranks=num_ranks)
+    return fields.build_config(config, required, peft_version)
 
 
 def repairs(config: Mapping | None) -> list[str]:
     """What :func:`complete_config` changes in ``config`` so that PEFT loads the adapter without a
     source file or a tokenizer: one phrase per field (empty when nothing needed repair)."""
     out = []
-    for key, clean in CLEAN_INIT.items():
+    for key, clean in fields.CLEAN_INIT.items():
         if (
             config
             and key in config
@@ -142,7 +96,8 @@ def load_time_warnings(config, folder: str) -> list[str]:
     """What PEFT reads, or refuses, when it loads an adapter with this config: the
     prompt_tuning_init_state_dict_path that a source initialisation re-reads at every load (and
     whether it exists, checked with stat only: mptkit never reads it), the tokenizer a TEXT
-    initialisation loads for training, and the TEXT fields PEFT's config refuses."""
+    initialisation loads for training, the TEXT fields PEFT's config refuses, and the fields the
+    PEFT release named by the config's own ``peft_version`` does not know."""
     if not isinstance(config, dict):
         return []
     init, path = config.get("prompt_tuning_init"), config.get("prompt_tuning_init_state_dict_path")
@@ -177,6 +132,7 @@ def load_time_warnings(config, folder: str) -> list[str]:
             )
     elif config.get("tokenizer_kwargs"):
         out.append(f"tokenizer_kwargs is set but prompt_tuning_init is {init}: PEFT refuses to load this adapter")
+    out += fields.version_warnings(config)
     return [f"warning: {folder}: {w}" for w in out]
 
 
