@@ -1,4 +1,4 @@
-"""Every command as a user expects (issue 13): output paths, compatible merges, honest messages,
+"""Every command as a user expects: output paths, compatible merges, honest messages,
 one error style and exit status. CLI runs that matter are subprocesses (`python -m mptkit`), with
 the exact exit status and the sentence's key words."""
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import one_error, peft_load, peft_model, random_bank, run_mptkit, save_peft_bank, write_bank
 
 import mptkit
+from tests.support import ROOT
+from tests.support.banks import peft_load, peft_model, random_bank, save_peft_bank, write_bank
+from tests.support.commands import one_error, run_mptkit
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bank"
 
 

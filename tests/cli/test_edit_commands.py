@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from bankutil import full_prompts, load_tensors, loaded_modules, peft_load, random_bank, save_peft_bank, write_bank
 
 import mptkit
 from mptkit import load, save
 from mptkit._tensor import Array
+from tests.support.banks import full_prompts, load_tensors, peft_load, random_bank, save_peft_bank, write_bank
+from tests.support.commands import loaded_modules
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """Behaviour does not drift: every command run on the example bank gives the bytes and the report it
-gave when this file was recorded (``tests/golden/example_bank.json``).
+gave when this file was recorded (``tests/cli/golden/example_bank.json``).
 
 Each case runs the real ``mptkit`` command line in-process, in a fresh folder holding a copy of the
 example bank, and compares: the exit status, what it printed (stdout and stderr), and the sha256 of
 every file it wrote. A deliberate change of behaviour re-records the file
-(``python tests/test_golden.py --record``) and says why in its commit.
+(``python -m tests.cli.test_golden --record``) and says why in its commit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "example_bank.json"
 
 #: (name, command lines run in order in one folder); the last line's outputs are recorded

@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from bankutil import random_bank, run_on_terminal as on_terminal
+
+from tests.support.banks import random_bank
+from tests.support.commands import run_on_terminal as on_terminal
 
 BAR = re.compile(r"rank: +\d+%\|")
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import error_lines, loaded_modules, random_bank, run_mptkit, write_bank
 from safetensors.torch import load_file, save_file
+
+from tests.support.banks import random_bank, write_bank
+from tests.support.commands import error_lines, loaded_modules, run_mptkit
 
 KINDS = {"seq2seq": ("SEQ_2_SEQ_LM", 2), "causal": ("CAUSAL_LM", 1)}
 ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

@@ -1,4 +1,4 @@
-"""Every checkpoint form users have (issue 10), made with the real PEFT, transformers' Trainer and
+"""Every checkpoint form users have, made with the real PEFT, transformers' Trainer and
 accelerate on tiny models: whole-model state dicts (torch.save of a PeftModel, accelerate's
 save_model, sharded), wrapped pickles (DeepSpeed's {"module": ...}, {"state_dict": ...},
 {"model": ...}, under DDP/torch.compile/FSDP prefixes), get_peft_model_state_dict, a prompt
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import peft_model, run_mptkit, tiny_base_model
 from safetensors.torch import load_file, save_file
 
 import mptkit
+from tests.support.banks import peft_model, tiny_base_model
+from tests.support.commands import run_mptkit
 
 KIND_OPTS = {
     "seq2seq": ["--task-type", "SEQ_2_SEQ_LM", "--num-virtual-tokens", "5"],

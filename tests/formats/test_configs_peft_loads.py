@@ -1,4 +1,4 @@
-"""Configs PEFT cannot load (issue 10, item 3): validate and inspect warn about what PEFT reads at
+"""Configs PEFT cannot load: validate and inspect warn about what PEFT reads at
 load time (an init state dict path, a tokenizer) and about TEXT fields PEFT's config refuses; every
 adapter folder mptkit writes loads in PEFT (RANDOM init, null path, no stale TEXT fields) and the
 command says what it repaired."""
@@ -10,8 +10,10 @@ import shutil
 
 import pytest
 import torch
-from bankutil import run_mptkit, tiny_base_model
 from safetensors.torch import load_file
+
+from tests.support.banks import tiny_base_model
+from tests.support.commands import run_mptkit
 
 STALE = {
     "prompt_tuning_init": "EXACT_SOURCE_TASK",

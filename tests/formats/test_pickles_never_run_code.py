@@ -1,4 +1,4 @@
-"""Nothing runs from a file (issue 7, item 5).
+"""Nothing runs from a file.
 
 Malicious pickles whose unpickling would run a shell command (``os.system("touch MARKER")``) or
 Python code (``exec``/``eval``), plainly or by tricks: nested in containers and next to real
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import random_bank, save_peft_bank
-from relutil import writing_commands
 
 import mptkit
+from tests.support.banks import random_bank, save_peft_bank
+from tests.support.commands import writing_commands
 
 MARKERS: list[Path] = []
 
@@ -314,7 +314,7 @@ def test_marker_mechanism_works(tmp_path):
 def test_safe_pickles_still_load(tmp_path):
     """Plain tensor pickles (zip and legacy) are read: the refusals above are not a blanket no."""
     src = random_bank(tmp_path / "b.safetensors", T=2)
-    from bankutil import load_tensors
+    from tests.support.banks import load_tensors
 
     t = load_tensors(src)
     torch.save(t, tmp_path / "zip.pt")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import DTYPES, random_bank, sha256_tree, tiny_base_model
 from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -18,6 +17,8 @@ from mptkit._tensor import Array
 from mptkit.errors import InvalidBank, OutputError
 from mptkit.formats import _safetensors as stf
 from mptkit.formats._atomic import TMP_MARK
+from tests.support.banks import DTYPES, random_bank, tiny_base_model
+from tests.support.files import sha256_tree
 
 KINDS = {"seq2seq": ("SEQ_2_SEQ_LM", 2), "causal": ("CAUSAL_LM", 1)}
 ST_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

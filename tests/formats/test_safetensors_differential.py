@@ -1,4 +1,4 @@
-"""Everything safetensors refuses, mptkit refuses (issue 12, item 6): a differential test of mptkit's
+"""Everything safetensors refuses, mptkit refuses: a differential test of mptkit's
 header reader against safetensors' own parser (``safetensors.deserialize``, the Rust code PEFT
 loads through) on thousands of fuzzed files. The set of files mptkit accepts is inside the set
 safetensors accepts, and where both accept they read the same tensors and metadata.

@@ -1,7 +1,6 @@
 """The JSON Schemas in schemas/ and the cross-shape rules of mptkit._schema."""
 
 import json
-from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -15,8 +14,7 @@ from mptkit._schema import (
     config_shape_problems,
     cross_shape_problems,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def t(dtype, *shape):
@@ -297,9 +295,8 @@ def test_messages_stay_short_for_huge_values():
 
 def test_a_name_of_non_ascii_digits_is_a_name_not_an_index():
     """Regression: "²".isdigit() is True but int("²") fails; such a name crashed task selection."""
-    from bankutil import memory_bank
-
     from mptkit import select_tasks
+    from tests.support.banks import memory_bank
 
     assert check_metadata({"mptkit.task_names": json.dumps(["a", "²", "c"])}) == []
     bank = memory_bank(T=3, names=["a", "²", "c"])

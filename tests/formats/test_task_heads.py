@@ -1,11 +1,11 @@
 """Classification / QA adapters: PEFT saves the task head (modules_to_save) beside the bank."""
 
 import torch
-from bankutil import load_tensors
 from peft import MultitaskPromptTuningConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
 import mptkit
+from tests.support.banks import load_tensors
 
 
 def _base():

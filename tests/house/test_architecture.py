@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mptkit"
+from tests.support import ROOT
+
+PACKAGE = ROOT / "mptkit"
 
 #: every module, lowest first: a module may import only modules listed before it
 LAYERS = [
@@ -109,7 +111,7 @@ def _imports(name: str, path: Path) -> set[str]:
 
 def test_every_module_has_a_place_in_the_layers():
     missing = sorted(set(_modules()) - set(LAYERS))
-    assert not missing, f"add these modules to LAYERS in tests/test_architecture.py: {missing}"
+    assert not missing, f"add these modules to LAYERS in tests/house/test_architecture.py: {missing}"
 
 
 def test_no_module_imports_upwards_so_there_is_no_circle():

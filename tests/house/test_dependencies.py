@@ -1,4 +1,4 @@
-"""Honest dependencies (issue 10): every module mptkit imports at run time, at the top of a module or
+"""Honest dependencies: every module mptkit imports at run time, at the top of a module or
 inside a function, is the standard library, mptkit itself, or a declared dependency; optional ones
 only from an extra and behind a clear message; and every declared runtime dependency is used.
 (.ci/bare_install.py proves the same by running every command in an install without the test
@@ -10,11 +10,11 @@ import ast
 import re
 import sys
 from importlib.metadata import packages_distributions
-from pathlib import Path
 
 import tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 #: declared but not imported by name, with the reason
 USED_INDIRECTLY = {"numpy": "torch's Tensor.numpy(), the bridge to tensor bytes (torch does not depend on numpy)"}

@@ -11,11 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from bankutil import run_mptkit
 
 import mptkit
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.commands import run_mptkit
 
 
 @pytest.fixture(scope="module")

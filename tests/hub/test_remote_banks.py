@@ -1,7 +1,7 @@
-"""Remote banks at any size (issue 15): an ``hf://`` bank is read by byte ranges, so an operation
+"""Remote banks at any size: an ``hf://`` bank is read by byte ranges, so an operation
 moves only the bytes it needs. The real huggingface_hub client talks to the loopback server of
-tests/hubserver.py, which counts the bytes it sends; the bank is a 1 GB sparse file (8,000 tasks,
-N=128, d=32,768, r=1), served from disk. Each bound is the one the issue sets: header + N x d x 4 +
+tests/fakehub, which counts the bytes it sends; the bank is a 1 GB sparse file (8,000 tasks,
+N=128, d=32,768, r=1), served from disk. Each bound is the one the design sets: header + N x d x 4 +
 the tasks' rows of both factors + 64 kB, and each result equals the same operation on the local
 copy, bit for bit."""
 
@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hubserver import Blob, sparse_bank
+
+from tests.fakehub import Blob, git_blob_sha1
+from tests.support import ROOT
+from tests.support.banks import sparse_bank
 
 T, N, R, D = 8_000, 128, 1, 32_768
 FILLED = (0, 3, 5, 7, 6_000)
@@ -27,7 +30,7 @@ def big(tmp_path_factory):
     folder.mkdir()
     names = [f"t{i:05d}" for i in range(T)]
     layout = sparse_bank(folder / "adapter_model.safetensors", T=T, N=N, r=R, d=D, filled=FILLED, seed=3, names=names)
-    cfg = json.loads((Path(__file__).parent.parent / "examples" / "bank" / "adapter_config.json").read_text())
+    cfg = json.loads((ROOT / "examples" / "bank" / "adapter_config.json").read_text())
     cfg.update(
         num_tasks=T, num_ranks=R, token_dim=D, num_virtual_tokens=N, num_transformer_submodules=1, task_type="CAUSAL_LM"
     )
@@ -49,7 +52,7 @@ def bound(big, tasks: int) -> int:
 
 
 def _tensors(path):
-    from bankutil import load_tensors
+    from tests.support.banks import load_tensors
 
     return load_tensors(path)
 
@@ -229,7 +232,7 @@ def test_a_truncated_range_is_one_sentence_and_caches_nothing(hub, cli, remote, 
     assert "adapter_model.safetensors" in r.stderr and "connection broke after byte" in r.stderr
     assert not (tmp_path / "d.safetensors").exists()
     blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--owner--bank" / "blobs"
-    assert [p.name for p in blobs.iterdir()] == [__import__("hubserver").git_blob_sha1(remote["config"])]
+    assert [p.name for p in blobs.iterdir()] == [git_blob_sha1(remote["config"])]
     # cut short once, then whole: the retry resumes and the result is right
     hub.clear()
     hub.fault("truncate", path=WEIGHTS, method="GET", keep=1000, times=1)
@@ -291,7 +294,7 @@ def _in_a_terminal(argv, env) -> tuple[int, str]:
     """Run ``python -m mptkit ARGV`` on a pseudo-terminal; (exit status, what it showed)."""
     import sys
 
-    from bankutil import run_on_terminal
+    from tests.support.commands import run_on_terminal
 
     code, _, shown = run_on_terminal([sys.executable, "-m", "mptkit", *argv], env, stdout_too=True, cols=120)
     return code, shown

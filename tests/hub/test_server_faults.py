@@ -1,11 +1,11 @@
-"""Hub faults (issue 7, item 6), against the loopback server of tests/hubserver.py.
+"""Hub faults, against the loopback server of tests/fakehub.
 
 While the bank's files download (``pull``, and any command reading an ``hf://`` reference) the
 server truncates bodies, announces a wrong Content-Length, sends garbage, answers 500/503 or drops
 the connection; while a bank uploads (``push``) it fails the same ways. Each time: one clear
 sentence, exit 2, no output written, the local input unchanged, the remote repo unchanged; and no
 poisoned cache: a later pull (online, and offline from the cache) yields exactly the served bytes.
-Names with ``..`` in a listing are refused by every command. (tests/test_hub.py covers faults on the
+Names with ``..`` in a listing are refused by every command. (tests/hub/test_transfers.py covers faults on the
 repo lookup and pull's own messages.)
 """
 
@@ -16,8 +16,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bankutil import one_error, sha256_tree
-from relutil import TMP_MARK
+
+from tests.support.commands import one_error
+from tests.support.files import TMP_MARK, sha256_tree
 
 DOWNLOAD_FAULTS = [
     ("truncate", {"keep": 100}),
@@ -179,7 +180,7 @@ def test_push_faults_change_nothing(hub, cli, peft_banks, tmp_path, endpoint, ki
 
 @pytest.mark.parametrize("name", ["../evil.safetensors", "a/../../evil.safetensors", "/etc/evil.safetensors"])
 def test_escaping_names_are_refused_by_every_command(hub, cli, tmp_path, name, monkeypatch):
-    from bankutil import random_bank
+    from tests.support.banks import random_bank
 
     data = random_bank(tmp_path / "b.safetensors", T=2).read_bytes()
     hub.commit("owner/evil", {name: data})
@@ -202,9 +203,8 @@ def test_escaping_names_are_refused_by_every_command(hub, cli, tmp_path, name, m
 
 def test_a_failed_download_then_a_good_one_reads_the_right_values(hub, cli, served, tmp_path):
     """After a truncated download, the tensors read through hf:// are the served ones, value for value."""
-    from bankutil import load_tensors
-
     import mptkit
+    from tests.support.banks import load_tensors
 
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / "adapter_model.safetensors").write_bytes(served["adapter_model.safetensors"])
@@ -250,7 +250,7 @@ def test_same_size_garbage_is_caught_and_not_cached(hub, cli, served, tmp_path):
 def test_a_failing_download_prints_one_sentence_in_a_real_process(hub, served, tmp_path):
     """In a real process the client's own retry log ("Error while downloading ... Trying to
     resume", once per retry) would reach stderr beside mptkit's sentence; it is held back."""
-    from bankutil import run_mptkit
+    from tests.support.commands import run_mptkit
 
     hub.fault("truncate", path=r"adapter_model\.safetensors$", method="GET", times=None)
     r = run_mptkit("pull", "owner/bank", "-o", tmp_path / "out", env={"HF_HUB_DISABLE_PROGRESS_BARS": "1"})

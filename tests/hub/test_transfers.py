@@ -1,5 +1,5 @@
-"""Hub transfers (issue 5): the real huggingface_hub client against the loopback server in
-tests/hubserver.py (fixture ``hub``), with a fresh HF cache per test."""
+"""Hub transfers: the real huggingface_hub client against the loopback server in
+tests/fakehub (fixture ``hub``), with a fresh HF cache per test."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bankutil import load_tensors, one_error, random_bank, run_mptkit
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.banks import load_tensors, random_bank
+from tests.support.commands import one_error, run_mptkit
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -67,8 +68,9 @@ def test_push_then_pull_round_trips_byte_for_byte(hub, cli, pushed, tmp_path):
 
 def test_pulled_adapter_loads_in_peft_with_the_same_weights(hub, cli, pushed, tmp_path):
     import torch
-    from bankutil import tiny_base_model
     from peft import PeftModel
+
+    from tests.support.banks import tiny_base_model
 
     out = tmp_path / "pulled"
     assert cli("pull", "owner/bank", "-o", out).exit_code == 0
@@ -382,7 +384,7 @@ def test_pull_refuses_an_existing_output_without_force(hub, cli, pushed, tmp_pat
     (out / "keep.txt").write_text("mine")
     assert "already exists" in _one_error(cli("pull", "owner/bank", "-o", out))
     assert (out / "keep.txt").read_text() == "mine"
-    # --force replaces only a bank or an empty folder (issue 12, item 9): keep.txt is not a bank's file
+    # --force replaces only a bank or an empty folder: keep.txt is not a bank's file
     assert "not part of a bank" in _one_error(cli("pull", "owner/bank", "-o", out, "--force"))
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
@@ -426,7 +428,7 @@ def test_offline_answers_from_a_filled_cache(hub, cli, pushed, tmp_path):
 
 # -- the module itself ----------------------------------------------------------------------------
 def test_huggingface_hub_is_imported_only_for_hub_work():
-    from bankutil import loaded_modules
+    from tests.support.commands import loaded_modules
 
     code, mods = loaded_modules("inspect", "examples/bank", cwd=ROOT)
     assert code == 0 and "huggingface_hub" not in mods, mods
@@ -489,7 +491,7 @@ def test_parse_ref_refuses(text, why):
 
 def test_progress_bars_only_on_a_terminal_and_not_with_quiet(hub, cli, pushed, tmp_path):
     """The client's own bars: shown on a terminal, off with --quiet, off without a terminal."""
-    from bankutil import run_on_terminal
+    from tests.support.commands import run_on_terminal
 
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
 

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from bankutil import full_prompts, memory_bank, random_bank, run_mptkit
 
 import mptkit
 from mptkit import _numerics as numerics
@@ -18,6 +17,8 @@ from mptkit._derive import derive
 from mptkit._info import value_stats
 from mptkit._schema import check
 from mptkit._similarity import similarity
+from tests.support.banks import full_prompts, memory_bank, random_bank
+from tests.support.commands import run_mptkit
 
 
 # -- provenance ----------------------------------------------------------------------------------

@@ -7,22 +7,15 @@ import shutil
 
 import pytest
 import torch
-from bankutil import (
-    DTYPES,
-    load_tensors,
-    loaded_modules,
-    peft_model,
-    random_bank,
-    run_mptkit,
-    sha256_tree,
-    tiny_base_model,
-)
 
 import mptkit
 from mptkit import _numerics as numerics
 from mptkit._derive import derive
 from mptkit._numerics import fresh_factors
 from mptkit.errors import UsageError
+from tests.support.banks import DTYPES, load_tensors, peft_model, random_bank, tiny_base_model
+from tests.support.commands import loaded_modules, run_mptkit
+from tests.support.files import sha256_tree
 
 INIT = {"exact": "EXACT_SOURCE_TASK", "average": "AVERAGE_SOURCE_TASKS", "shared": "ONLY_SOURCE_SHARED"}
 KINDS = ("seq2seq", "causal")

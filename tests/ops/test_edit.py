@@ -1,28 +1,16 @@
-"""The editing API (mptkit._edit, mptkit._similarity) on small banks in memory and on disk."""
-
-import json
-import sys
+"""The editing API (names, slice, remove, rank, add) on small banks in memory and on disk."""
 
 import pytest
 import torch
-from bankutil import full_prompts, memory_bank, peft_load, random_bank, save_peft_bank
 
 import mptkit
 from mptkit import load, save
-from mptkit._similarity import plot_heatmap, similarity
 from mptkit.errors import IncompatibleBanks, UsageError
+from tests.support.banks import full_prompts, memory_bank, peft_load, random_bank, save_peft_bank, task_bytes
 
 
 def raw(bank, key):
     return bytes(bank.tensors[key].read())
-
-
-def task_bytes(bank, k):
-    return (
-        raw(bank, "prompt_embeddings"),
-        bytes(bank.tensors["prefix_task_cols"].rows([k]).read()),
-        bytes(bank.tensors["prefix_task_rows"].rows([k]).read()),
-    )
 
 
 # -- names ---------------------------------------------------------------------------------------
@@ -113,113 +101,6 @@ def test_selection_refusals(op, spec, words):
         fn(bank, spec)
 
 
-# -- merge ---------------------------------------------------------------------------------------
-def test_merge_concatenates_bytes_and_provenance(tmp_path):
-    a = load(random_bank(tmp_path / "a.safetensors", T=2, names=["a0", "a1"], seed=1))
-    pe = a.tensors["prompt_embeddings"].to_torch()
-    b0 = memory_bank(T=3, N=6, d=8, pe=pe, names=["b0", "b1", "b2"], seed=2)
-    b = mptkit.rename(b0, {"b2": "bz"})
-    m = mptkit.merge([a, b])
-    assert m.task_names == ["a0", "a1", "b0", "b1", "bz"]
-    assert [e["operation"] for e in m.provenance] == ["rename", "merge"]
-    assert [s["name"] for s in m.provenance[-1]["sources"]] == ["a.safetensors"]  # b lives in memory
-    for k in range(2):
-        assert task_bytes(m, k) == task_bytes(a, k)
-    for k in range(3):
-        assert task_bytes(m, 2 + k) == task_bytes(b, k)
-
-
-def test_merge_pads_smaller_ranks_exactly():
-    a = memory_bank(T=2, r=1, seed=1)
-    b = memory_bank(T=2, r=3, seed=2, pe=a.tensors["prompt_embeddings"].to_torch())
-    m = mptkit.merge([a, b])
-    assert m.rank == 3
-    cols = m.tensors["prefix_task_cols"].to_torch()
-    assert torch.equal(cols[:2, :, :1], a.tensors["prefix_task_cols"].to_torch())
-    assert not cols[:2, :, 1:].any() and not m.tensors["prefix_task_rows"].to_torch()[:2, 1:].any()
-    torch.testing.assert_close(full_prompts(m)[:2], full_prompts(a), rtol=0, atol=0)
-
-
-def test_merge_refuses_different_n_and_d():
-    a = memory_bank(N=4, d=6)
-    with pytest.raises(IncompatibleBanks, match=r"prompt length N differs \(bank 1 has N=4, bank 2 has N=5\)"):
-        mptkit.merge([a, memory_bank(N=5, d=6)])
-    with pytest.raises(IncompatibleBanks, match="N differs .*; hidden size d differs .*d=6, bank 2 has d=7"):
-        mptkit.merge([a, memory_bank(N=5, d=7)])
-
-
-def test_merge_refuses_different_submodule_split():
-    seq = {"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 2, "num_transformer_submodules": 2}
-    causal = {"task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "num_transformer_submodules": 1}
-    a = memory_bank(N=4, config=seq)
-    b = memory_bank(N=4, config=causal, pe=a.tensors["prompt_embeddings"].to_torch())
-    with pytest.raises(IncompatibleBanks, match="2 virtual tokens x 2 submodule"):
-        mptkit.merge([a, b])
-
-
-def test_merge_dtypes_need_dtype_and_convert():
-    a = memory_bank(T=1, dtype=torch.float32, seed=1)
-    b = memory_bank(T=1, dtype=torch.bfloat16, seed=2, pe=a.tensors["prompt_embeddings"].to_torch())
-    with pytest.raises(IncompatibleBanks, match="different dtypes \\(bank 1 F32, bank 2 BF16\\); give --dtype"):
-        mptkit.merge([a, b])
-    m = mptkit.merge([a, b], dtype="bfloat16")
-    assert m.dtype == "BF16" and m.tensors["prefix_task_cols"].dtype == "BF16"
-    assert torch.equal(m.tensors["prefix_task_rows"].to_torch()[1], b.tensors["prefix_task_rows"].to_torch()[0])
-
-
-def test_merge_refuses_differing_shared_prompts_with_how_much():
-    a = memory_bank(T=1, seed=1)
-    pe = a.tensors["prompt_embeddings"].to_torch().clone()
-    pe[0, 0] += 0.5
-    b = memory_bank(T=1, seed=2, pe=pe)
-    with pytest.raises(
-        IncompatibleBanks,
-        match=r"shared prompts differ.*1 of 24 values differ; max abs difference 0\.5, "
-        r"relative difference .*--refit",
-    ):
-        mptkit.merge([a, b])
-
-
-@pytest.mark.parametrize("scale", ["token", "channel"])
-def test_refit_is_exact_for_a_per_token_or_channel_scale(scale):
-    a = memory_bank(T=2, N=5, d=7, r=2, seed=1, dtype=torch.float64)
-    pe = a.tensors["prompt_embeddings"].to_torch()
-    s = torch.linspace(0.5, 2.0, 5)[:, None] if scale == "token" else torch.linspace(-2.0, 3.0, 7)[None, :]
-    b = memory_bank(T=3, N=5, d=7, r=2, seed=2, pe=pe * s, dtype=torch.float64)
-    m = mptkit.merge([a, b], refit=True)
-    torch.testing.assert_close(full_prompts(m)[2:], full_prompts(b), rtol=1e-10, atol=1e-12)
-    assert torch.equal(full_prompts(m)[:2], full_prompts(a))
-    errors = m.provenance[-1]["results"]["refit"]
-    assert sorted(errors) == ["2", "3", "4"] and all(e["relative_error"] < 1e-12 for e in errors.values())
-
-
-def test_refit_reports_errors_and_max_error_refuses():
-    a = memory_bank(T=1, N=6, d=8, r=1, seed=1)
-    b = memory_bank(T=2, N=6, d=8, r=1, seed=2)  # an unrelated shared prompt: no exact refit at rank 1
-    m = mptkit.merge([a, b], refit=True)
-    errs = [e["relative_error"] for e in m.provenance[-1]["results"]["refit"].values()]
-    assert all(0.01 < e < 1.0 for e in errs)
-    with pytest.raises(IncompatibleBanks, match="relative error .* above --max-error 0.001"):
-        mptkit.merge([a, b], refit=True, max_error=0.001)
-
-
-def test_merge_duplicate_names():
-    a = mptkit.set_names(memory_bank(T=2, seed=1), "x,y")
-    b = mptkit.set_names(memory_bank(T=2, seed=1), "y,x-2")
-    with pytest.raises(IncompatibleBanks, match="task names clash: 'y' in bank 1, bank 2.*--rename-duplicates"):
-        mptkit.merge([a, b])
-    m = mptkit.merge([a, b, a], rename_duplicates=True)
-    assert m.task_names == ["x", "y", "y-2", "x-2", "x-3", "y-3"]
-    assert m.provenance[-1]["results"]["renamed"]["2"] == {"from": "y", "to": "y-2"}
-
-
-def test_merge_of_named_and_unnamed_names_the_unnamed():
-    a = mptkit.set_names(memory_bank(T=1, seed=1), "x")
-    m = mptkit.merge([a, memory_bank(T=2, seed=1)])
-    assert m.task_names == ["x", "task1", "task2"]
-    assert mptkit.merge([memory_bank(T=1), memory_bank(T=1)]).task_names is None
-
-
 # -- rank ----------------------------------------------------------------------------------------
 def test_rank_pad_then_truncate_is_bit_exact():
     b = mptkit.set_names(memory_bank(T=3, N=6, d=8, r=2, dtype=torch.bfloat16), "a,b,c")
@@ -292,7 +173,7 @@ def test_rank_refuses_bad_values():
 
 # -- add -----------------------------------------------------------------------------------------
 def test_add_average_matches_peft_average_source_tasks(tmp_path, peft_banks):
-    from bankutil import peft_model
+    from tests.support.banks import peft_model
 
     folder = peft_banks("seq2seq")
     bank = load(folder)
@@ -360,68 +241,6 @@ def test_add_refusals():
         mptkit.add_task(bank, "c", init="exact:zz")
     with pytest.raises(UsageError, match="not allowed"):
         mptkit.add_task(bank, "c,d", init="average")
-
-
-# -- similarity ----------------------------------------------------------------------------------
-def test_similarity_is_the_cosine_of_full_prompts():
-    bank = memory_bank(T=4, seed=4)
-    cols = bank.tensors["prefix_task_cols"].to_torch().clone()
-    rows = bank.tensors["prefix_task_rows"].to_torch().clone()
-    cols[3], rows[3] = cols[0] * -2.5, rows[0]  # task 3 = task 0 scaled by a negative number
-    from mptkit._tensor import Array
-
-    bank.tensors["prefix_task_cols"] = Array.from_torch(cols)
-    bank.tensors["prefix_task_rows"] = Array.from_torch(rows)
-    res = similarity(bank)
-    full = full_prompts(bank).reshape(4, -1)
-    expect = torch.nn.functional.cosine_similarity(full[:, None], full[None, :], dim=-1)
-    torch.testing.assert_close(torch.tensor(res["matrix"], dtype=torch.float64), expect)
-    assert res["matrix"][0][3] == pytest.approx(-1.0) and res["tasks"] == ["0", "1", "2", "3"]
-    sub = similarity(bank, "3,1")
-    assert sub["indices"] == [3, 1] and sub["matrix"][0][1] == pytest.approx(res["matrix"][3][1])
-    json.dumps(res, allow_nan=False)
-
-
-def test_similarity_of_a_zero_prompt_is_none():
-    bank = memory_bank(T=3, seed=4)
-    cols = bank.tensors["prefix_task_cols"].to_torch().clone()
-    cols[1] = 0
-    from mptkit._tensor import Array
-
-    bank.tensors["prefix_task_cols"] = Array.from_torch(cols)
-    res = similarity(bank)
-    assert res["matrix"][1] == [None, None, None] and res["nearest"][1] is None
-    assert res["nearest"][0]["task"] == "2"
-
-
-def test_similarity_in_blocks_matches(monkeypatch):
-    import mptkit._similarity as sim
-
-    bank = memory_bank(T=7, seed=6)
-    whole = similarity(bank)["matrix"]
-    per = 4 * bank.num_tokens * bank.token_dim
-    for rows, cols, inner in ((1, 1, 5), (3 * per, 2 * per, 7), (2 * per, 1, 1 << 16)):
-        monkeypatch.setattr(sim, "ROW_BLOCK_BYTES", rows)
-        monkeypatch.setattr(sim, "COL_BLOCK_BYTES", cols)
-        monkeypatch.setattr(sim, "INNER", inner)
-        torch.testing.assert_close(torch.tensor(similarity(bank)["matrix"]), torch.tensor(whole), rtol=1e-6, atol=1e-7)
-
-
-def test_plot_heatmap(tmp_path):
-    pytest.importorskip("matplotlib")
-    res = similarity(mptkit.set_names(memory_bank(T=3), "a,b,c"))
-    out = tmp_path / "h.png"
-    plot_heatmap(res, out)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(Exception, match="already exists"):
-        plot_heatmap(res, out)
-
-
-def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(UsageError, match=r"needs matplotlib.*mptkit\[plot\]"):
-        plot_heatmap(similarity(memory_bank()), tmp_path / "h.png")
-    assert not (tmp_path / "h.png").exists()
 
 
 # -- PEFT round trip -----------------------------------------------------------------------------

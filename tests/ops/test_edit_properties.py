@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import full_prompts, memory_bank
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import mptkit
 from mptkit import load, save
 from mptkit._schema import check
 from mptkit.errors import UsageError
+from tests.support.banks import full_prompts, memory_bank
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]

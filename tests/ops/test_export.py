@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 import torch
-from bankutil import DTYPES, load_tensors, random_bank, sha256_tree, task_type, tiny_base_model
 
 import mptkit
 from mptkit._export import export, task_prompt
 from mptkit.serve._runtime import TaskPrompts, prepend
+from tests.support.banks import DTYPES, load_tensors, random_bank, task_type, tiny_base_model
+from tests.support.files import sha256_tree
 
 V = 5  # the peft_banks fixture's virtual tokens
 

@@ -1,18 +1,18 @@
 """The batched weighted low-rank fit (mptkit._fit): never worse than the one-task fit it replaced
-(tests/fitref.py, kept verbatim), exact where it must be, and --rank auto's choice minimal."""
+(tests/support/fitref.py, kept verbatim), exact where it must be, and --rank auto's choice minimal."""
 
 from __future__ import annotations
 
-import fitref
 import pytest
 import torch
-from bankutil import full_prompts, memory_bank
 
 import mptkit
 from mptkit import _fit as fit, _numerics as numerics
 from mptkit._bank import PromptBank
 from mptkit._tensor import Array
 from mptkit.errors import IncompatibleBanks, UsageError
+from tests.support import fitref
+from tests.support.banks import full_prompts, memory_bank
 
 f64 = torch.float64
 

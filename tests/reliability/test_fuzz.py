@@ -1,13 +1,13 @@
-"""Fuzzed inputs (issue 7, item 4): broken variants of real PEFT-saved banks.
+"""Fuzzed inputs: broken variants of real PEFT-saved banks.
 
 Truncation at every offset of the header, random bit flips, structured damage to the header JSON
 (unknown dtypes, negative or huge shapes, overlapping or out-of-file offsets, a length claiming
 100 MB, deep nesting, invalid UTF-8, ...), damaged adapter_config.json files and damaged .bin
 pickles. Every case must give a valid bank (whose bytes all read) or one clear InvalidBank naming
 the file; never another exception, a hang, or an allocation out of proportion to the file
-(see tests/fuzzcases.py). The CLI's validate and inspect are run on the structured cases too.
+(see tests/support/fuzzcases.py). The CLI's validate and inspect are run on the structured cases too.
 Hypothesis adds random bytes, mutated real headers and random adapter configs, judged by the same
-oracle. Crashing cases found are kept under tests/regressions/ and replayed by ``test_regressions``.
+oracle. Crashing cases found are kept under tests/reliability/regressions/ and replayed by ``test_regressions``.
 benchmarks/soak_kill.py runs many more cases.
 """
 
@@ -22,10 +22,11 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import fuzzcases as fz
 import pytest
-from bankutil import save_peft_bank
 from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.support import ROOT, fuzzcases as fz
+from tests.support.banks import save_peft_bank
 
 REGRESSIONS = Path(__file__).parent / "regressions"
 COUNTS: Counter = Counter()
@@ -171,7 +172,7 @@ def test_damaged_pickles(sources, tmp_path):
 def test_regressions(tmp_path):
     """Every case that once crashed a reader, replayed (files and adapter folders)."""
     cases = sorted(p for p in REGRESSIONS.iterdir() if not p.name.startswith((".", "README")))
-    assert cases, "tests/regressions/ holds the crashing cases found so far"
+    assert cases, "tests/reliability/regressions/ holds the crashing cases found so far"
     for p in cases:
         assert fz.check(p, cli=True) in ("valid", "invalid")  # and not a crash (Crash is raised)
         COUNTS["regression"] += 1
@@ -190,7 +191,6 @@ def report_counts():
 
 # -- hypothesis-generated inputs: random bytes, mutated real headers, random adapter configs --------
 # (the same oracle, fuzzcases.check, judges every case above and below)
-ROOT = Path(__file__).resolve().parent.parent
 REAL = (ROOT / "examples" / "bank" / "adapter_model.safetensors").read_bytes()
 (_N,) = struct.unpack("<Q", REAL[:8])
 REAL_HEADER = json.loads(REAL[8 : 8 + _N])

@@ -1,4 +1,4 @@
-"""Hostile files (issue 12, the file side): every crafted input that once hung mptkit, made it hold
+"""Hostile files: every crafted input that once hung mptkit, made it hold
 far more memory than the file brought, crashed it with "internal error", or got past checks that
 safetensors and PEFT apply. Each case runs the real CLI in a child process under a CPU-time limit,
 with its own peak RSS read from ``wait4``: now one sentence and exit 2 (or a correct result), the
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from measured import killed_for_cpu, run_measured
+
+from tests.support.measured import killed_for_cpu, run_measured
 
 #: generous bounds on the child's peak RSS: without torch mptkit runs in ~25 MB, with it ~230 MB
 NO_TORCH_MB = 250
@@ -88,7 +89,7 @@ def _bank_file(
     return path
 
 
-# -- item 3: linear name checks ---------------------------------------------------------------------
+# -- linear name checks ----------------------------------------------------------------------------
 def test_unsortable_task_names(tmp_path):
     names = [0] + [f"n{i}" for i in range(39_999)]
     p = _bank_file(tmp_path / "names.safetensors", 40_000, {"mptkit.task_names": json.dumps(names)})
@@ -109,7 +110,7 @@ def test_task_names_refuse_c1_and_bidi_controls(tmp_path):
         assert "\x9b" not in m.stderr and "\u202e" not in m.stderr  # escaped when printed
 
 
-# -- item 4: memory the file did not bring --------------------------------------------------------------
+# -- memory the file did not bring ---------------------------------------------------------------------
 def test_broadcast_view_pickle(tmp_path):
     p = tmp_path / "expand.bin"
     torch.save(
@@ -227,7 +228,7 @@ def test_huge_provenance(tmp_path):
     _refused(p, "lists 20,000 provenance entries, more than the 10,000 mptkit reads")
 
 
-# -- item 5: no "internal error" ------------------------------------------------------------------------
+# -- no "internal error" -------------------------------------------------------------------------------
 def test_deep_json_in_metadata_and_config(tmp_path, example_bank):
     deep = '{"a":' * 980 + "1" + "}" * 980
     p = _bank_file(tmp_path / "deep.safetensors", 2, {"mptkit.config": deep})
@@ -259,7 +260,7 @@ def test_pickles_of_tensors_without_plain_data(tmp_path, what):
     assert not (tmp_path / "out.safetensors").exists()
 
 
-# -- item 6: what safetensors and PEFT refuse, mptkit refuses -------------------------------------------
+# -- what safetensors and PEFT refuse, mptkit refuses --------------------------------------------------
 def test_duplicate_keys_and_negative_zero(tmp_path):
     p = tmp_path / "dup-meta.safetensors"
     _bank_file(p, 2, raw_meta='{"format":"pt"},"__metadata__":{"format":"pt"}')
@@ -294,7 +295,7 @@ def test_config_types_peft_rejects_are_errors(tmp_path, example_bank):
     assert not (tmp_path / "out").exists()
 
 
-# -- item 11: a FIFO, a small address-space limit ---------------------------------------------------------
+# -- a FIFO, a small address-space limit ----------------------------------------------------------------
 def test_fifo_adapter_config_is_not_missing(tmp_path, example_bank):
     folder = tmp_path / "bank"
     folder.mkdir()

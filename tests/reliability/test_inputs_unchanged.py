@@ -1,4 +1,4 @@
-"""Inputs never change (issue 7, item 7).
+"""Inputs never change.
 
 Every command of the CLI runs on every kind of input (a PEFT-saved adapter folder with
 safetensors, one with adapter_model.bin, a bare .safetensors bank, a .pt pickle), both when it
@@ -15,8 +15,10 @@ import json
 from pathlib import Path
 
 import pytest
-from bankutil import random_bank, save_peft_bank, sha256_tree
-from relutil import HUB_COMMANDS, READ_ONLY_COMMANDS, writing_commands
+
+from tests.support.banks import random_bank, save_peft_bank
+from tests.support.commands import HUB_COMMANDS, READ_ONLY_COMMANDS, writing_commands
+from tests.support.files import sha256_tree
 
 INPUT_KINDS = ["peft-safetensors", "peft-bin", "bare-safetensors", "pickle-pt"]
 
@@ -62,7 +64,8 @@ def _snapshot(root: Path) -> dict:
 def inputs(tmp_path_factory):
     """``{kind: path}``, all under one folder that nothing may change."""
     import torch
-    from bankutil import load_tensors
+
+    from tests.support.banks import load_tensors
 
     root = tmp_path_factory.mktemp("inputs")
     paths = {
@@ -126,7 +129,7 @@ def test_no_command_changes_its_input(cli, inputs, tmp_path, kind):
 
 def test_inputs_unchanged_in_a_real_process(inputs, tmp_path):
     """The same check around a separate `python -m mptkit` process (real exit, real imports)."""
-    from bankutil import run_mptkit
+    from tests.support.commands import run_mptkit
 
     root, paths = inputs
     before = _snapshot(root)

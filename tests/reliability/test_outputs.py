@@ -1,7 +1,7 @@
-"""Hostile and clumsy outputs (issue 12, the output side of items 5, 8, 9 and 10).
+"""Hostile and clumsy outputs: names, --force, stale temps, signals, and what is printed.
 
 Each attack runs the real CLI in a subprocess (exact exit status and the sentence's key words) or
-a real writer process stopped at a known point (tests/stophooks.py); each ends in a correct result
+a real writer process stopped at a known point (tests/support/stophooks.py); each ends in a correct result
 or one exit-2 sentence, with nothing written outside the output and the inputs unchanged.
 """
 
@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from bankutil import one_error, random_bank, run_mptkit, sha256_tree, write_bank
-from relutil import dead_pid, digest, medium_bank, temps
-from stophooks import FIFO_ENV, cli_stopping_argv, fork_stopping, kill, signal_and_wait, wait_stopped
 
 import mptkit
 from mptkit.formats import _atomic as atomic
+from tests.support.banks import medium_bank, random_bank, write_bank
+from tests.support.commands import one_error, run_mptkit
+from tests.support.files import digest, sha256_tree, temps
+from tests.support.stophooks import FIFO_ENV, cli_stopping_argv, fork_stopping, kill, signal_and_wait, wait_stopped
+from tests.support.writers import dead_pid
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -35,7 +37,7 @@ def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-# -- item 5: names ---------------------------------------------------------------------------------
+# -- names ----------------------------------------------------------------------------------------
 def test_inputs_whose_names_are_not_utf8_just_work(bank, tmp_path):
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/bank-\xff\xfe"))
     shutil.copytree(bank, odd)
@@ -93,7 +95,7 @@ def test_a_long_name_gets_a_temp_that_fits(tmp_path):
     )
 
 
-# -- item 9: --force replaces only a bank ------------------------------------------------------------
+# -- --force replaces only a bank -------------------------------------------------------------------
 def test_force_never_deletes_what_is_not_a_bank(bank, tmp_path):
     notabank = tmp_path / "notabank"
     (notabank / "sub").mkdir(parents=True)
@@ -164,7 +166,7 @@ def test_force_never_replaces_the_working_directory_or_its_parents(bank, tmp_pat
             os.chdir(cwd)
 
 
-# -- item 10: the reaper ------------------------------------------------------------------------------
+# -- the reaper -------------------------------------------------------------------------------------
 def _make_live_temp(bank, out: Path, point="mid-tensor") -> tuple[int, Path]:
     pid = fork_stopping(bank, out, force=True, point=point)
     wait_stopped(pid)
@@ -261,7 +263,7 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temp(bank, tmp_path):
     assert mptkit.load(out).num_tasks == 4 and temps(out) == []
 
 
-# -- item 10: signals ---------------------------------------------------------------------------------
+# -- signals ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 @pytest.mark.parametrize("kind", ["file", "folder"])
 def test_sigterm_and_sighup_remove_the_temp(bank, tmp_path, signum, kind):
@@ -328,7 +330,7 @@ def test_ctrl_c_before_any_write_says_so(bank, tmp_path):
     assert not out.exists()
 
 
-# -- item 8: what is printed ----------------------------------------------------------------------------
+# -- what is printed -----------------------------------------------------------------------------------
 CONTROL = ("\x1b", "\x9b", "\x07", "\x1b]0;owned\x07")
 
 

@@ -1,4 +1,4 @@
-"""Resource faults and refused outputs (issue 7, item 2), for every command that writes.
+"""Resource faults and refused outputs, for every command that writes.
 
 Each case ends with one clear sentence on stderr, exit status 2, no output (or, with --force, the
 previous output unchanged), no temp left behind and the input unchanged:
@@ -26,8 +26,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from bankutil import one_error, sha256_tree
-from relutil import TMP_MARK, digest, medium_bank, writing_commands, writing_labels
+
+from tests.support.banks import medium_bank
+from tests.support.commands import one_error, writing_commands, writing_labels
+from tests.support.files import TMP_MARK, digest, sha256_tree
 
 LABELS = writing_labels()
 
@@ -254,7 +256,7 @@ def test_output_equal_to_the_input(cli, src, tmp_path, label):
 def test_hardlinked_output_is_replaced_not_written_through(cli, tmp_path):
     """An output that is another name (hard link) of the input: the rename replaces that name;
     the input's bytes stay as they were."""
-    from bankutil import random_bank
+    from tests.support.banks import random_bank
 
     inp = random_bank(tmp_path / "in.safetensors", T=3)
     before = digest(inp)

@@ -1,6 +1,6 @@
-"""Crash consistency of writes (issue 7, items 1 and 3; issue 11: kills land by construction).
+"""Crash consistency of writes, and of concurrent writers (kills land by construction).
 
-Writers are real processes stopped at a known point of their write (tests/stophooks.py: the writer
+Writers are real processes stopped at a known point of their write (tests/support/stophooks.py: the writer
 sends itself SIGSTOP there; the test waits until the kernel says it stopped) and then SIGKILLed, so
 every kill lands where the test says, whatever the machine's load. After a kill the output either
 does not exist or holds a complete bank (with --force: the previous version or the new one, byte
@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from relutil import TMP_MARK, digest, fork_save, medium_bank, temps, wait_exit
-from stophooks import cli_stopping_argv, fork_stopping, kill, wait_stopped
 
 import mptkit
 from mptkit.formats import _atomic as atomic
+from tests.support.banks import medium_bank
+from tests.support.files import TMP_MARK, digest, temps
+from tests.support.stophooks import cli_stopping_argv, fork_stopping, kill, wait_stopped
+from tests.support.writers import fork_save, wait_exit
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -114,7 +116,7 @@ def test_sigkill_of_the_cli_process(banks, tmp_path):
     assert temps(out) == [] and mptkit.load(out).num_tasks == 4
 
 
-# -- concurrent writers (item 3) -------------------------------------------------------------------
+# -- concurrent writers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["file", "folder"])
 def test_concurrent_writers_with_force_leave_one_complete_bank(banks, tmp_path, kind):
     out = tmp_path / ("out.safetensors" if kind == "file" else "out")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from bankutil import DTYPES, random_bank, tiny_base_model
 
 import mptkit
 from mptkit._derive import derive
 from mptkit.errors import UsageError
 from mptkit.serve._runtime import TaskPrompts, prepend
+from tests.support import ROOT
+from tests.support.banks import DTYPES, random_bank, tiny_base_model
 
-ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("seq2seq", "causal")
 
 
@@ -173,7 +172,7 @@ def test_to_bank_round_trip(tmp_path, example_bank):
 
 
 def test_import_mptkit_does_not_import_torch():
-    from bankutil import loaded_by
+    from tests.support.commands import loaded_by
 
     r, mods = loaded_by("import mptkit, mptkit._derive, mptkit._export, mptkit._edit, mptkit._similarity")
     assert r.returncode == 0 and "torch" not in mods, (mods, r.stderr)

@@ -1,21 +1,42 @@
-"""Helpers for the test suite: PEFT-saved banks from tiny models, synthetic banks, CLI runs."""
+"""The one place the tests and benchmarks build banks.
+
+- PEFT's own: :func:`tiny_base_model`, :func:`peft_model`, :func:`save_peft_bank` (an adapter folder
+  PEFT's ``save_pretrained`` writes).
+- Bare ``.safetensors`` files written by the safetensors package (not mptkit): :func:`write_bank`,
+  :func:`random_bank`, :func:`big_bank` (~42 MB), :func:`medium_bank` (an adapter folder of ~400 kB,
+  saved by mptkit), :func:`sparse_bank` (any size, mostly holes), :func:`stream_bank` (any size,
+  every value random, in bounded memory).
+- In memory: :func:`memory_bank`.
+- Reading back for checks: :func:`load_tensors` (the safetensors package), :func:`full_prompts`,
+  :func:`peft_load` (PEFT).
+
+torch is imported inside the functions: a benchmark that imports this module stays small, so the
+peak RSS it reads for its children (``ru_maxrss`` includes the parent's peak at fork) stays theirs.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
+import struct
 from pathlib import Path
 
-import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+def _dtypes() -> dict:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":  # {"float32": torch.float32, ...}, made on first use (torch is imported then)
+        return _dtypes()
+    raise AttributeError(name)
 
 
 def tiny_base_model(kind: str):
     """A tiny transformers model built from a config: "seq2seq" (T5, 2 submodules) or "causal" (GPT-2)."""
+    import torch
+
     torch.manual_seed(1234)
     if kind == "seq2seq":
         from transformers import T5Config, T5ForConditionalGeneration
@@ -59,6 +80,7 @@ def peft_model(
     seed: int = 0,
 ):
     """A PEFT MPT model over a tiny base model (float32), built as a user would."""
+    import torch
     from peft import MultitaskPromptTuningConfig, get_peft_model
 
     base = tiny_base_model(kind)
@@ -88,6 +110,8 @@ def save_peft_bank(
 ) -> Path:
     """Save a PEFT MPT adapter whose factors are non-trivial (random, distinct per task) in ``dtype``,
     with PEFT's own ``save_pretrained``. Returns the adapter folder."""
+    import torch
+
     model = peft_model(kind, num_tasks=num_tasks, num_ranks=num_ranks, num_virtual_tokens=num_virtual_tokens, seed=seed)
     enc = model.prompt_encoder["default"]
     g = torch.Generator().manual_seed(seed + 7)
@@ -97,7 +121,7 @@ def save_peft_bank(
             torch.randn(enc.prefix_task_cols.shape, generator=g) * (1 + torch.arange(num_tasks)[:, None, None])
         )
         enc.prefix_task_rows.copy_(torch.randn(enc.prefix_task_rows.shape, generator=g) / 3)
-    model.to(DTYPES[dtype])
+    model.to(_dtypes()[dtype])
     model.save_pretrained(str(out), safe_serialization=safe)
     return Path(out)
 
@@ -122,12 +146,135 @@ def write_bank(path: Path, pe, cols, rows, names=None, extra_meta=None) -> Path:
     return Path(path)
 
 
-def random_bank(path: Path, T=4, N=6, r=2, d=8, dtype=torch.float32, names=None, seed=0) -> Path:
+def random_bank(path: Path, T=4, N=6, r=2, d=8, dtype=None, names=None, seed=0) -> Path:
+    """A bare .safetensors bank of random normal tensors (float32 unless ``dtype``)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     g = torch.Generator().manual_seed(seed)
     pe = torch.randn(N, d, generator=g).to(dtype)
     cols = torch.randn(T, N, r, generator=g).to(dtype)
     rows = torch.randn(T, r, d, generator=g).to(dtype)
     return write_bank(path, pe, cols, rows, names)
+
+
+def memory_bank(T=3, N=4, r=2, d=6, dtype=None, names=None, seed=0, pe=None, config=None):
+    """A PromptBank held in memory (no file), with random normal tensors (float32 unless ``dtype``)."""
+    import torch
+
+    from mptkit._bank import PromptBank
+    from mptkit._tensor import Array
+
+    dtype = torch.float32 if dtype is None else dtype
+    g = torch.Generator().manual_seed(seed)
+    pe = torch.randn(N, d, generator=g) if pe is None else pe
+    cols = torch.randn(T, N, r, generator=g)
+    rows = torch.randn(T, r, d, generator=g)
+    tensors = {"prompt_embeddings": pe, "prefix_task_cols": cols, "prefix_task_rows": rows}
+    return PromptBank({k: Array.from_torch(v.to(dtype)) for k, v in tensors.items()}, names, config)
+
+
+def big_bank(path: Path, seed: int, *, N: int = 512, d: int = 16384, T: int = 32, r: int = 4) -> Path:
+    """A bare .safetensors bank of about 42 MB (F32) written by the safetensors package, with a
+    config hint so that it can also be saved as an adapter folder."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    meta = {"mptkit.config": json.dumps({"task_type": "CAUSAL_LM", "num_virtual_tokens": N})}
+    return write_bank(
+        Path(path),
+        torch.randn(N, d, generator=g),
+        torch.randn(T, N, r, generator=g),
+        torch.randn(T, r, d, generator=g),
+        extra_meta=meta,
+    )
+
+
+def medium_bank(path: Path, *, N: int = 64, d: int = 1024, T: int = 4, r: int = 2, seed: int = 3) -> Path:
+    """A PEFT-style adapter folder (config + safetensors) of about 400 kB, made with mptkit.save
+    from a bank written by the safetensors package."""
+    import torch
+
+    import mptkit
+
+    path = Path(path)
+    g = torch.Generator().manual_seed(seed)
+    flat = path.with_name(path.name + ".src.safetensors")
+    meta = {
+        "mptkit.config": json.dumps(
+            {"task_type": "CAUSAL_LM", "num_virtual_tokens": N, "num_transformer_submodules": 1}
+        )
+    }
+    write_bank(
+        flat,
+        torch.randn(N, d, generator=g),
+        torch.randn(T, N, r, generator=g),
+        torch.randn(T, r, d, generator=g),
+        names=[f"t{i}" for i in range(T)],
+        extra_meta=meta,
+    )
+    mptkit.save(mptkit.load(flat), path)
+    flat.unlink()
+    return path
+
+
+def sparse_bank(path, *, T: int, N: int, r: int, d: int, filled=(), seed: int = 0, names=None) -> dict:
+    """Write a bare F32 bank of any size as a sparse file: a random shared prompt, random factors
+    for the tasks in ``filled``, zeros (holes: no disk) everywhere else. Returns the byte layout
+    ``{"header": n, "data_start", "size", tensor: (begin, end) in the file}``. No torch needed."""
+    import numpy as np
+
+    shapes = {"prefix_task_cols": (T, N, r), "prefix_task_rows": (T, r, d), "prompt_embeddings": (N, d)}
+    meta = {"format": "pt"}
+    if names is not None:
+        meta["mptkit.task_names"] = json.dumps(names)
+    header, pos = {"__metadata__": meta}, 0
+    for name, shape in shapes.items():
+        n = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    start = 8 + len(text)
+    out = {"header": start, "data_start": start, "size": start + pos}
+    for name in shapes:
+        b, e = header[name]["data_offsets"]
+        out[name] = (start + b, start + e)
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(start + pos)
+        f.seek(out["prompt_embeddings"][0])
+        f.write(rng.standard_normal(N * d, dtype=np.float32).tobytes())
+        for k in filled:
+            f.seek(out["prefix_task_cols"][0] + k * N * r * 4)
+            f.write(rng.standard_normal(N * r, dtype=np.float32).tobytes())
+            f.seek(out["prefix_task_rows"][0] + k * r * d * 4)
+            f.write(rng.standard_normal(r * d, dtype=np.float32).tobytes())
+    return out
+
+
+def stream_bank(path: Path, T: int, N: int, r: int, d: int, seed: int) -> None:
+    """Stream a random F32 bank to ``path`` in the safetensors layout (tensors in name order), in
+    chunks of 16 MB: a bank of any size in bounded memory, every value filled (unlike :func:`sparse_bank`)."""
+    import torch
+
+    sizes = {"prefix_task_cols": (T, N, r), "prefix_task_rows": (T, r, d), "prompt_embeddings": (N, d)}
+    header, pos = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in sizes.items():
+        n = 4 * shape[0] * shape[1] * (shape[2] if len(shape) == 3 else 1)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for shape in sizes.values():
+            per = max(1, (16 << 20) // (4 * (shape[1] * (shape[2] if len(shape) == 3 else 1))))
+            for lo in range(0, shape[0], per):
+                chunk = torch.randn((min(per, shape[0] - lo), *shape[1:]), generator=g) * 0.1
+                f.write(chunk.numpy().tobytes())
 
 
 def load_tensors(path) -> dict:
@@ -140,46 +287,12 @@ def load_tensors(path) -> dict:
     return load_file(str(p))
 
 
-def sha256_tree(path) -> str:
-    """A digest of a file or of every file under a folder (names and bytes)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+def full_prompts(bank, dtype=None):
+    """Every task's full prompt ``prompt_embeddings * (cols[k] @ rows[k])``, computed in ``dtype``
+    (float64 unless given)."""
+    import torch
 
-
-def run_mptkit(*args, env=None, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    """Run ``python -m mptkit ARGS`` as a separate process (real exit codes, real imports)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "mptkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=e,
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-def memory_bank(T=3, N=4, r=2, d=6, dtype=torch.float32, names=None, seed=0, pe=None, config=None):
-    """A PromptBank held in memory (no file), with random normal tensors."""
-    from mptkit._bank import PromptBank
-    from mptkit._tensor import Array
-
-    g = torch.Generator().manual_seed(seed)
-    pe = torch.randn(N, d, generator=g) if pe is None else pe
-    cols = torch.randn(T, N, r, generator=g)
-    rows = torch.randn(T, r, d, generator=g)
-    tensors = {"prompt_embeddings": pe, "prefix_task_cols": cols, "prefix_task_rows": rows}
-    return PromptBank({k: Array.from_torch(v.to(dtype)) for k, v in tensors.items()}, names, config)
-
-
-def full_prompts(bank, dtype=torch.float64):
-    """Every task's full prompt ``prompt_embeddings * (cols[k] @ rows[k])``, computed in ``dtype``."""
+    dtype = torch.float64 if dtype is None else dtype
     pe = bank.tensors["prompt_embeddings"].to_torch(dtype=dtype)
     cols = bank.tensors["prefix_task_cols"].to_torch(dtype=dtype)
     rows = bank.tensors["prefix_task_rows"].to_torch(dtype=dtype)
@@ -194,104 +307,10 @@ def peft_load(folder, kind="seq2seq"):
     return model, model.prompt_encoder["default"]
 
 
-# -- one helper for each thing the tests check over and over -----------------------------------------------
-def _code(result) -> int:
-    return result.exit_code if hasattr(result, "exit_code") else result.returncode
-
-
-def error_lines(result, *words, where: str | None = None) -> list[str]:
-    """The run failed as every user mistake must: exit status 2, no traceback, no internal error, and
-    every stderr line an ``mptkit: error:`` sentence (naming ``where`` when given); ``words`` all appear.
-    Works on click results and on finished subprocesses. Returns the lines."""
-    err = result.stderr
-    assert _code(result) == 2, (_code(result), result.stdout, err)
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert lines and all(x.startswith("mptkit: error: ") for x in lines), err
-    if where is not None:
-        assert all(str(where) in x for x in lines), (where, err)
-    for w in words:
-        assert w in err, (w, err)
-    return lines
-
-
-def one_error(result, *words, where: str | None = None) -> str:
-    """:func:`error_lines`, and there is exactly one line; returns it."""
-    lines = error_lines(result, *words, where=where)
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-_REPORT = """
-import atexit, sys
-atexit.register(lambda: print("LOADED", ",".join(m for m in {watch!r} if m in sys.modules) or "-", file=sys.stderr))
-"""
-_RUN_CLI = """
-from mptkit.cli import main
-main(sys.argv[1:])
-"""
-WATCHED = ("torch", "numpy", "huggingface_hub", "transformers", "peft", "jsonschema", "matplotlib")
-
-
-def loaded_by(code: str, *argv, watch=WATCHED, env=None, cwd=None) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """Run Python ``code`` (with ``argv``) in a fresh interpreter; the finished process and which of
-    ``watch`` it had imported when it exited (the probe that proves what a command never imports)."""
-    e = dict(os.environ)
-    e.update(env or {})
-    r = subprocess.run(
-        [sys.executable, "-c", _REPORT.format(watch=tuple(watch)) + code, *map(str, argv)],
-        capture_output=True,
-        text=True,
-        env=e,
-        cwd=cwd,
-        timeout=120,
+def task_bytes(bank, k):
+    """The bytes of task ``k`` of a bank: (the shared prompt, its rows of both factors)."""
+    return (
+        bytes(bank.tensors["prompt_embeddings"].read()),
+        bytes(bank.tensors["prefix_task_cols"].rows([k]).read()),
+        bytes(bank.tensors["prefix_task_rows"].rows([k]).read()),
     )
-    line = [x for x in r.stderr.splitlines() if x.startswith("LOADED ")]
-    assert line, r.stderr
-    mods = line[-1].split(" ", 1)[1]
-    return r, (set() if mods == "-" else set(mods.split(",")))
-
-
-def loaded_modules(*argv, **kw) -> tuple[int, set[str]]:
-    """Run ``mptkit ARGV`` in a fresh interpreter; its exit code and which watched modules it imported."""
-    r, mods = loaded_by(_RUN_CLI, *argv, **kw)
-    return r.returncode, mods
-
-
-def run_on_terminal(cmd, env, *, stdout_too: bool = False, cols: int = 100, when=None) -> tuple[int, str, str]:
-    """Run ``cmd`` with stderr (and stdout with ``stdout_too``) on a pseudo-terminal ``cols`` wide
-    (a new one has 0 columns), reading it until the child closes it. ``when`` = (compiled pattern,
-    action): ``action(proc)`` runs once, as soon as the terminal text matches. Returns (exit status,
-    stdout when it was a pipe else "", the terminal text)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    main_fd, sub_fd = pty.openpty()
-    fcntl.ioctl(sub_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
-    proc = subprocess.Popen(
-        [str(c) for c in cmd],
-        stdin=sub_fd if stdout_too else subprocess.DEVNULL,
-        stdout=sub_fd if stdout_too else subprocess.PIPE,
-        stderr=sub_fd,
-        env=env,
-    )
-    os.close(sub_fd)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main_fd, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if when is not None and when[0].search(seen.decode(errors="replace")):
-            when[1](proc)
-            when = None
-    os.close(main_fd)
-    out = "" if stdout_too else proc.stdout.read().decode()
-    if not stdout_too:
-        proc.stdout.close()
-    return proc.wait(timeout=120), out, seen.decode(errors="replace")

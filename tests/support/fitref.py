@@ -1,5 +1,5 @@
 """The weighted low-rank fit mptkit had before the batched one (``mptkit._fit``), kept verbatim as the
-reference the batched fit must never be worse than (tests/test_fit.py)."""
+reference the batched fit must never be worse than (tests/ops/test_fit.py)."""
 
 from __future__ import annotations
 

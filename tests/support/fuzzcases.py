@@ -1,5 +1,5 @@
-"""Fuzz cases for the readers (issue 7, item 4), shared by tests/test_reliability_fuzz.py (bounded)
-and benchmarks/soak_kill.py (many more).
+"""Fuzz cases for the readers, shared by tests/reliability/test_fuzz.py (bounded) and
+benchmarks/soak_kill.py (many more).
 
 Every case is a broken variant of a real bank: its safetensors file truncated, bit-flipped or with
 a mutated header, its adapter_config.json mutated, or its .bin pickle truncated or flipped.

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 POINTS = ("header", "mid-tensor", "before-install", "between-renames", "after-install")
-TESTS = str(Path(__file__).resolve().parent)
 
 
 #: where a writer pauses instead of stopping itself: ``READY:GO`` FIFOs (it writes a byte to READY,
@@ -138,19 +137,10 @@ def fork_stopping(src, out, *, force: bool, point: str) -> int:
         os._exit(code)
 
 
-# SIGINT gets Python's own handler, as in a process started from a terminal (a test runner started
-# in the background has SIGINT ignored, and its children inherit that)
-CLI_DRIVER = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.path.insert(0, sys.argv[1]); import stophooks; stophooks.install(sys.argv[2]); "
-    "from mptkit.cli import main; main(sys.argv[3:], prog_name='mptkit')"
-)
-
-
 def cli_stopping_argv(point: str, *args) -> list[str]:
     """A command line running the real CLI (``mptkit ARGS...``) in a fresh interpreter that stops
-    itself at ``point``."""
-    return [sys.executable, "-c", CLI_DRIVER, TESTS, point, *map(str, args)]
+    itself at ``point``: this file run as a script (see the end of it)."""
+    return [sys.executable, str(Path(__file__).resolve()), point, *map(str, args)]
 
 
 def wait_stopped(pid: int, timeout_note: str = "") -> None:
@@ -176,3 +166,13 @@ def signal_and_wait(pid: int, signum: int) -> int:
     os.kill(pid, signal.SIGCONT)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+if __name__ == "__main__":  # python stophooks.py POINT ARGS...: the CLI, stopping itself at POINT
+    # SIGINT gets Python's own handler, as in a process started from a terminal (a test runner
+    # started in the background has SIGINT ignored, and its children inherit that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    install(sys.argv[1])
+    from mptkit.cli import main
+
+    main(sys.argv[2:], prog_name="mptkit")
