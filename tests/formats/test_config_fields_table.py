@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from bankutil import tiny_base_model
 
 from mptkit import _peftfields as fields
 from mptkit._options import CONFIG_FIELDS
 from mptkit.formats import _peft as peft
+from tests.support.banks import tiny_base_model
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

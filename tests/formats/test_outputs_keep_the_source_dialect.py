@@ -10,9 +10,9 @@ import shutil
 import warnings
 
 import pytest
-from bankutil import random_bank, tiny_base_model
 
 from mptkit import _peftfields as fields
+from tests.support.banks import random_bank, tiny_base_model
 
 #: what PEFT 0.10.0 writes for MULTITASK_PROMPT_TUNING (the table; the matrix checks it against 0.10.0 itself)
 OLD = "0.10.0"

@@ -8,10 +8,11 @@ import json
 
 import pytest
 import torch
-from bankutil import load_tensors, run_mptkit
 
 import mptkit
 from mptkit import _peftfields as fields
+from tests.support.banks import load_tensors
+from tests.support.commands import run_mptkit
 
 COMMANDS = [
     ["derive", "{src}", "--mode", "exact", "--task", "1"],

@@ -9,9 +9,9 @@ import json
 import shutil
 
 import pytest
-from bankutil import run_mptkit
 
 from mptkit import _peftfields as fields
+from tests.support.commands import run_mptkit
 
 EXAMPLE = (
     "PEFT 0.18.0 and later (needs peft_version 0.18.0, modules_to_save 0.17.0, tokenizer_kwargs 0.7.0); "
