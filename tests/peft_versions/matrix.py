@@ -200,10 +200,34 @@ def version_of(installed: str) -> str:
     return max((r for r in fields.RELEASES if fields.parse(r) <= v), key=fields.parse)
 
 
+class Clock:
+    """Wall and CPU seconds (this process and its children) spent in named phases."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def __call__(self, phase: str, fn, *args):
+        w0, c0 = time.monotonic(), _cpu()
+        try:
+            return fn(*args)
+        finally:
+            self.wall[phase] = self.wall.get(phase, 0.0) + time.monotonic() - w0
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + _cpu() - c0
+
+
+def _cpu() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--versions", default=DEFAULT, help=f"comma-separated PEFT releases (default {DEFAULT})")
-    ap.add_argument("--venvs", type=Path, default=Path.home() / ".cache" / "mptkit" / "peft-venvs")
+    default_venvs = os.environ.get("MPTKIT_PEFT_VENVS") or Path.home() / ".cache" / "mptkit" / "peft-venvs"
+    ap.add_argument("--venvs", type=Path, default=default_venvs, help="where the venvs are kept (MPTKIT_PEFT_VENVS)")
     ap.add_argument("--work", type=Path, help="where banks and outputs go (default: a temporary folder)")
     args = ap.parse_args()
     versions = args.versions.split(",")
@@ -212,38 +236,44 @@ def main() -> int:
         sys.exit(f"no stack for PEFT {', '.join(unknown)}: known {', '.join(STACKS)} and newest")
     os.environ.setdefault("MPTKIT_CACHE", tempfile.mkdtemp(prefix="mptkit-matrix-cache-"))
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    work = args.work or Path(tempfile.mkdtemp(prefix="mptkit-peft-matrix-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="mptkit-peft-matrix-"))).resolve()
     args.venvs.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    start, cpu0 = time.monotonic(), _cpu()
     run([sys.executable, OLD, "save", work / "current", ",".join(KINDS)])  # the newest PEFT's banks
     rows, failures = [], []
     for version in versions:
-        t0 = time.monotonic()
-        python = venv(version, args.venvs)
-        t_venv = time.monotonic() - t0
-        root = work / version
-        run([python, OLD, "save", root, ",".join(KINDS)])
-        problems = {kind: one(version, kind, root / kind, python) for kind in KINDS}
+        clock, root = Clock(), work / version
+        python = clock("venv", venv, version, args.venvs.resolve())
+        clock("peft", run, [python, OLD, "save", root, ",".join(KINDS)])
+        problems = {kind: clock("mptkit", one, version, kind, root / kind, python) for kind in KINDS}
         os.chdir(work)
-        checked = run([python, OLD, "check", root, ",".join(KINDS)])
+        checked = clock("peft", run, [python, OLD, "check", root, ",".join(KINDS)])
+        cells = []
         for kind in KINDS:
             res = json.loads((root / kind / "result.json").read_text())["results"]
             bad = [f"{r['name']}: {r['note']}" for r in res if not r["ok"]] + [f"mptkit: {p}" for p in problems[kind]]
             failures += [f"PEFT {version} {kind}: {b}" for b in bad]
-            meta = json.loads((root / kind / "meta.json").read_text())
             cannot = sum(r["ok"] and r["note"].startswith("cannot") for r in res)
-            ok = sum(r["ok"] for r in res) - cannot
-            rows.append((meta["peft"], meta["transformers"], kind, ok, cannot, len(bad), t_venv, time.monotonic() - t0))
+            cells.append(f"{sum(r['ok'] for r in res) - cannot}/{cannot}/{len(bad)}")
         if checked.returncode and not failures:
             failures.append(
                 f"PEFT {version}: oldpeft.py check failed:\n{checked.stdout[-2000:]}{checked.stderr[-2000:]}"[:4000]
             )
-    head = ("peft", "transformers", "model", "ok", "cannot", "failed", "venv s", "total s")
-    print("{:<8} {:<13} {:<8} {:>4} {:>7} {:>7} {:>7} {:>8}".format(*head))
-    for peft, tf, kind, ok, cannot, bad, tv, tt in rows:
-        print(f"{peft:<8} {tf:<13} {kind:<8} {ok:>4} {cannot:>7} {bad:>7} {tv:>7.1f} {tt:>8.1f}")
-    print(f"{len(versions)} PEFT versions x {len(KINDS)} models in {time.monotonic() - start:.0f} s (torch 2.13.0); "
-          "'cannot': PEFT < 0.9's source-task init fails on any file (its bug), as mptkit inspect says")  # fmt: skip
+        meta = json.loads((root / KINDS[0] / "meta.json").read_text())
+        rows.append((meta["peft"], meta["transformers"], *cells, clock))
+    head = ("peft", "transformers", "causal", "seq2seq", "venv s", "peft s", "mptkit s", "total s", "cpu s")
+    line = "{:<8} {:<13} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>7}"
+    print(line.format(*head))
+    for peft, tf, causal, seq2seq, clock in rows:
+        w = clock.wall
+        print(line.format(peft, tf, causal, seq2seq, *(f"{w.get(k, 0):.0f}" for k in ("venv", "peft", "mptkit")),
+                          f"{sum(w.values()):.0f}", f"{sum(clock.cpu.values()):.0f}"))  # fmt: skip
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"{len(versions)} PEFT versions x {len(KINDS)} models in {time.monotonic() - start:.0f} s wall, "
+        f"{_cpu() - cpu0:.0f} s CPU (load average {load:.1f}, {os.cpu_count()} CPUs; torch 2.13.0). Cells: checks "
+        "passed/'cannot' (PEFT < 0.9's source-task init fails on any file, its bug, as mptkit inspect says)/failed"
+    )
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
