@@ -367,3 +367,20 @@ def init_file_text(info: Mapping) -> str:
             f"{_span(*info['broken'])} cannot use any init file (AttributeError, fixed in {SOURCE_INIT_WORKS})"
         )
     return "; ".join(parts)
+
+
+def init_file_note(version: str) -> str | None:
+    """What PEFT ``version`` does with a ``.safetensors`` bank as its init file, where it is not
+    simply read (None there)."""
+    v = _v(version)
+    if v < _v(SOURCE_INIT_WORKS):
+        return (
+            f"PEFT {version} cannot use any prompt_tuning_init_state_dict_path (its source-task init fails, fixed in "
+            f"{SOURCE_INIT_WORKS}): give it an adapter folder"
+        )
+    if v < _v(READS_SAFETENSORS_INIT):
+        return (
+            f"PEFT {version} reads prompt_tuning_init_state_dict_path with torch.load, which reads a .safetensors "
+            "file where torch does (torch 2.13 does)"
+        )
+    return None

@@ -312,6 +312,12 @@ def echo_repairs(bank, output, peft_version: str | None = None) -> None:
         from ..formats import folder_config
 
         echo_dropped(config, folder_config(bank, peft_version=peft_version)[1], peft_version)
+    elif peft_version:  # a bare file: no config; what that PEFT does with it as an init file
+        from .._peftfields import init_file_note
+
+        note = init_file_note(peft_version)
+        if note:
+            say(f"  note: {note}")
 
 
 def echo_dropped(config, dropped, peft_version) -> None:

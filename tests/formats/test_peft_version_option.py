@@ -101,15 +101,18 @@ def test_an_unknown_or_too_old_release_is_refused_before_any_work(example_bank, 
 
 
 def test_a_bare_file_output_keeps_its_bytes(example_bank, cli, tmp_path):
-    """A .safetensors bank has no config: --peft-version changes nothing in it."""
+    """A .safetensors bank has no config: --peft-version changes nothing in it, and the command says
+    what that PEFT does with it as an init file."""
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     assert cli("derive", example_bank, "--mode", "exact", "--task", "1", "-o", a).exit_code == 0
-    assert (
-        cli("derive", example_bank, "--mode", "exact", "--task", "1", "-o", b, "--peft-version", "0.10.0").exit_code
-        == 0
+    r = cli("derive", example_bank, "--mode", "exact", "--task", "1", "-o", b, "--peft-version", "0.10.0")
+    assert r.exit_code == 0 and a.read_bytes() == b.read_bytes()
+    assert set(load_tensors(a)) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
+    assert r.stdout.splitlines()[1] == (
+        "  note: PEFT 0.10.0 reads prompt_tuning_init_state_dict_path with torch.load, which reads a .safetensors "
+        "file where torch does (torch 2.13 does)"
     )
-    assert a.read_bytes() == b.read_bytes() and set(load_tensors(a)) == {
-        "prompt_embeddings",
-        "prefix_task_cols",
-        "prefix_task_rows",
-    }
+    r = cli("derive", example_bank, "--mode", "average", "-o", tmp_path / "c.safetensors", "--peft-version", "0.8.2")
+    assert "  note: PEFT 0.8.2 cannot use any prompt_tuning_init_state_dict_path" in r.stdout
+    r = cli("derive", example_bank, "--mode", "average", "-o", tmp_path / "d.safetensors", "--peft-version", "0.11.0")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1  # it reads the file itself: nothing to say
