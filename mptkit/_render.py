@@ -304,6 +304,30 @@ def derive_report(out, path, src) -> str:
     return printable(f"wrote {path}: {what} of {src} ({shape}, {out.dtype})")
 
 
+def config_report(output, repairs, dropped, peft_version: str | None, folder: bool = True) -> list[str]:
+    """What writing ``output`` changed in its config so that PEFT loads it: the ``repairs`` of a
+    source initialisation, the fields PEFT ``peft_version`` lacks (``dropped``); for a bare file
+    written with ``peft_version``, what that PEFT does with it as an init file."""
+    import os
+
+    config = os.path.join(os.fspath(output), "adapter_config.json")
+    lines = []
+    if repairs:
+        lines.append(
+            f"  repaired {config} so that PEFT loads it without a source file or tokenizer: {'; '.join(repairs)}"
+        )
+    if dropped:
+        lines.append(
+            f"  wrote {config} for PEFT {peft_version}: dropped {', '.join(dropped)} (PEFT {peft_version} lacks them)"
+        )
+    if peft_version and not folder:
+        from ._peftfields import init_file_note
+
+        note = init_file_note(peft_version)
+        lines += [f"  note: {note}"] if note else []
+    return lines
+
+
 def export_report(adapter, path, src) -> str:
     """What ``export`` says it wrote."""
     args, cfg = adapter.provenance[-1]["arguments"], adapter.config

@@ -245,24 +245,15 @@ def force_option(f):
     )(f)
 
 
-def _peft_release(ctx, param, value):
-    if value is None:
-        return None
-    from .._peftfields import check_version
-
-    try:
-        return check_version(value)
-    except MptkitError as e:
-        raise click.BadParameter(e.message.removeprefix("--peft-version ")) from None
-
-
 def peft_version_option(f):
     """``--peft-version X``, for every command that writes an adapter folder: the folder's
     adapter_config.json has exactly the fields PEFT X writes (:mod:`mptkit._peftfields`)."""
+    from .._peftfields import check_version
+
     return click.option(
         "--peft-version",
         metavar="X.Y.Z",
-        callback=_peft_release,
+        callback=_checked(lambda v: v if v is None else check_version(v), "--peft-version "),
         help=(
             "Write the adapter folder's config as PEFT X.Y.Z writes it (its fields only; the others are dropped "
             "and listed). Default: the fields the source's config has (or, without one, the installed PEFT's)."
@@ -300,30 +291,14 @@ def adapter_option(f):
 
 
 def echo_repairs(bank, output, peft_version: str | None = None) -> None:
-    """Say what an adapter-folder output's config had to lose so that PEFT loads it: a source
-    initialisation's fields, and the fields PEFT ``peft_version`` does not know."""
-    from ..formats import folder_repairs
+    """Say what an output's config had to lose so that PEFT loads it (a source initialisation's
+    fields; with ``peft_version``, the fields that PEFT lacks), or what that PEFT does with a file."""
+    from .._render import config_report
+    from ..formats import folder_config, folder_repairs
 
-    fixed = folder_repairs(bank, output)
-    config = os.path.join(os.fspath(output), "adapter_config.json")
-    if fixed:
-        say(f"  repaired {config} so that PEFT loads it without a source file or tokenizer: {'; '.join(fixed)}")
-    if peft_version and os.path.isdir(output):
-        from ..formats import folder_config
-
-        echo_dropped(config, folder_config(bank, peft_version=peft_version)[1], peft_version)
-    elif peft_version:  # a bare file: no config; what that PEFT does with it as an init file
-        from .._peftfields import init_file_note
-
-        note = init_file_note(peft_version)
-        if note:
-            say(f"  note: {note}")
-
-
-def echo_dropped(config, dropped, peft_version) -> None:
-    """Say which fields an output's config dropped for PEFT ``peft_version``."""
-    if dropped:
-        say(f"  wrote {config} for PEFT {peft_version}: dropped {', '.join(dropped)} (PEFT {peft_version} lacks them)")
+    folder = os.path.isdir(output)
+    dropped = folder_config(bank, peft_version=peft_version)[1] if peft_version and folder else []
+    echo_lines(config_report(output, folder_repairs(bank, output), dropped, peft_version, folder))
 
 
 def dtype_option(help: str):
@@ -358,7 +333,7 @@ def config_options(f):
                 "cfg_" + fd.key,
                 metavar="[" + "|".join(task_types()) + "]",
                 help=fd.help,
-                callback=_checked(fd),
+                callback=_checked(fd.check),
             )
         elif fd.kind is int:
             opt = click.option(fd.flag, "cfg_" + fd.key, type=click.IntRange(fd.minimum, fd.maximum), help=fd.help)
@@ -368,12 +343,14 @@ def config_options(f):
     return wrapper
 
 
-def _checked(field):
+def _checked(check, flag: str = ""):
+    """A click callback from a check of the API's (value -> value, or an MptkitError)."""
+
     def callback(ctx, param, value):
         try:
-            return field.check(value)
+            return check(value)
         except MptkitError as e:
-            raise click.BadParameter(e.message) from None
+            raise click.BadParameter(e.message.removeprefix(flag)) from None
 
     return callback
 

@@ -8,7 +8,6 @@ from ._app import (
     adapter_option,
     config_options,
     dtype_option,
-    echo_dropped,
     echo_lines,
     echo_repairs,
     emit_json,
@@ -119,7 +118,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, peft_version, o
     from .._bank import input_paths
     from .._export import export as run, export_adapters, export_table, folder_target, save_adapter
     from .._io import load
-    from .._render import export_report, table_report
+    from .._render import config_report, export_report, table_report
     from .._tables import output_kind
     from ..errors import UsageError
 
@@ -150,7 +149,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, peft_version, o
             )
             return
         say(export_report(result, path, src))
-        echo_dropped(path / "adapter_config.json", result.dropped, peft_version)
+        echo_lines(config_report(path, [], result.dropped, peft_version))
         return
     sel = "all" if all_ else tasks
     if kind == "folder":
@@ -171,7 +170,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, peft_version, o
         emit_json(report)
         return
     say(table_report(report, src))
-    echo_dropped(f"{output.rstrip('/')}/*/adapter_config.json", report.get("dropped"), peft_version)
+    echo_lines(config_report(f"{output.rstrip('/')}/*", [], report.get("dropped"), peft_version))
 
 
 @main.command()
