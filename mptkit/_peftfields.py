@@ -218,7 +218,8 @@ def build_config(
     (where it has one) saying that release; the source's fields it does not know are dropped and
     listed. Without ``target``, a source that is an adapter_config.json keeps its own fields (its
     dialect: the PEFT that wrote it loads the output), less those of the other adapter type when the
-    type changes, plus those this type adds where the source's PEFT has them; any other source (a
+    type changes, plus those this type adds where the source's PEFT has them, less (and listed) any
+    that no release knows unless its peft_version is newer than the table; any other source (a
     bare file's hints, a user's options, nothing) gets what the installed PEFT writes (``installed``,
     looked up by default; the newest known release without one). The clean initialisation
     (:data:`CLEAN_INIT`) applies to the fields the output has."""
@@ -241,6 +242,10 @@ def build_config(
         dropped = sorted(k for k in src if k not in keys and k not in other_only)
     else:
         out = {k: v for k, v in src.items() if k not in other_only}
+        named = parse(src["peft_version"]) if isinstance(src.get("peft_version"), str) else None
+        if named is None or named <= _v(RELEASES[-1]):  # a field no release (up to the source's) writes
+            dropped = sorted(k for k in out if k not in BY_KEY)  # would break PEFT < 0.14, warn in later ones
+            out = {k: v for k, v in out.items() if k in BY_KEY}
         oldest = max((BY_KEY[k].since for k in out if k in BY_KEY), key=_v, default=RELEASES[0])
         for f in FIELDS:  # after a type change: this type's own fields, where the source's PEFT has them
             if f.types == {kind} and f.key not in out and known_in(f, oldest):

@@ -317,9 +317,14 @@ def config_report(output, repairs, dropped, peft_version: str | None, folder: bo
             f"  repaired {config} so that PEFT loads it without a source file or tokenizer: {'; '.join(repairs)}"
         )
     if dropped:
-        lines.append(
-            f"  wrote {config} for PEFT {peft_version}: dropped {', '.join(dropped)} (PEFT {peft_version} lacks them)"
+        from ._peftfields import RELEASES
+
+        them = "it" if len(dropped) == 1 else "them"
+        why = (
+            f"PEFT {peft_version} lacks {them}" if peft_version else f"no PEFT release up to {RELEASES[-1]} has {them}"
         )
+        where = f"{config} for PEFT {peft_version}" if peft_version else config
+        lines.append(f"  wrote {where}: dropped {', '.join(dropped)} ({why})")
     if peft_version and not folder:
         from ._peftfields import init_file_note
 

@@ -297,7 +297,7 @@ def echo_repairs(bank, output, peft_version: str | None = None) -> None:
     from ..formats import folder_config, folder_repairs
 
     folder = os.path.isdir(output)
-    dropped = folder_config(bank, peft_version=peft_version)[1] if peft_version and folder else []
+    dropped = folder_config(bank, peft_version=peft_version)[1] if folder else []
     echo_lines(config_report(output, folder_repairs(bank, output), dropped, peft_version, folder))
 
 

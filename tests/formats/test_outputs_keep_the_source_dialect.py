@@ -93,6 +93,24 @@ def test_a_source_without_a_config_gets_the_installed_peft_s_fields(cli, tmp_pat
     loads_without_unknown_keys(out)
 
 
+def test_a_field_no_release_writes_is_dropped_and_named(example_bank, cli, tmp_path):
+    """It would make PEFT up to 0.13 refuse the output and later ones warn; a config from a PEFT newer
+    than the table (its peft_version says so) keeps it: that PEFT wrote it."""
+    src = tmp_path / "src"
+    shutil.copytree(example_bank, src)
+    cfg = config(src)
+    (src / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": 8}))
+    r = cli("slice", src, "--tasks", "1", "-o", tmp_path / "a")
+    assert f"  wrote {tmp_path / 'a' / 'adapter_config.json'}: dropped lora_alpha (no PEFT release up to 0.21.2 " \
+        "has it)" in r.stdout  # fmt: skip
+    assert set(config(tmp_path / "a")) == set(cfg)
+    r = cli("export", src, "--task", "1", "-o", tmp_path / "b")
+    assert "dropped lora_alpha" in r.stdout and "lora_alpha" not in config(tmp_path / "b")
+    (src / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": 8, "peft_version": "0.22.0"}))
+    r = cli("slice", src, "--tasks", "1", "-o", tmp_path / "c")
+    assert "dropped" not in r.stdout and config(tmp_path / "c")["lora_alpha"] == 8
+
+
 def test_merging_two_dialects_keeps_the_fields_both_know(old_bank, peft_banks, cli, tmp_path):
     new = peft_banks("causal")
     out = tmp_path / "out"

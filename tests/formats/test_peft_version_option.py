@@ -40,7 +40,8 @@ def test_every_folder_command_writes_what_that_peft_writes(peft_banks, cli, tmp_
     assert r.exit_code == 0, r.output
     assert set(config(out)) == set(fields.fields_of(version))
     lacks = sorted(set(config(src)) - set(fields.fields_of(version)))
-    assert f"for PEFT {version}: dropped {', '.join(lacks)} (PEFT {version} lacks them)" in r.stdout
+    them = "it" if len(lacks) == 1 else "them"
+    assert f"for PEFT {version}: dropped {', '.join(lacks)} (PEFT {version} lacks {them})" in r.stdout
     assert config(out)["num_transformer_submodules"] == 2 and config(out)["prompt_tuning_init"] == "RANDOM"
 
 
