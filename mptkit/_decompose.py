@@ -33,7 +33,8 @@ import os
 
 from . import _fit as fit, _progress as progress
 from ._bank import PromptBank
-from ._options import CONFIG_FIELDS, storage_dtype
+from ._dtypes import storage_dtype, torch_dtype
+from ._options import CONFIG_FIELDS
 from ._tables import Prompts
 from ._tensor import Array
 from ._version import __version__
@@ -76,7 +77,7 @@ def decompose(
         )
     check_names(prompts.names, "task names of the prompts (from folder names or the table's sidecar)")
     stored = storage_dtype(dtype, "F32")
-    tdtype = fit.torch_dtype(stored)
+    tdtype = torch_dtype(stored)
     data = _Data(prompts)
     if shared is not None:
         if shared.num_tokens != N or shared.token_dim != d:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _numerics as numerics
-from ._bank import KEYS, PromptBank, select_tasks
-from ._options import storage_dtype
+from ._bank import PromptBank, select_tasks
+from ._dtypes import storage_dtype, torch_dtype
 from ._schema import META_PROVENANCE
 from ._tensor import Array
 from .errors import UsageError
@@ -54,9 +54,7 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     if dtype is None:
         dtype = torch.float64 if bank.dtype == "F64" else torch.float32
-    pe = bank.tensors["prompt_embeddings"].to_torch(device, dtype)
-    cols = bank.tensors["prefix_task_cols"].rows([k]).to_torch(device, dtype)
-    rows = bank.tensors["prefix_task_rows"].rows([k]).to_torch(device, dtype)
+    pe, cols, rows = (a.to_torch(device, dtype) for a in bank.task_rows([k]).values())
     return numerics.task_prompts(pe.unsqueeze(0), cols, rows)[0]  # pe (1, N, d): PEFT's embedding(indices)
 
 
@@ -64,11 +62,10 @@ def export(
     bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None
 ) -> PromptTuningAdapter:
     """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
-    :data:`mptkit._options.DTYPES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
+    :data:`mptkit._dtypes.USER_NAMES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
     fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
+    bank.require_tasks("to export")
     stored = storage_dtype(dtype, "F32")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     bank = bank.with_config(config)
@@ -84,15 +81,13 @@ def export(
         full.pop(key, None)
     full["peft_type"] = "PROMPT_TUNING"
     full.setdefault("prompt_tuning_init_text", None)
-    prompt = task_prompt(bank, k).to(numerics.torch_dtype(stored))
+    prompt = task_prompt(bank, k).to(torch_dtype(stored))
     args = {"task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     if dtype:
         args["dtype"] = dtype
-    entry = bank.provenance_entry(
-        "export", args, reads=[bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
-    )
+    entry = bank.provenance_entry("export", args, reads=list(bank.task_rows([k]).values()))
     return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras))
 
 
@@ -156,8 +151,7 @@ def export_table(
 
     from ._tables import output_kind, write_table
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
+    bank.require_tasks("to export")
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     stored = storage_dtype(dtype, "F32")
     rows, which = table_rows(bank, half)
@@ -170,9 +164,7 @@ def export_table(
         **({"dtype": dtype} if dtype else {}),
     }
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
-    entry = bank.provenance_entry(
-        "export", args, reads=[bank.tensors["prompt_embeddings"], cols_a.rows(idx), rows_a.rows(idx)]
-    )
+    entry = bank.provenance_entry("export", args, reads=list(bank.task_rows(idx).values()))
     provenance = [*bank.provenance, entry]
     whole = which in (None, "both")
     info = {
@@ -184,7 +176,7 @@ def export_table(
         **({"config": _prompt_config(bank)} if whole and bank.config else {}),
     }
     compute = torch.float64 if bank.dtype == "F64" else torch.float32
-    tdtype = numerics.torch_dtype(stored)
+    tdtype = torch_dtype(stored)
     step = max(1, TABLE_CHUNK_BYTES // (4 * bank.num_tokens * d))
     if output_kind(path) == "folder":
         raise UsageError(f"{path}: a prompt table is a .npy or .safetensors file (a folder gets one adapter per task)")
@@ -236,8 +228,7 @@ def export_adapters(
     task (``task<i>`` for an unnamed bank), with a ``tasks.json`` listing their order."""
     from ._tables import MANIFEST
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
+    bank.require_tasks("to export")
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
     target = folder_target(path, force, inputs)

@@ -12,20 +12,14 @@ import math
 import secrets
 
 from . import _progress as progress
-from ._tensor import Array, torch_dtype_name
+from ._dtypes import BY_CODE, torch_dtype
+from ._tensor import Array
 
 #: PEFT's MultitaskPromptEmbedding draws fresh factors from N(0, INIT_STD)
 INIT_STD = 0.02
 #: bytes of source data read at a time when averaging (measured: 1-2 MB chunks stay in cache
 #: between the read and the adds, 0.2 s for 2 GB; 64 MB chunks took 1.4 s)
 AVERAGE_CHUNK_BYTES = 2 << 20
-
-
-def torch_dtype(dtype: str):
-    """The torch dtype of a safetensors dtype name ("F32" -> torch.float32)."""
-    import torch
-
-    return getattr(torch, torch_dtype_name(dtype))
 
 
 def draw_seed() -> int:
@@ -96,7 +90,7 @@ def as_float(buf, dtype: str, count: int):
 
     if dtype == "BF16":
         return (np.frombuffer(buf, dtype=np.uint16, count=count).astype(np.uint32) << 16).view(np.float32)
-    return np.frombuffer(buf, dtype={"F64": np.float64, "F32": np.float32, "F16": np.float16}[dtype], count=count)
+    return np.frombuffer(buf, dtype=np.dtype(BY_CODE[dtype].numpy), count=count)
 
 
 def from_float64(x, dtype: str) -> bytes:
@@ -107,7 +101,7 @@ def from_float64(x, dtype: str) -> bytes:
     import numpy as np
 
     if dtype != "BF16":
-        return x.astype({"F64": np.float64, "F32": np.float32, "F16": np.float16}[dtype]).tobytes()
+        return x.astype(np.dtype(BY_CODE[dtype].numpy)).tobytes()
     y = x.astype(np.float32)
     bits = y.view(np.uint32).copy()
     with np.errstate(invalid="ignore"):

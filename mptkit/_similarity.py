@@ -28,8 +28,7 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
     summed in float64, and the norms are float64 sums."""
     import torch
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
+    bank.require_tasks("to compare")
     idx = select_tasks(bank, tasks, unique=True) if tasks is not None else list(range(bank.num_tasks))
     gram = gram_matrix(bank, idx)
     norms = gram.diagonal().clamp_min(0).sqrt()

@@ -19,6 +19,7 @@ LAYERS = [
     "mptkit._text",
     "mptkit._progress",
     "mptkit._strictjson",
+    "mptkit._dtypes",
     "mptkit._tensor",
     "mptkit._schema",
     "mptkit._options",

@@ -305,7 +305,7 @@ def test_a_bug_is_exit_1_and_says_so(tmp_path):
 
 
 def test_dtype_accepts_the_same_set_everywhere(tmp_path):
-    from mptkit._options import DTYPES
+    from mptkit._dtypes import USER_NAMES as DTYPES
     from mptkit.cli import main
 
     seen = {name: p.type.choices for name, cmd in main.commands.items() for p in cmd.params if p.name == "dtype"}

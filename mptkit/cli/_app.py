@@ -286,7 +286,7 @@ def echo_repairs(bank, output) -> None:
 
 
 def dtype_option(help: str):
-    from .._options import DTYPES
+    from .._dtypes import USER_NAMES as DTYPES
 
     return click.option("--dtype", type=click.Choice(DTYPES), help=help)
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .._bank import PromptBank, Source
+from .._dtypes import BY_CODE as DTYPES
 from .._schema import (
     META_CONFIG,
     META_PROVENANCE,
@@ -17,7 +18,7 @@ from .._schema import (
     config_shape_problems,
     decode_metadata,
 )
-from .._tensor import DTYPES, Array
+from .._tensor import Array
 from ..errors import InvalidBank, UsageError
 from . import _checkpoints as checkpoints, _peft as peft, _safetensors as st
 

@@ -227,9 +227,7 @@ def partial(bank: PromptBank, tasks) -> PromptBank:
     """The tasks ``tasks`` of a bank opened from the Hub, as a bank of their own (lazy: nothing is
     read until it is saved), with provenance naming the repo, commit and tasks."""
     idx = select_tasks(bank, tasks, unique=True)
-    t = dict(bank.tensors)
-    t["prefix_task_cols"] = t["prefix_task_cols"].rows(idx)
-    t["prefix_task_rows"] = t["prefix_task_rows"].rows(idx)
+    t = bank.task_rows(idx)
     names = [bank.task_names[i] for i in idx] if bank.task_names else None
     facts = bank.source.remote or {}
     args = {
