@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from ._tensor import Array
 from ._text import plural
@@ -191,6 +192,8 @@ def _remember(entry: str, digest: str) -> None:
 
 @dataclass
 class PromptBank:
+    #: what the output plan calls this kind of object (:func:`mptkit.save`)
+    output_kind: ClassVar[str] = "bank"
     tensors: dict[str, Array]
     task_names: list[str] | None = None
     #: adapter_config.json fields known for this bank (from a folder, or from a bare file's
@@ -247,6 +250,12 @@ class PromptBank:
     @property
     def num_virtual_tokens(self) -> int | None:
         return (self.config or {}).get("num_virtual_tokens")
+
+    def source_paths(self) -> list[str]:
+        """Every local file or folder this bank was read from, or still reads bytes from: where no
+        output may land."""
+        segments = [s.path for a in (*self.tensors.values(), *self.extras.values()) for s in a.segments if s.path]
+        return [*input_paths(self), *sorted(set(segments))]
 
     def require_tasks(self, purpose: str) -> None:
         """A :class:`UsageError` when the bank holds only the shared prompt: ``purpose`` says what

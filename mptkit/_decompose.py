@@ -35,10 +35,10 @@ from . import _fit as fit, _progress as progress
 from ._bank import PromptBank
 from ._dtypes import storage_dtype, torch_dtype
 from ._options import CONFIG_FIELDS
-from ._tables import Prompts
 from ._tensor import Array
 from ._version import __version__
 from .errors import IncompatibleBanks, UsageError
+from .formats import Prompts
 
 #: prompts (float64) kept in memory across rounds; larger sets are re-read each round
 CACHE_BYTES = 256 << 20
@@ -63,7 +63,7 @@ def decompose(
     dtype: str | None = None,
     config: dict | None = None,
 ) -> PromptBank:
-    """A bank from ``prompts`` (:func:`mptkit._tables.read_prompts`): see the module doc. ``rank``
+    """A bank from ``prompts`` (:func:`mptkit.read_prompts`): see the module doc. ``rank``
     is an int or ``"auto"`` (with ``max_error``); ``dtype`` the stored dtype (default float32);
     ``config`` adapter_config.json fields for the output (task_type, num_virtual_tokens, ...)."""
     from ._edit import check_names
@@ -149,28 +149,16 @@ def output_config(prompts: Prompts, shared: PromptBank | None = None) -> dict:
     return found
 
 
-def check_output(
-    prompts: Prompts,
-    output,
-    rank,
-    *,
-    shared: PromptBank | None = None,
-    config: dict | None = None,
-    force: bool = False,
-    inputs=(),
-) -> None:
-    """Refuse, before any work, an output :func:`mptkit._io.save` would refuse for the bank
-    :func:`decompose` makes (its shapes, with rank 1 standing in for ``"auto"``)."""
-    from .formats import check_output as check
-
+def stand_in(prompts: Prompts, rank, *, shared: PromptBank | None = None, config: dict | None = None) -> PromptBank:
+    """A bank with the shapes and config :func:`decompose` will return (rank 1 standing in for
+    ``"auto"``), holding no data: what the output plan checks before the work."""
     (N, d), K, r = prompts.shape, len(prompts.arrays), 1 if rank == "auto" else rank
     shape = {
         "prompt_embeddings": Array("F32", (N, d), []),
         "prefix_task_cols": Array("F32", (K, N, r), []),
         "prefix_task_rows": Array("F32", (K, r, d), []),
     }  # shapes only: nothing is read
-    stand_in = PromptBank(shape, None).with_config(output_config(prompts, shared)).with_config(config)
-    check(stand_in, output, force=force, inputs=tuple(inputs))
+    return PromptBank(shape, None).with_config(output_config(prompts, shared)).with_config(config)
 
 
 class _Data:

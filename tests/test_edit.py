@@ -9,7 +9,7 @@ from bankutil import full_prompts, memory_bank, peft_load, random_bank, save_pef
 
 import mptkit
 from mptkit import load, save
-from mptkit._similarity import plot_heatmap, similarity
+from mptkit import heatmap, similarity
 from mptkit.errors import IncompatibleBanks, UsageError
 
 
@@ -411,16 +411,16 @@ def test_plot_heatmap(tmp_path):
     pytest.importorskip("matplotlib")
     res = similarity(mptkit.set_names(memory_bank(T=3), "a,b,c"))
     out = tmp_path / "h.png"
-    plot_heatmap(res, out)
+    mptkit.save(heatmap(res), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="already exists"):
-        plot_heatmap(res, out)
+        mptkit.save(heatmap(res), out)
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match=r"needs matplotlib.*mptkit\[plot\]"):
-        plot_heatmap(similarity(memory_bank()), tmp_path / "h.png")
+        mptkit.save(heatmap(similarity(memory_bank())), tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
 
 

@@ -12,8 +12,7 @@ from bankutil import full_prompts, load_tensors, memory_bank, random_bank, run_m
 
 import mptkit
 from mptkit._decompose import decompose
-from mptkit._export import export_table
-from mptkit._tables import read_prompts
+from mptkit import export_table, read_prompts
 from mptkit.errors import IncompatibleBanks, InvalidBank, UsageError
 
 V = 5  # the peft_banks fixture's virtual tokens
@@ -81,7 +80,7 @@ def test_a_folder_of_adapters_gives_peft_mpt_outputs(peft_banks, tmp_path, kind)
 def test_table_dtypes_and_refusals(tmp_path):
     src = random_bank(tmp_path / "b.safetensors", T=3, N=4, r=2, d=6, names=["a", "b", "c"])
     bank = mptkit.load(src)
-    export_table(bank, "c,a", tmp_path / "h.npy", dtype="float16")
+    mptkit.save(export_table(bank, "c,a", dtype="float16"), tmp_path / "h.npy")
     half = np.load(tmp_path / "h.npy")
     assert half.dtype == np.float16 and torch.equal(
         torch.from_numpy(half), full_prompts(bank, torch.float32)[[2, 0]].half()
@@ -142,7 +141,7 @@ def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
 def test_decompose_with_a_shared_prompt_keeps_it(tmp_path):
     bank = memory_bank(T=4, N=6, d=9, r=2, seed=8, names=["a", "b", "c", "d"])
     mptkit.save(bank, tmp_path / "bank.safetensors")
-    export_table(bank, "all", tmp_path / "p.safetensors")
+    mptkit.save(export_table(bank, "all"), tmp_path / "p.safetensors")
     out = decompose(read_prompts([tmp_path / "p.safetensors"]), 2, shared=mptkit.load(tmp_path / "bank.safetensors"))
     assert bytes(out.tensors["prompt_embeddings"].read()) == bytes(bank.tensors["prompt_embeddings"].read())
     assert max(out.provenance[-1]["results"]["relative_error"].values()) < 1e-6

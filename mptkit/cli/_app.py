@@ -273,14 +273,15 @@ def adapter_option(f):
     )(f)
 
 
-def echo_repairs(bank, output) -> None:
-    """Say what an adapter-folder output's config had to lose so that PEFT loads it."""
-    from ..formats import folder_repairs
+def echo_repairs(bank, out) -> None:
+    """Say what an adapter-folder output's config (``out``, a planned output) had to lose so that
+    PEFT loads it."""
+    from ..formats import _peft as peft
 
-    fixed = folder_repairs(bank, output)
+    fixed = peft.repairs(bank.config) if out.folder else []
     if fixed:
         say(
-            f"  repaired {os.path.join(os.fspath(output), 'adapter_config.json')} so that PEFT loads it "
+            f"  repaired {os.path.join(os.fspath(out.path), 'adapter_config.json')} so that PEFT loads it "
             f"without a source file or tokenizer: {'; '.join(fixed)}"
         )
 

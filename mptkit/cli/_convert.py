@@ -37,13 +37,12 @@ def convert(src, dtype, config, adapter, output, force, as_json):
       mptkit convert mp_rank_00_model_states.pt --adapter default -o bank.safetensors
     """
     from .._convert import convert as run
-    from .._io import load, save
-    from ..formats import check_output
+    from .._io import load, plan
 
     bank = load(src, adapter=adapter)
+    target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the work
     out = run(bank, dtype=dtype, config=config)
-    check_output(out, output, force=force)
-    path = save(out, output, force=force)
+    path = target.write(out)
     if as_json:
         emit_json(
             {
@@ -60,6 +59,6 @@ def convert(src, dtype, config, adapter, output, force, as_json):
         )
         return
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
-    what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
+    what = "a PEFT adapter folder" if target.folder else "a bare .safetensors bank"
     say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
-    echo_repairs(out, path)
+    echo_repairs(out, target)

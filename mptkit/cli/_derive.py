@@ -48,14 +48,13 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
       mptkit derive examples/bank --mode shared --num-tasks 3 --seed 0 -o fresh/
     """
     from .._derive import derive as run
-    from .._io import load, save
+    from .._io import load, plan
     from .._render import derive_report
-    from ..formats import check_output
 
     bank = load(src, adapter=adapter)
-    check_output(bank.with_config(config), output, force=force)  # before the arithmetic
+    target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the arithmetic
     out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
-    path = save(out, output, force=force)  # out keeps the source: save protects it
+    path = target.write(out)  # out keeps the source: the plan protects it
     entry = out.provenance[-1]
     if as_json:
         emit_json(
@@ -74,7 +73,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
         )
         return
     say(derive_report(out, path, src))
-    echo_repairs(bank.with_config(config), path)
+    echo_repairs(bank.with_config(config), target)
 
 
 @main.command()
@@ -114,24 +113,22 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
       mptkit export examples/bank --all -o prompts/          # prompts/<task>/ per task
     """
     from .._bank import input_paths
-    from .._export import export as run, export_adapters, export_table, folder_target, save_adapter
-    from .._io import load
+    from .._export import export as run, export_table
+    from .._io import load, plan
     from .._render import export_report, table_report
-    from .._tables import output_kind
     from ..errors import UsageError
 
     if sum(map(bool, (task is not None, tasks is not None, all_))) != 1:
         raise UsageError("give one of --task K (one adapter), --tasks SEL or --all (a table or a folder of adapters)")
-    kind = "folder" if task is not None else output_kind(output)  # --task: an adapter folder (folder_target checks)
-    if half and kind == "folder":
+    if task is not None and half:
         raise UsageError(
             "--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt"
         )
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
-        folder_target(output, force, input_paths(bank))  # before the arithmetic
+        target = plan(output, "adapter", force=force, inputs=input_paths(bank))  # before the arithmetic
         result = run(bank, task, dtype=dtype, config=config)
-        path = save_adapter(result, output, force=force, inputs=input_paths(bank))
+        path = target.write(result)
         entry = result.provenance[-1]
         if as_json:
             emit_json(
@@ -149,14 +146,10 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
         say(export_report(result, path, src))
         return
     sel = "all" if all_ else tasks
-    if kind == "folder":
-        report = export_adapters(
-            bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank)
-        )
-    else:
-        report = export_table(
-            bank.with_config(config), sel, output, half=half, dtype=dtype, force=force, inputs=input_paths(bank)
-        )
+    table = export_table(bank.with_config(config), sel, half=half, dtype=dtype, config=config)  # computed when written
+    target = plan(output, "prompts", force=force, like=table)  # before the arithmetic
+    target.write(table)
+    report = _table_result(table, target)
     if as_json:
         emit_json(report)
         return
@@ -194,19 +187,20 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
       mptkit decompose new-task/ --shared bank/ --rank 2 -o more.safetensors
     """
     from .._bank import input_paths
-    from .._decompose import check_output, decompose as run
+    from .._decompose import decompose as run, stand_in
     from .._fit import check_rank
-    from .._io import load, save
+    from .._io import load, plan
     from .._render import edit_report
-    from .._tables import read_prompts
+    from ..formats import read_prompts
 
     rank_ = check_rank(rank_, max_error)
     source = read_prompts(prompts)
     base = load(shared) if shared else None
     inputs = [*prompts, *(input_paths(base) if base else [])]
-    check_output(source, output, rank_, shared=base, config=config, force=force, inputs=inputs)  # before the work
+    like = stand_in(source, rank_, shared=base, config=config)
+    target = plan(output, "bank", force=force, inputs=inputs, like=like)  # before the work
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
-    save(bank, output, force=force, inputs=inputs)
+    target.write(bank)
     results = bank.provenance[-1]["results"]
     if as_json:
         emit_json(
@@ -223,3 +217,29 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
         )
         return
     echo_lines(edit_report(bank, output))
+
+
+def _table_result(table, target) -> dict:
+    """What ``export --tasks/--all`` reports: the files written, the table's shape and names (or,
+    for a folder of adapters, the names, the folders they got and the first adapter's provenance)."""
+    from ..formats._targets import safe_names
+
+    if target.format.name == "adapters":
+        folders = safe_names(table.names)
+        renamed = {n: f for n, f in zip(table.names, folders) if n != f}
+        first = table.adapter(0).provenance[-1] if table.names else None
+        return {
+            "written": [str(target.path)],
+            "tasks": table.names,
+            "provenance": first,
+            **({"folders": renamed} if renamed else {}),
+        }
+    T, N, d = table.shape
+    return {
+        "written": [str(p) for p in target.written],
+        "shape": [T, N, d],
+        "dtype": table.dtype,
+        "half": table.info["half"],
+        "tasks": table.names,
+        "provenance": table.provenance[-1],
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -153,6 +154,53 @@ def _lstat(target: Path):
         raise OutputError(f"{target}: cannot write the output: {os_error_reason(e)}; nothing was written") from None
 
 
+# -- identity: what the file system says, not what the path strings say ----------------------------
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (links followed), None when nothing is there. Two paths
+    that name one file or folder (a bind mount, a hard link, a symbolic link, another case of a name
+    on a case-insensitive file system) have one identity."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _ancestors(path, cache: dict | None = None) -> tuple:
+    """The identities of every existing folder above ``path``, nearest first."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if cache is not None and parent in cache:
+        return cache[parent]
+    out = []
+    p = parent
+    while True:
+        ident = _identity(p)
+        if ident is not None:
+            out.append(ident)
+        up = os.path.dirname(p)
+        if up == p:
+            break
+        p = up
+    if cache is not None:
+        cache[parent] = tuple(out)
+    return tuple(out)
+
+
+def _relation(me, above: tuple, src: str, cache: dict) -> str | None:
+    """How an output (identity ``me``, None if it does not exist; ``above``: the identities of the
+    folders above it) relates to the input ``src``: "is", "is inside", "contains", or None."""
+    theirs = _identity(src)
+    if theirs is None:
+        return None
+    if me is not None and me == theirs:
+        return "is"
+    if theirs in above:
+        return "is inside"
+    if me is not None and me in _ancestors(src, cache):
+        return "contains"
+    return None
+
+
 def _existing_ancestor(p: Path) -> Path:
     p = Path(os.path.abspath(p))
     while not os.path.lexists(p) and p != p.parent:
@@ -166,10 +214,9 @@ def check_target(
     """Refuse outputs that would lose data or cannot be written (see the module docstring).
     ``replaceable`` decides what ``force`` may replace (default :func:`replaceable_output`)."""
     target = Path(target)
-    real = os.path.realpath(target)
-    here = os.path.realpath(os.getcwd()) if os.path.isdir(".") else None
-    if here is not None and (here == real or here.startswith(real.rstrip(os.sep) + os.sep)):
-        what = "the working directory" if here == real else "a parent of the working directory"
+    me, above, here = _identity(target), _ancestors(target), _identity(".")
+    if me is not None and here is not None and (me == here or me in _ancestors(Path("."))):
+        what = "the working directory" if me == here else "a parent of the working directory"
         raise OutputError(f"{target}: is {what}; mptkit never replaces it (name a new folder or file for the output)")
     if target.name in ("", ".", ".."):
         raise OutputError(f"{target}: name the output itself, not a folder by '.' or '..'")
@@ -179,17 +226,9 @@ def check_target(
             f"{target}: the output's name is {size} bytes long; this file system allows at most "
             f"{limit} bytes per name; nothing was written"
         )
+    chains: dict[str, tuple] = {}
     for src in inputs:
-        rs = os.path.realpath(src)
-        how = (
-            "is"
-            if real == rs
-            else "is inside"
-            if real.startswith(rs + os.sep)
-            else "contains"
-            if rs.startswith(real + os.sep)
-            else None
-        )
+        how = _relation(me, above, src, chains)
         if how:
             raise OutputError(
                 f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)"
@@ -282,3 +321,43 @@ def _check_writable(target: Path) -> None:
             ro = False
         reason = "the file system is read-only" if ro else f"permission denied (cannot create files in {anc})"
         raise OutputError(f"{target}: cannot write the output: {reason}; nothing was written")
+
+
+# -- names that become paths ---------------------------------------------------------------------
+#: what a file or folder name made from a task name may hold (anything else is replaced)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@,-]*")
+#: the longest folder name made from a task name, in bytes (file systems allow 255)
+SAFE_NAME_BYTES = 128
+
+
+def safe_names(names: list[str], fallback: str = "task{}") -> list[str]:
+    """A file or folder name for each of ``names`` that can only ever name one entry inside the
+    output: a name is kept when it is already such a name (letters, digits and ``._+=@,-``, not
+    starting with a dot, at most :data:`SAFE_NAME_BYTES` bytes, no other name equal to it ignoring
+    case); any other name (``../x``, ``/etc``, ``a/b``, an empty one, a control character) gets
+    ``fallback.format(index)``, so no task name ever chooses a path."""
+    lower: dict[str, int] = {}
+    for n in names:
+        lower[n.lower()] = lower.get(n.lower(), 0) + 1
+
+    def kept(n: str) -> bool:
+        return (
+            _SAFE_NAME.fullmatch(n) is not None
+            and len(n.encode("utf-8")) <= SAFE_NAME_BYTES
+            and lower[n.lower()] == 1
+            and n.lower() != "tasks.json"
+        )
+
+    keep = [kept(n) for n in names]
+    taken = {n.lower() for n, k in zip(names, keep) if k}
+    out = []
+    for i, n in enumerate(names):
+        if keep[i]:
+            out.append(n)
+            continue
+        name, j = fallback.format(i), 2
+        while name.lower() in taken:
+            name, j = f"{fallback.format(i)}-{j}", j + 1
+        taken.add(name.lower())
+        out.append(name)
+    return out

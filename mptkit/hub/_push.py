@@ -18,14 +18,14 @@ from ._transfer import BANK_FILES, listing, resolve_commit
 def _pristine(bank: PromptBank) -> Path | None:
     """The adapter folder ``bank`` was read from, when the bank is still exactly what it holds
     (then its files are uploaded byte for byte); None otherwise."""
-    from ..formats import read
+    from ..formats import read_bank
 
     src = bank.source
     if src is None or not src.format.startswith("peft-adapter"):
         return None
     folder = Path(src.data_file).parent
     try:
-        fresh = read(folder)
+        fresh = read_bank(folder)
     except MptkitError:
         return None
     same = (
@@ -46,7 +46,7 @@ def _pristine(bank: PromptBank) -> Path | None:
 
 def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
     """An adapter folder holding ``bank``: its own folder when unchanged, else one written to ``tmp``."""
-    from ..formats import read, save
+    from ..formats import read_bank, save
 
     folder = _pristine(bank)
     if folder is None:
@@ -57,7 +57,7 @@ def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
                 "(push a full bank, or add tasks with `mptkit derive --mode shared --num-tasks`)"
             )
         folder = save(bank, tmp / "adapter")  # says which config fields a bare file lacks
-    return folder, read(folder)
+    return folder, read_bank(folder)
 
 
 def push(
