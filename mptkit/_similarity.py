@@ -15,7 +15,7 @@ INNER = 1 << 16
 
 
 def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
-    """``{"tasks": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...],
+    """``{"task_names": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...],
     "top": [[{"task", "cosine"}, ...]]}`` for the selected tasks (all by default): the cosine
     similarity of the full prompts, each task's nearest other task, and its ``top`` nearest (3
     by default). A task whose prompt is all zeros has no cosine (None).
@@ -49,7 +49,13 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
                 row.append({"task": names[idx[int(best.indices[i, j])]], "cosine": v})
         top_lists.append(row)
     nearest = [row[0] if row else None for row in top_lists]
-    return {"tasks": [names[t] for t in idx], "indices": idx, "matrix": matrix, "nearest": nearest, "top": top_lists}
+    return {
+        "task_names": [names[t] for t in idx],
+        "indices": idx,
+        "matrix": matrix,
+        "nearest": nearest,
+        "top": top_lists,
+    }
 
 
 def gram_matrix(bank: PromptBank, idx: list[int]):
@@ -136,7 +142,7 @@ def _draw(result: dict, title: str | None, fmt: str) -> bytes:
         plt.close("all")
         raise UsageError(f"matplotlib cannot write .{fmt} images; use .png, .svg or .pdf")
     plt.close("all")
-    names = result["tasks"]
+    names = result["task_names"]
     n = len(names)
     values = [[float("nan") if v is None else v for v in row] for row in result["matrix"]]
     size = min(2 + 0.45 * n, 30)

@@ -364,6 +364,27 @@ def limit_options(f):
     return f
 
 
+def bank_json(bank, output=None, **extra) -> dict:
+    """The JSON every command that writes a bank prints (one set of keys for one set of things,
+    ``schemas/output.schema.json``): where it went, its shapes, and the operation's provenance
+    entry (its arguments, and what it found as ``results``)."""
+    entry = bank.provenance[-1] if bank.provenance else {}
+    return {
+        **({"output": str(output)} if output is not None else {}),
+        "N": bank.num_tokens,
+        "d": bank.token_dim,
+        "num_tasks": bank.num_tasks,
+        "rank": bank.rank,
+        "dtype": bank.dtype,
+        "task_names": bank.task_names,
+        "operation": entry.get("operation"),
+        "arguments": entry.get("arguments", {}),
+        "results": entry.get("results", {}),
+        **extra,
+        "provenance": entry,
+    }
+
+
 def emit_json(obj) -> None:
     """``obj`` as JSON on stdout, with control characters escaped and tokens redacted."""
     click.echo(json_text(obj))

@@ -6,6 +6,7 @@ import click
 
 from ._app import (
     adapter_option,
+    bank_json,
     config_options,
     dtype_option,
     echo_repairs,
@@ -44,19 +45,7 @@ def convert(src, dtype, config, adapter, output, force, as_json):
     out = run(bank, dtype=dtype, config=config)
     path = target.write(out)
     if as_json:
-        emit_json(
-            {
-                "output": str(path),
-                "from": bank.source.format,
-                "dtype": out.dtype,
-                "N": out.num_tokens,
-                "d": out.token_dim,
-                "num_tasks": out.num_tasks,
-                "r": out.rank,
-                "task_names": out.task_names,
-                "provenance": out.provenance[-1],
-            }
-        )
+        emit_json(bank_json(out, path))
         return
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
     what = "a PEFT adapter folder" if target.folder else "a bare .safetensors bank"

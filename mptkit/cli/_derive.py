@@ -6,6 +6,7 @@ import click
 
 from ._app import (
     adapter_option,
+    bank_json,
     config_options,
     dtype_option,
     echo_lines,
@@ -55,22 +56,8 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the arithmetic
     out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
     path = target.write(out)  # out keeps the source: the plan protects it
-    entry = out.provenance[-1]
     if as_json:
-        emit_json(
-            {
-                "output": str(path),
-                "mode": mode,
-                "arguments": entry["arguments"],
-                "dtype": out.dtype,
-                "N": out.num_tokens,
-                "d": out.token_dim,
-                "num_tasks": out.num_tasks,
-                "r": out.rank,
-                "task_names": out.task_names,
-                "provenance": entry,
-            }
-        )
+        emit_json(bank_json(out, path))
         return
     say(derive_report(out, path, src))
     echo_repairs(bank.with_config(config), target)
@@ -134,10 +121,13 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
             emit_json(
                 {
                     "output": str(path),
-                    "arguments": entry["arguments"],
-                    "dtype": result.prompt.dtype,
                     "N": result.prompt.shape[0],
                     "d": result.prompt.shape[1],
+                    "num_tasks": 1,
+                    "dtype": result.prompt.dtype,
+                    "task_names": [entry["arguments"]["task_name"]] if "task_name" in entry["arguments"] else None,
+                    "operation": entry["operation"],
+                    "arguments": entry["arguments"],
                     "config": result.config,
                     "provenance": entry,
                 }
@@ -201,45 +191,34 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
     target = plan(output, "bank", force=force, inputs=inputs, like=like)  # before the work
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
     target.write(bank)
-    results = bank.provenance[-1]["results"]
     if as_json:
-        emit_json(
-            {
-                "output": str(output),
-                "num_tasks": bank.num_tasks,
-                "task_names": bank.task_names,
-                "rank": bank.rank,
-                "dtype": bank.dtype,
-                "N": bank.num_tokens,
-                "d": bank.token_dim,
-                **results,
-            }
-        )
+        emit_json(bank_json(bank, output))
         return
     echo_lines(edit_report(bank, output))
 
 
 def _table_result(table, target) -> dict:
-    """What ``export --tasks/--all`` reports: the files written, the table's shape and names (or,
-    for a folder of adapters, the names, the folders they got and the first adapter's provenance)."""
+    """What ``export --tasks/--all`` reports: the files written, the table's shape and names (and,
+    for a folder of adapters, the folders names could not be, and the first adapter's provenance)."""
     from ..formats._targets import safe_names
 
-    if target.format.name == "adapters":
-        folders = safe_names(table.names)
-        renamed = {n: f for n, f in zip(table.names, folders) if n != f}
-        first = table.adapter(0).provenance[-1] if table.names else None
-        return {
-            "written": [str(target.path)],
-            "tasks": table.names,
-            "provenance": first,
-            **({"folders": renamed} if renamed else {}),
-        }
     T, N, d = table.shape
-    return {
+    entry = table.provenance[-1]
+    out = {
+        "output": str(target.path),
         "written": [str(p) for p in target.written],
-        "shape": [T, N, d],
+        "format": target.format.name,
+        "N": N,
+        "d": d,
+        "num_tasks": T,
         "dtype": table.dtype,
+        "task_names": table.names,
         "half": table.info["half"],
-        "tasks": table.names,
-        "provenance": table.provenance[-1],
+        "operation": entry["operation"],
+        "arguments": entry["arguments"],
     }
+    if target.format.name == "adapters":
+        renamed = {n: f for n, f in zip(table.names, safe_names(table.names)) if n != f}
+        out["folders"] = renamed
+        entry = table.adapter(0).provenance[-1] if table.names else None
+    return {**out, "provenance": entry}

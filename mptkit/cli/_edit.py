@@ -8,6 +8,7 @@ import click
 
 from ._app import (
     adapter_option,
+    bank_json,
     config_options,
     dtype_option,
     echo_lines,
@@ -65,19 +66,7 @@ def _save_edit(bank, target, as_json, config, labels=()) -> None:
     output = target.path
     target.write(bank)
     if as_json:
-        entry = bank.provenance[-1] if bank.provenance else {}
-        emit_json(
-            {
-                "output": str(output),
-                "num_tasks": bank.num_tasks,
-                "task_names": bank.task_names,
-                "rank": bank.rank,
-                "dtype": bank.dtype,
-                "operation": entry.get("operation"),
-                "arguments": entry.get("arguments", {}),
-                **(entry.get("results") or {}),
-            }
-        )
+        emit_json(bank_json(bank, output))
         return
     echo_lines(edit_report(bank, output, labels))
     echo_repairs(bank, target)
@@ -306,6 +295,6 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
     if as_json:
         emit_json(result)
         return
-    echo_lines(similarity_top(result) if top or len(result["tasks"]) > 20 else similarity_table(result))
+    echo_lines(similarity_top(result) if top or len(result["task_names"]) > 20 else similarity_table(result))
     if plot:
         say(f"wrote {plot}")

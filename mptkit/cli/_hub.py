@@ -78,7 +78,7 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
                 "path": local,
                 "files": got.files,
                 "from_cache_only": got.cached_only,
-                "tasks": bank.names() if tasks is not None else None,
+                "task_names": bank.names() if tasks is not None else None,
                 "summary": s,
             }
         )

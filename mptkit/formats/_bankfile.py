@@ -131,6 +131,7 @@ def write(bank: PromptBank, f, target: Path) -> None:
 FORMAT = Format(
     name="safetensors",
     description="a bare .safetensors state dict with PEFT's keys (any safetensors file is read)",
+    label="a bare state dict",
     recognise=lambda p: not p.is_dir(),
     read_bank=read_bank,
     read_prompts=read_prompts,

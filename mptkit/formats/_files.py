@@ -24,6 +24,7 @@ def write_copy(copy, folder: Path, target: Path) -> None:
 IMAGE = Format(
     name="image",
     description="a picture (.png, .svg, .pdf, ...)",
+    label="a picture",
     writes="image",
     suffixes=IMAGE_SUFFIXES,
     write=write_image,
@@ -31,6 +32,7 @@ IMAGE = Format(
 COPY = Format(
     name="copy",
     description="files copied as they are into a folder",
+    label="a copy of the files",
     writes="files",
     folder=True,
     write=write_copy,

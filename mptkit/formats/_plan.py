@@ -132,12 +132,16 @@ def choose(path: str | os.PathLike, kind: str, format: str | None = None) -> For
         if fmt.folder:
             targets.output_kind(path, files={})
         else:
-            targets.output_kind(path, files=dict.fromkeys(fmt.suffixes, fmt.name), folders=False)
+            targets.output_kind(
+                path, files=dict.fromkeys(fmt.suffixes, fmt.name), folders=False, labels={fmt.name: fmt.label}
+            )
         return fmt
     by_suffix = [f for f in candidates if f.by_suffix]
     files = {s: f.name for f in by_suffix if not f.folder for s in f.suffixes}
     folder = next((f for f in by_suffix if f.folder), None)
-    got = targets.output_kind(path, files=files, folders=folder is not None)
+    labels = {f.name: f.label for f in by_suffix if not f.folder}
+    labels["folder"] = folder.label if folder else ""
+    got = targets.output_kind(path, files=files, folders=folder is not None, labels=labels)
     return folder if got == "folder" else next(f for f in by_suffix if f.name == got)
 
 

@@ -35,6 +35,8 @@ class Format:
 
     name: str
     description: str
+    #: what an output in this format is, in a few words ("a bare state dict"), for messages
+    label: str = ""
     recognise: Callable[[Path], bool] | None = None
     read_bank: Callable[..., Any] | None = None
     read_prompts: Callable[[Path], Any] | None = None

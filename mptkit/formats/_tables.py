@@ -163,6 +163,7 @@ def write_st_table(table, f, target: Path) -> None:
 NPY = Format(
     name="npy",
     description="a prompt table: OUT.npy (tasks, N, d) and OUT.tasks.json naming its rows",
+    label="a prompt table, with OUT.tasks.json",
     recognise=lambda p: not p.is_dir() and p.name.lower().endswith(".npy"),
     read_prompts=read_npy,
     writes="prompts",
@@ -174,6 +175,7 @@ NPY = Format(
 SAFETENSORS_TABLE = Format(
     name="safetensors-table",
     description="a prompt table: OUT.safetensors holding prompt_table (tasks, N, d), names in its metadata",
+    label="a prompt table",
     recognise=_is_table,
     read_prompts=read_st_table,
     writes="prompts",

@@ -52,14 +52,21 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 Replaceable = Callable[[Path, bool], "str | None"]
 
 
-def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILES, folders: bool = True) -> str:
+def output_kind(
+    path: str | os.PathLike,
+    *,
+    files: Mapping[str, str] = BANK_FILES,
+    folders: bool = True,
+    labels: Mapping[str, str] | None = None,
+) -> str:
     """``"folder"``, or the kind ``files`` gives the path's suffix; an :class:`OutputError` with a
-    suggestion for anything else (another suffix, ``-``, a near miss of ``.safetensors``)."""
+    suggestion for anything else (another suffix, ``-``, a near miss of ``.safetensors``).
+    ``labels`` says what each kind (and ``"folder"``) is, for the message."""
     text = os.fspath(path)
     shown = os.fsdecode(text)
     if text.startswith("hf://"):
         raise OutputError(f"{shown}: outputs are local paths; use `mptkit push` to upload to the Hub")
-    wanted = _wanted(files, folders)
+    wanted = _wanted(files, folders, labels)
     if text in ("-", ""):
         raise OutputError(f"{shown or repr(text)}: mptkit writes to a path, not to standard output; name {wanted}")
     name = Path(text).name
@@ -93,11 +100,20 @@ def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILE
     raise OutputError(f"{shown}: mptkit does not write {suffix} files here; name {wanted}{hint}")
 
 
-def _wanted(files: Mapping[str, str], folders: bool) -> str:
+def _wanted(files: Mapping[str, str], folders: bool, labels: Mapping[str, str] | None = None) -> str:
     if not files:
         return "a folder (a path with no suffix): this command writes an adapter folder"
-    kinds = [f"a file ending in {s}" + (" (a bare state dict)" if s == BANK_SUFFIX else "") for s in files]
-    return " or ".join(kinds + (["a folder with no suffix (a PEFT adapter folder)"] if folders else []))
+    if labels is None:  # a bank: a .safetensors file or an adapter folder
+        labels = {files.get(BANK_SUFFIX): "a bare state dict", "folder": "a PEFT adapter folder"}
+    by_kind: dict[str, list[str]] = {}
+    for suffix, kind in files.items():
+        by_kind.setdefault(kind, []).append(suffix)
+    kinds = []
+    for kind, suffixes in by_kind.items():
+        shown = suffixes[0] if len(suffixes) == 1 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+        kinds.append(f"a file ending in {shown}" + (f" ({labels[kind]})" if labels.get(kind) else ""))
+    folder = f"a folder with no suffix ({labels['folder']})" if labels.get("folder") else "a folder with no suffix"
+    return " or ".join(kinds + ([folder] if folders else []))
 
 
 def _near_miss(name: str, files: Mapping[str, str]) -> str | None:
@@ -186,19 +202,35 @@ def _ancestors(path, cache: dict | None = None) -> tuple:
     return tuple(out)
 
 
-def _relation(me, above: tuple, src: str, cache: dict) -> str | None:
+def _relation(target: Path, me, above: tuple, src: str, cache: dict) -> str | None:
     """How an output (identity ``me``, None if it does not exist; ``above``: the identities of the
-    folders above it) relates to the input ``src``: "is", "is inside", "contains", or None."""
+    folders above it) relates to the input ``src``: "is", "is inside", "contains", or None. An
+    input that does not exist (yet) is compared by its resolved path."""
+    real, rs = os.path.realpath(target), os.path.realpath(src)
+    if real == rs:
+        return "is"
+    if real.startswith(rs.rstrip(os.sep) + os.sep):
+        return "is inside"
+    if rs.startswith(real.rstrip(os.sep) + os.sep):
+        return "contains"
     theirs = _identity(src)
     if theirs is None:
         return None
-    if me is not None and me == theirs:
-        return "is"
+    if me is not None and me == theirs and (os.path.isdir(src) or _same_entry(target, src)):
+        return "is"  # one folder, or one folder entry, by another path (a bind mount, another case)
     if theirs in above:
         return "is inside"
     if me is not None and me in _ancestors(src, cache):
         return "contains"
     return None
+
+
+def _same_entry(a, b) -> bool:
+    """Whether two paths that name one file name it by one entry of one folder (seen through a bind
+    mount, or by another case of its name on a case-insensitive file system), not by two hard links:
+    replacing one hard link leaves the other, and the input, as it was."""
+    same_folder = _identity(os.path.dirname(os.path.abspath(a))) == _identity(os.path.dirname(os.path.abspath(b)))
+    return same_folder and os.path.basename(a).casefold() == os.path.basename(b).casefold()
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -227,12 +259,12 @@ def check_target(
             f"{limit} bytes per name; nothing was written"
         )
     chains: dict[str, tuple] = {}
-    for src in inputs:
-        how = _relation(me, above, src, chains)
-        if how:
-            raise OutputError(
-                f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)"
-            )
+    found = [(how, src) for src in inputs if (how := _relation(target, me, above, src, chains))]
+    if found:  # the plainest relation first: "is" the folder, rather than "contains" the file inside it
+        how, src = min(found, key=lambda x: ("is", "is inside", "contains").index(x[0]))
+        raise OutputError(
+            f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)"
+        )
     st = _lstat(target)
     if st is not None:
         _check_existing(target, st, folder=folder, force=force, replaceable=replaceable or replaceable_output)

@@ -42,7 +42,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> s
         tags=sorted(tags),
         pipeline_tag="text-generation" if task_type == "CAUSAL_LM" else None,
     )
-    T, N, d, r = s["num_tasks"], s["N"], s["d"], s["r"]
+    T, N, d, r = s["num_tasks"], s["N"], s["d"], s["rank"]
     p = s["parameters"]
     names = bank.names()
     rev_arg = f', revision="{revision}"' if revision and revision != "main" else ""

@@ -29,7 +29,7 @@ def test_export_then_decompose_gives_the_prompts_back(tmp_path, shape):
     assert report["task_names"] == [f"t{i}" for i in range(T)] and report["rank"] == r
     before, after = full_prompts(mptkit.load(src)), full_prompts(mptkit.load(tmp_path / "back.safetensors"))
     rel = (after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2))
-    assert float(rel.max()) < 1e-5 and max(report["relative_error"].values()) < 1e-5
+    assert float(rel.max()) < 1e-5 and max(report["results"]["relative_error"].values()) < 1e-5
 
 
 def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
@@ -54,8 +54,8 @@ def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    errors = report["relative_error"]
-    assert report["rank"] == {"a": 2, "b": 1, "c": 2}, report
+    errors = report["results"]["relative_error"]
+    assert report["results"]["rank"] == {"a": 2, "b": 1, "c": 2}, report
     assert errors["a"] < 1e-3 and errors["c"] < 1e-3 and 1e-3 < errors["b"] < 0.05
     assert mptkit.load(tmp_path / "auto.safetensors").rank == 2
 

@@ -26,7 +26,7 @@ def test_similarity_is_the_cosine_of_full_prompts():
     full = full_prompts(bank).reshape(4, -1)
     expect = torch.nn.functional.cosine_similarity(full[:, None], full[None, :], dim=-1)
     torch.testing.assert_close(torch.tensor(res["matrix"], dtype=torch.float64), expect)
-    assert res["matrix"][0][3] == pytest.approx(-1.0) and res["tasks"] == ["0", "1", "2", "3"]
+    assert res["matrix"][0][3] == pytest.approx(-1.0) and res["task_names"] == ["0", "1", "2", "3"]
     sub = similarity(bank, "3,1")
     assert sub["indices"] == [3, 1] and sub["matrix"][0][1] == pytest.approx(res["matrix"][3][1])
     json.dumps(res, allow_nan=False)

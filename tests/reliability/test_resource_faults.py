@@ -242,7 +242,7 @@ def test_output_equal_to_the_input(cli, src, tmp_path, label):
     for out in outs:
         r = _run(cli, label, bank, out, "--force")
         assert_refused(r)
-        assert any(x in r.stderr for x in ("the input", "name a folder", "cannot write .safetensors images"))
+        assert any(x in r.stderr for x in ("the input", "name a folder", "does not write .safetensors files here"))
         assert sha256_tree(bank) == before and _leftovers(work) == []
     if label == "merge":  # the second input too
         other = work / "other"
