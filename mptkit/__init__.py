@@ -35,6 +35,8 @@ _LAZY = {
     "add_task": "_merge",
     "change_rank": "_edit",
     "similarity": "_similarity",
+    "report": "_report",
+    "card_images": "_pictures",
     "export": "_export",
     "export_table": "_export",
     "export_adapters": "_export",
