@@ -147,13 +147,13 @@
     note.textContent = size === 1
       ? `Cosine similarity of the full prompts, ${T} task(s) in clustered order (average linkage on 1 \u2212 cosine). Hover a cell for the two tasks.`
       : `${T} tasks in clustered order, drawn as ${cells} \u00d7 ${cells} blocks of up to ${size} tasks: each cell is the mean cosine of its block pair (hover for min and max). The table lists every task's ${D.limits.top_k} nearest tasks.`;
-    const label = cells <= 60 && size === 1 ? 130 : 0;
+    const longest = size === 1 && cells <= 60 ? Math.max(...order.map((k) => Math.min(18, name(k).length))) : 0;
+    const label = longest ? Math.round(Math.min(130, 16 + 7 * longest)) : 0;
     const side = Math.min(640, Math.max(360, cells * 4));
     const dpr = window.devicePixelRatio || 1;
     canvas.width = (side + label) * dpr;
     canvas.height = (side + label) * dpr;
     canvas.style.width = side + label + "px";
-    canvas.style.height = side + label + "px";
     const g = canvas.getContext("2d");
     g.scale(dpr, dpr);
     const off = document.createElement("canvas");
@@ -209,7 +209,7 @@
     if (!T) { canvas.remove(); return; }
     const side = 480, pad = 16, dpr = window.devicePixelRatio || 1;
     canvas.width = side * dpr; canvas.height = side * dpr;
-    canvas.style.width = side + "px"; canvas.style.height = side + "px";
+    canvas.style.width = side + "px";
     const g = canvas.getContext("2d");
     g.scale(dpr, dpr);
     g.fillStyle = "#fff"; g.fillRect(0, 0, side, side);
