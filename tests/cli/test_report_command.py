@@ -9,10 +9,11 @@ import json
 import math
 import re
 
-import mptkit
 import numpy as np
 import pytest
 from bankutil import one_error, random_bank, run_mptkit
+
+import mptkit
 
 DATA = re.compile(r'<script type="application/json" id="mptkit-data">(.*?)</script>', re.S)
 

@@ -8,8 +8,9 @@ import io
 import json
 import re
 
-import mptkit
 from bankutil import random_bank
+
+import mptkit
 
 LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
