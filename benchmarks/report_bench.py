@@ -1,8 +1,8 @@
 """The report's cost beside `mptkit similarity` of the same bank (issue 24's target: at most 2x),
 both whole processes, alternated in the same run (medians), with peak RSS.
 
-    python benchmarks/report_bench.py             # T=1000, N=100, r=1, d=4096 (the target's size)
-    python benchmarks/report_bench.py --quick     # T=200, N=20, d=512 (seconds)
+    python -m benchmarks.report_bench             # T=1000, N=100, r=1, d=4096 (the target's size)
+    python -m benchmarks.report_bench --quick     # T=200, N=20, d=512 (seconds)
 
 `similarity` prints its default text (each task's 3 nearest, as above 20 tasks); `report` writes the
 page. Both compute the same blocked Gram of the full prompts; the report adds value_stats, the
@@ -15,13 +15,10 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from run import PY, run_once  # noqa: E402
+from benchmarks.run import PY, run_once
 
 MAKE = (
     "import torch; from safetensors.torch import save_file; g = torch.Generator().manual_seed(0); "

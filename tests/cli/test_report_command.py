@@ -11,9 +11,10 @@ import re
 
 import numpy as np
 import pytest
-from bankutil import one_error, random_bank, run_mptkit
 
 import mptkit
+from tests.support.banks import random_bank
+from tests.support.commands import one_error, run_mptkit
 
 DATA = re.compile(r'<script type="application/json" id="mptkit-data">(.*?)</script>', re.S)
 
@@ -120,7 +121,8 @@ def test_many_tasks_stay_within_the_stated_size(tmp_path):
 
 def test_a_shared_only_bank_and_non_finite_values(tmp_path):
     import torch
-    from bankutil import write_bank
+
+    from tests.support.banks import write_bank
 
     g = torch.Generator().manual_seed(0)
     pe, cols, rows = (

@@ -1,6 +1,6 @@
 """Cards with pictures: ``push`` uploads the similarity heatmap and the rank-use chart as PNG files
 in the same commit as the card, and the card (README.md) shows them by relative links; with
-``--no-images`` neither the files nor the links are there. Against the loopback Hub (tests/hubserver.py)."""
+``--no-images`` neither the files nor the links are there. Against the loopback Hub (tests/fakehub)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import io
 import json
 import re
 
-from bankutil import random_bank
-
 import mptkit
+from tests.support.banks import random_bank
 
 LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 

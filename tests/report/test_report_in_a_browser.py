@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import random_bank, run_mptkit, write_bank
+
+from tests.support.banks import random_bank, write_bank
+from tests.support.commands import run_mptkit
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS_SHOT = ROOT / "docs" / "images" / "report.png"
