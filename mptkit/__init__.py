@@ -37,6 +37,8 @@ _LAZY = {
     "change_rank": "_edit",
     "similarity": "_similarity",
     "heatmap": "_similarity",
+    "report": "_report",
+    "card_images": "_pictures",
     "export": "_export",
     "export_table": "_export",
     "read_prompts": "formats",
@@ -46,6 +48,7 @@ _LAZY = {
     "PromptTable": "formats",
     "Prompts": "formats",
     "Image": "formats",
+    "Report": "formats",
     "weighted_lowrank_fit": "_fit",
     "fit_tasks": "_fit",
     # serving (torch)

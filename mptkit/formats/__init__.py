@@ -11,7 +11,7 @@ package knows only local files: ``hf://`` references are resolved above it (:mod
 from __future__ import annotations
 
 from . import _bankfile, _checkpointdir, _files, _peftdir, _tables, _torchpickle
-from ._objects import FileCopy, Image, Prompts, PromptTable, PromptTuningAdapter
+from ._objects import FileCopy, Image, Prompts, PromptTable, PromptTuningAdapter, Report
 from ._plan import Output, plan, save
 from ._registry import Format, formats, get, read_bank, read_prompts, register, unregister
 
@@ -30,6 +30,7 @@ __all__ = [
     "PromptTuningAdapter",
     "PromptTable",
     "Image",
+    "Report",
     "FileCopy",
 ]
 
@@ -43,6 +44,7 @@ register(_tables.SAFETENSORS_TABLE)  # prompt tables: .safetensors holding promp
 register(_peftdir.PROMPT_TUNING)  # one task's prompt as a PROMPT_TUNING adapter folder
 register(_peftdir.ADAPTERS)  # several tasks' prompts as a folder of PROMPT_TUNING adapters
 register(_files.IMAGE)  # pictures (.png, .svg, .pdf, ...)
+register(_files.HTML)  # web pages (a report)
 register(_files.COPY)  # files copied into a folder (a pulled bank)
 register(_bankfile.FORMAT)  # any other file: a safetensors bank, encoder or whole model (fallback)
 register(_peftdir.FOLDER)  # any other folder: says what it is not (fallback)

@@ -1,5 +1,5 @@
 """Outputs that are not banks: an image (``png``, ``svg``, ``pdf``, ...; drawn by matplotlib when
-written) and a copy of files into a folder (a bank pulled from the Hub)."""
+written), an HTML page (a report) and a copy of files into a folder (a bank pulled from the Hub)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def write_image(image, f, target: Path) -> None:
     f.write(image.render(target.suffix.lstrip(".").lower()))
 
 
+def write_page(report, f, target: Path) -> None:
+    f.write(report.page)
+
+
 def write_copy(copy, folder: Path, target: Path) -> None:
     for src in copy.files:
         shutil.copyfile(src, folder / Path(src).name)
@@ -28,6 +32,14 @@ IMAGE = Format(
     writes="image",
     suffixes=IMAGE_SUFFIXES,
     write=write_image,
+)
+HTML = Format(
+    name="html",
+    description="a self-contained HTML page (a report)",
+    label="a web page",
+    writes="report",
+    suffixes=(".html", ".htm"),
+    write=write_page,
 )
 COPY = Format(
     name="copy",

@@ -88,6 +88,19 @@ class Image:
 
 
 @dataclass
+class Report:
+    """A self-contained HTML page (``mptkit report``): its bytes, and what they hold (``info``)."""
+
+    output_kind: ClassVar[str] = "report"
+    page: bytes
+    info: dict = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def source_paths(self) -> list[str]:
+        return list(self.sources)
+
+
+@dataclass
 class FileCopy:
     """Files copied as they are into an output folder (a bank pulled from the Hub)."""
 
