@@ -7,9 +7,9 @@ import shlex
 
 import click
 import pytest
-from docpages import pages
 
 from mptkit.cli import main
+from tests.docs.docpages import pages
 
 
 def command_lines(text: str) -> list[str]:

@@ -3,11 +3,13 @@ a page mentions exists (a test or benchmark that moves takes its mention along).
 
 import re
 
-from docpages import DOCS, ROOT, nav_files, pages
+from tests.docs.docpages import DOCS, ROOT, Page, nav_files, pages
 
 README_MAX_LINES = 300
 #: a repository path in backticks or a link: `tests/...`, `benchmarks/run.py`, `schemas/...`
 REPO_PATH = re.compile(r"(?<![\w/.-])((?:tests|benchmarks|examples|schemas|docs|\.ci)/[\w.*/-]*)")
+#: a module run from the repository root: `python -m benchmarks.run`
+MODULE_RUN = re.compile(r"python -m ((?:benchmarks|tests)(?:\.\w+)+)")
 
 
 def test_the_readme_is_short():
@@ -33,11 +35,14 @@ def test_the_readme_links_every_page_and_every_link_resolves():
 
 def test_every_repository_path_a_page_mentions_exists():
     missing = []
-    for page in pages():
+    for page in [*pages(), Page(ROOT / "benchmarks" / "README.md")]:
         for path in REPO_PATH.findall(page.text):
             path = path.rstrip(".")
             if not any(ROOT.glob(path.rstrip("/"))):
                 missing.append(f"{page.name}: {path}")
+        for module in MODULE_RUN.findall(page.text):
+            if not (ROOT / (module.replace(".", "/") + ".py")).is_file():
+                missing.append(f"{page.name}: python -m {module}")
     assert not missing, "\n".join(missing)
 
 
@@ -47,3 +52,4 @@ def test_the_path_check_can_fail():
         "benchmarks/run.py",
     ]
     assert not any(ROOT.glob("tests/no_such_test.py"))
+    assert MODULE_RUN.findall("`python -m benchmarks.run --quick`, python -m pytest") == ["benchmarks.run"]

@@ -3,7 +3,7 @@ print what the page says.
 
 Pages do not share a folder: each page (README.md first, then docs/ in mkdocs.yml's nav order) runs
 in a fresh folder holding a copy of ``examples/`` (what a fresh clone gives a reader), against a
-fresh loopback Hub (tests/hubserver.py stands in for huggingface.co, so ``push``/``pull``/``hf://``
+fresh loopback Hub (tests.fakehub stands in for huggingface.co, so ``push``/``pull``/``hf://``
 blocks run too). So a reader can follow any page on its own, and a page may not lean on files an
 earlier page made; within a page, blocks run in order and share the folder.
 
@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from docpages import ROOT, RUN, pages
+
+from tests.docs.docpages import ROOT, RUN, pages
 
 
 def _commands_of_setup(line: str) -> str | None:

@@ -8,9 +8,9 @@ Python API page lists the whole public surface.
 """
 
 import pytest
-from docpages import DOCS, PRIVATE, changelog_rows, name_problem, pages, python_names, without_changelog
 
 import mptkit
+from tests.docs.docpages import DOCS, PRIVATE, changelog_rows, name_problem, pages, python_names, without_changelog
 
 
 def documented_name_problems(page) -> list[str]:
