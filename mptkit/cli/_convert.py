@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import (
-    adapter_option,
-    bank_json,
-    config_options,
-    dtype_option,
-    echo_repairs,
-    emit_json,
-    json_option,
-    main,
-    output_options,
-    say,
-)
+from ._app import bank_json, echo_repairs, emit_json, main, say
+from ._opts import adapter_option, config_options, dtype_option, json_option, output_options
 
 
 @main.command()

@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import (
-    adapter_option,
-    bank_json,
-    config_options,
-    dtype_option,
-    echo_lines,
-    echo_repairs,
-    emit_json,
-    force_option,
-    json_option,
-    main,
-    output_options,
-    quiet_option,
-    say,
-)
+from ._app import bank_json, echo_lines, echo_repairs, emit_json, main, say
+from ._opts import adapter_option, config_options, dtype_option, force_option, json_option, output_options, quiet_option
 
 
 @main.command()

@@ -6,20 +6,15 @@ import os
 
 import click
 
-from ._app import (
+from ._app import bank_json, echo_lines, echo_repairs, emit_json, main, say
+from ._opts import (
     adapter_option,
-    bank_json,
     config_options,
     dtype_option,
-    echo_lines,
-    echo_repairs,
-    emit_json,
     force_option,
     json_option,
-    main,
     output_options,
     quiet_option,
-    say,
     tasks_option,
 )
 

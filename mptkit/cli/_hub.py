@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import adapter_option, config_options, emit_json, json_option, limit_options, main, say
+from ._app import emit_json, main, say
+from ._opts import adapter_option, config_options, json_option, limit_options
 
 
 def hub_options(f):

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from ._app import adapter_option, emit_json, fail, json_option, limit_options, main, say
+from ._app import emit_json, fail, main, say
+from ._opts import adapter_option, json_option, limit_options
 
 
 @main.command()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import adapter_option, emit_json, force_option, json_option, main, quiet_option, say
+from ._app import emit_json, main, say
+from ._opts import adapter_option, force_option, json_option, quiet_option
 
 
 @main.command()

@@ -75,6 +75,7 @@ LAYERS = [
     "mptkit.serve",
     "mptkit._render",
     "mptkit.cli._app",
+    "mptkit.cli._opts",
     "mptkit.cli._read",
     "mptkit.cli._derive",
     "mptkit.cli._edit",
