@@ -115,7 +115,7 @@ def one_line(s: dict) -> str:
         n += f" ({s['num_virtual_tokens']}x{s['num_transformer_submodules']})"
     parts.append(n)
     parts.append(f"d={s['d']}")
-    if s.get("r"):
+    if s.get("rank"):
         parts.append(f"r={s['rank']}")
     parts.append(s["dtype"])
     parts.append(f"{s['parameters']['total']:,} parameters")
