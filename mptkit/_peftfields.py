@@ -235,11 +235,7 @@ def build_config(
         check_version(target)
     dropped: list[str] = []
     if target is not None:
-        keys = fields_of(target, kind)
-        out = {k: src[k] if k in src else BY_KEY[k].default for k in keys}
-        if "peft_version" in out:
-            out["peft_version"] = stamp
-        dropped = sorted(k for k in src if k not in keys and k not in other_only)
+        out, dropped = _release_fields(src, target, kind, stamp)
     else:
         out = {k: v for k, v in src.items() if k not in other_only}
         named = parse(src["peft_version"]) if isinstance(src.get("peft_version"), str) else None
@@ -255,6 +251,28 @@ def build_config(
         if key in out:
             out[key] = value
     return dict(sorted(out.items())), dropped  # in the order PEFT writes them
+
+
+def _release_fields(src: Mapping, release: str, kind: str, stamp: str) -> tuple[dict, list[str]]:
+    """The fields PEFT ``release`` writes for ``kind``: ``src``'s values where it has them, PEFT's
+    defaults elsewhere, ``peft_version`` saying ``stamp``; and ``src``'s fields it lacks (not those
+    of the other adapter type)."""
+    keys = fields_of(release, kind)
+    out = {k: src[k] if k in src else BY_KEY[k].default for k in keys}
+    out["peft_type"] = kind
+    if "peft_version" in out:
+        out["peft_version"] = stamp
+    other_only = {f.key for f in FIELDS if kind not in f.types}
+    return out, sorted(k for k in src if k not in keys and k not in other_only)
+
+
+def for_release(config: Mapping | None, version: str, peft_type: str = MPT) -> tuple[dict, list[str]]:
+    """``config`` as PEFT ``version`` writes it (``--peft-version``): exactly that release's fields
+    for ``peft_type``, the config's values where it has them (its initialisation too: the writers
+    clean it), PEFT's defaults elsewhere; and the fields of ``config`` that release lacks. An
+    unknown or too-old release is a one-sentence :class:`UsageError`."""
+    check_version(version)
+    return _release_fields(dict(config or {}), version, peft_type, version)
 
 
 def common_dialect(configs: Iterable[Mapping | None]) -> dict | None:

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import (
-    adapter_option,
-    config_options,
-    dtype_option,
-    echo_repairs,
-    emit_json,
-    json_option,
-    main,
-    output_options,
-    say,
-)
+from ._app import bank_json, echo_repairs, emit_json, for_peft, main, say
+from ._opts import adapter_option, config_options, dtype_option, json_option, output_options
 
 
 @main.command()
@@ -29,8 +20,8 @@ def convert(src, dtype, config, adapter, output, force, peft_version, as_json):
 
     SRC may be a whole-model state dict (model.safetensors, torch.save of a PeftModel, a DeepSpeed
     {"module": ...} pickle), a sharded folder, a prompt encoder's state dict, a Trainer checkpoint or
-    a folder of named adapters (--adapter NAME). With --peft-version X an adapter folder is
-    rewritten with the config PEFT X writes (the tensors keep their bytes).
+    a folder of named adapters (--adapter NAME). With --peft-version X an adapter folder gets the
+    config PEFT X writes (the tensors keep their bytes).
 
     \b
       mptkit convert run/checkpoint-500 -o bank/
@@ -39,29 +30,16 @@ def convert(src, dtype, config, adapter, output, force, peft_version, as_json):
       mptkit convert bank/ --peft-version 0.13.2 -o bank-peft0.13/
     """
     from .._convert import convert as run
-    from .._io import load, save
-    from ..formats import check_output
+    from .._io import load, plan
 
-    bank = load(src, adapter=adapter)
+    bank, dropped = for_peft(load(src, adapter=adapter), peft_version)
+    target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the work
     out = run(bank, dtype=dtype, config=config)
-    check_output(out, output, force=force, peft_version=peft_version)
-    path = save(out, output, force=force, peft_version=peft_version)
+    path = target.write(out)
     if as_json:
-        emit_json(
-            {
-                "output": str(path),
-                "from": bank.source.format,
-                "dtype": out.dtype,
-                "N": out.num_tokens,
-                "d": out.token_dim,
-                "num_tasks": out.num_tasks,
-                "r": out.rank,
-                "task_names": out.task_names,
-                "provenance": out.provenance[-1],
-            }
-        )
+        emit_json(bank_json(out, path))
         return
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
-    what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
+    what = "a PEFT adapter folder" if target.folder else "a bare .safetensors bank"
     say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
-    echo_repairs(out, path, peft_version)
+    echo_repairs(out, target, peft_version, dropped)

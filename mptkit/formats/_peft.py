@@ -35,12 +35,12 @@ def complete_config(
     num_ranks: int,
     where: str,
     peft_type: str = fields.MPT,
-    peft_version: str | None = None,
 ) -> tuple[dict, list[str]]:
     """An adapter_config.json for these shapes, and the fields of ``config`` it dropped: the
-    fields :func:`mptkit._peftfields.build_config` keeps or adds (the source's own, or those of PEFT
-    ``peft_version``), the shapes, and ``prompt_tuning_init: RANDOM`` with no init path (so the
-    adapter never re-reads a source file). ``peft_type`` PROMPT_TUNING: one task's full prompt."""
+    fields :func:`mptkit._peftfields.build_config` keeps or adds (the source's own, those of the
+    PEFT release :meth:`PromptBank.for_peft <mptkit.PromptBank.for_peft>` named, or the installed
+    PEFT's), the shapes, and ``prompt_tuning_init: RANDOM`` with no init path (so the adapter never
+    re-reads a source file). ``peft_type`` PROMPT_TUNING: one task's full prompt."""
     cfg = dict(config or {})
     task_type = cfg.get("task_type")
     v, s = cfg.get("num_virtual_tokens"), cfg.get("num_transformer_submodules")
@@ -74,7 +74,7 @@ def complete_config(
     }
     if peft_type == fields.MPT:
         required.update(num_tasks=num_tasks, num_ranks=num_ranks)
-    return fields.build_config(config, required, peft_version)
+    return fields.build_config(config, required)
 
 
 def repairs(config: Mapping | None) -> list[str]:

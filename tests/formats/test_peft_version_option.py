@@ -75,13 +75,14 @@ def test_convert_rewrites_the_config_only(example_bank, tmp_path):
 
 def test_the_python_api_takes_it_too(example_bank, tmp_path):
     bank = mptkit.load(example_bank)
-    mptkit.save(bank, tmp_path / "out", peft_version="0.13.2")
+    mptkit.save(bank.for_peft("0.13.2"), tmp_path / "out")
     assert set(config(tmp_path / "out")) == set(fields.fields_of("0.13.2"))
-    adapter = mptkit.export(bank, 1, peft_version="0.17.1")
-    assert set(adapter.config) == set(fields.fields_of("0.17.1", fields.PT)) and adapter.dropped == ["peft_version"]
+    adapter = mptkit.export(bank.for_peft("0.17.1"), 1)
+    assert set(adapter.config) == set(fields.fields_of("0.17.1", fields.PT))
+    assert fields.for_release(bank.config, "0.17.1")[1] == ["peft_version"]
+    assert bank.for_peft(None) is bank
     with pytest.raises(mptkit.UsageError, match="not a PEFT release mptkit knows"):
-        mptkit.save(bank, tmp_path / "never", peft_version="1.0")
-    assert not (tmp_path / "never").exists()
+        bank.for_peft("1.0")
 
 
 @pytest.mark.parametrize(

@@ -153,7 +153,7 @@ def one(version: str, kind: str, root: Path, python: str) -> list[str]:
     meta = json.loads(Path("meta.json").read_text())
     info = json.loads(mptkit("inspect", "bank", "--json", cwd=root))
     S = 2 if kind == "seq2seq" else 1
-    want = {"N": 5 * S, "d": 24, "num_tasks": 3, "r": 2, "num_virtual_tokens": 5, "num_transformer_submodules": S}
+    want = {"N": 5 * S, "d": 24, "num_tasks": 3, "rank": 2, "num_virtual_tokens": 5, "num_transformer_submodules": S}
     got = {k: info[k] for k in want}
     if got != want or info["task_type"] != meta["config"]["task_type"]:
         problems.append(f"inspect read {got}, expected {want}")
