@@ -35,6 +35,7 @@ LAYERS = [
     "mptkit.formats._read",
     "mptkit.formats",
     "mptkit.hub._refs",
+    "mptkit.hub._wire",
     "mptkit.hub._http",
     "mptkit.hub._client",
     "mptkit.hub._cache",

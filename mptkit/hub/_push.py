@@ -118,12 +118,13 @@ def push(
                 info = api.create_commit(
                     ref.repo_id, operations=ops, revision=revision, create_pr=create_pr, commit_message=message
                 )
-    commit = getattr(info, "oid", None)
-    if not isinstance(commit, str) or not COMMIT.match(commit):
-        raise HubError(
-            f"{ref}: the Hub at {client.where()} answered the commit with an unusable commit id "
-            f"{client.said(repr(commit)[:60])}; check the repo before pushing again"
-        )
+            commit = getattr(info, "oid", None)
+            if not isinstance(commit, str) or not COMMIT.match(commit):
+                raise HubError(
+                    f"{ref}: the Hub at {client.where()} answered the commit with an unusable commit id "
+                    f"{client.said(repr(commit)[:60])}; check the repo before pushing again"
+                )
+            _check_commit(ref, commit, ops, token)
     pr_url = info.pr_url if isinstance(info.pr_url, str) else None
     return {
         "repo": ref.repo_id,
@@ -134,3 +135,50 @@ def push(
         "changed": commit != before,
         "files": [peft.CONFIG_NAME, weights.name, CARD_NAME],
     }
+
+
+def _check_commit(ref: HubRef, commit: str, ops, token: str | None) -> None:
+    """The commit the server answered with holds what was pushed: each uploaded file with its size
+    and checksum (the LFS sha256 the listing gives, else the git blob id), each deleted file gone.
+    A server's word that it committed is not taken for it (one that stored nothing answered 200)."""
+    try:
+        files, _ = listing(ref, commit, "", token)
+        why = next((w for w in (_mismatch(files, op) for op in ops) if w), None)
+    except HubError as e:
+        why = f"listing that commit failed ({e.message})"
+    if why:
+        raise HubError(
+            f"{ref}: the Hub at {client.where()} answered that commit {commit[:12]} holds the push, but "
+            f"{client.said(why, token, limit=300)}; the push did not take effect as asked (check the repo "
+            "before pushing again)"
+        )
+
+
+def _mismatch(files: dict, op) -> str | None:
+    """How the listed commit differs from the operation ``op`` (None: it holds what ``op`` did)."""
+    import hashlib
+
+    from huggingface_hub import CommitOperationAdd
+
+    from .._bank import file_sha256
+    from ._cache import git_blob_sha1
+
+    name = op.path_in_repo
+    if not isinstance(op, CommitOperationAdd):
+        return f"it still holds {name}, which the commit deletes" if name in files else None
+    if name not in files:
+        return f"it does not hold {name}"
+    f, data = files[name], op.path_or_fileobj
+    size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+    if f.size != size:
+        return f"it holds {name} with {f.size:,} bytes, not the {size:,} pushed"
+    if f.sha256 is not None:
+        got = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else file_sha256(str(data))
+        return None if got == f.sha256 else f"its {name} has another sha256 than the file pushed"
+    if f.blob_id is not None:
+        if isinstance(data, bytes):
+            got = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        else:
+            got = git_blob_sha1(data)
+        return None if got == f.blob_id else f"its {name} has another git blob id than the file pushed"
+    return f"it lists {name} without a checksum to check it by"
