@@ -51,6 +51,9 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> s
     """README.md for a bank repo: YAML front matter as PEFT writes it (``library_name: peft``,
     ``base_model``, tags) and a body with the tasks, shapes, parameter counts, provenance and usage.
     The text depends on the bank only, so pushing the same bank twice changes nothing."""
+    from ._refs import endpoint
+
+    endpoint()  # a malformed HF_ENDPOINT: said before the client fails to import over it
     from huggingface_hub import ModelCard, ModelCardData
 
     from .._info import summary

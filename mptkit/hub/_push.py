@@ -10,7 +10,7 @@ from ..errors import HubError, MptkitError, UsageError
 from ..formats import _peft as peft
 from . import _client as client, _http as http
 from ._card import CARD_NAME, model_card
-from ._refs import COMMIT, HubRef, offline, parse_ref
+from ._refs import COMMIT, HubRef, endpoint, offline, parse_ref
 from ._transfer import BANK_FILES, listing, resolve_commit
 
 
@@ -78,6 +78,7 @@ def push(
     read from an adapter folder and left unchanged is uploaded byte for byte; any other bank is
     written as an adapter folder first (a bare file needs task_type and num_virtual_tokens in its
     config). Pushing the same bank again makes no commit."""
+    endpoint()  # a malformed HF_ENDPOINT: said before the client fails to import over it
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import RevisionNotFoundError
 

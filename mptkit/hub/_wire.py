@@ -240,25 +240,39 @@ def credentials(request) -> None:
 
 
 def credential(token):
-    """A token as given (``--token``, ``token=``), remembered as a secret and checked: the white space
-    around it dropped (a CRLF token file leaves a ``\\r``), as the client drops it from ``HF_TOKEN``
-    and its login cache; any other character outside printable ASCII is a :class:`UsageError` that
+    """A token as given (``--token``, ``token=``), remembered as a secret and checked: line breaks and
+    the white space around it dropped (a CRLF token file leaves a ``\\r``), as the client drops them
+    from ``HF_TOKEN`` and its login cache; any other character outside printable ASCII is a :class:`UsageError` that
     does not show the token. Anything but a string (None, False) is passed on as it is."""
+    if token is None:  # the client's own (HF_TOKEN, the login cache): checked, then left to the client
+        from huggingface_hub.utils import get_token
+
+        try:
+            found = get_token()
+        except Exception:  # a broken login cache: the client says so when it reads it
+            found = None
+        if isinstance(found, str):
+            _checked(found, "HF_TOKEN or the login cache")
+        return None
     if not isinstance(token, str):
         return token
+    return _checked(token, "the token given") or None
+
+
+def _checked(token: str, where: str) -> str:
     from .._text import remember_secret
 
     remember_secret(token)
-    core = token.strip()
+    core = token.replace("\r", "").replace("\n", "").strip()  # as the client cleans HF_TOKEN and its token file
     remember_secret(core)
     bad = next((i for i, c in enumerate(core) if not (c.isascii() and c.isprintable())), None)
     if bad is not None:
         kind = "a control character" if ord(core[bad]) < 128 else "a character that is not ASCII"
         raise UsageError(
-            f"the token given holds {kind} at position {bad + 1} of {len(core)}; a Hugging Face token is "
-            "printable ASCII (check --token, HF_TOKEN or the token file)"
+            f"{where} holds {kind} at position {bad + 1} of {len(core)}; a Hugging Face token is printable "
+            "ASCII (check --token, HF_TOKEN or the token file)"
         )
-    return core or None
+    return core
 
 
 # -- waits a server asks for -------------------------------------------------------------------

@@ -52,6 +52,7 @@ class WireFront:
     def __enter__(self) -> WireFront:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
         return self
@@ -66,10 +67,6 @@ class WireFront:
                     c.close()
                 except OSError:
                     pass
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def rule(self, path: str, action: Callable, *, method: str | None = None, times: int | None = None) -> None:
         """Answer requests whose path (with the query) matches ``path`` with ``action(conn, req, front)``."""
