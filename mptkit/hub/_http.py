@@ -207,7 +207,8 @@ def _on_response(response) -> None:
     if download:  # read raw by get_bytes, which refuses an encoded file
         response.stream = _guard_type(response)(response.stream, lim, None, [])
         return
-    layers = wire.codings(response.headers.get_list("content-encoding", split_commas=True))
+    bodiless = response.request.method == "HEAD" or response.status_code in (204, 304)
+    layers = [] if bodiless else wire.codings(response.headers.get_list("content-encoding", split_commas=True))
     if layers:  # decoded here, piece by piece and counted; the library sees a plain answer
         del response.headers["content-encoding"]
     cap = ERROR_CAP if response.status_code >= 400 else API_CAP

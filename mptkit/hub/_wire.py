@@ -65,6 +65,8 @@ def _wait(lim, min_progress: int, sending: bool) -> float:
     now = time.monotonic()
     if now >= lim.end:
         raise lim.expired()
+    if not window.since:  # a thread whose exchange began elsewhere: its window starts with its first read
+        window.since = now
     if now - window.since >= lim.timeout:
         if window.moved < min_progress:
             raise lim.stalled(sending)
