@@ -1,17 +1,17 @@
-"""Hostile-hub attacks (issues 12 and 26), each run as a real ``python -m mptkit`` process against
-the loopback Hub of tests/hubserver.py (the server impersonates the Hub through ``HF_ENDPOINT``),
-for issue 26 behind the raw-socket front of tests/hub/wirefront.py (dripped headers, 100 Continue
-floods, compressed bombs, rate limits, endless pages, other hosts).
+"""Hostile-hub attacks, each run as a real ``python -m mptkit`` process against the loopback Hub
+of tests/fakehub (the server impersonates the Hub through ``HF_ENDPOINT``), some behind the
+raw-socket front of tests/fakehub/wirefront.py (dripped headers, 100 Continue floods, compressed
+bombs, rate limits, endless pages, other hosts).
 
-    python benchmarks/hub_attacks.py                      # this checkout
-    python benchmarks/hub_attacks.py --src /path/to/old   # another checkout of mptkit (before/after)
-    python benchmarks/hub_attacks.py --only slow          # attacks whose name contains "slow"
+    python -m benchmarks.hub_attacks                      # this checkout
+    python -m benchmarks.hub_attacks --src /path/to/old   # another checkout of mptkit (before/after)
+    python -m benchmarks.hub_attacks --only slow          # attacks whose name contains "slow"
 
 One row per command: exit status, wall time, peak RSS of the process, paths written outside the HF
 cache and the output, whether a secret or a raw control character reached the terminal, what the
 attack itself checks (``note``: the token at another host, code injected into a card) and the last
-line of stderr. The same attacks are tests (tests/test_hub_hostile.py, tests/hub/test_hub_*.py);
-this script is how the before/after tables of issues 12 and 26 were measured.
+line of stderr. The same attacks are tests (tests/hub/test_hostile_server.py, tests/hub/test_hub_*.py);
+this script is how the before/after tables of the hostile-Hub work were measured.
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.fakehub import Blob, HubServer
+from tests.fakehub.wirefront import WireFront
+from tests.support.banks import sparse_bank
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "hub"))
-
-from hubserver import Blob, HubServer, sparse_bank  # noqa: E402
-from wirefront import WireFront  # noqa: E402
 
 TOKEN = "hf_AttackerWantsThisToken1234"
 #: what must never reach the terminal (the token, a plain token given with --token, an endpoint's password)
@@ -218,15 +217,17 @@ def attacks(tmp: Path):
         ("8 escapes", escapes),
         ("11 wrong X-Repo-Commit", repo_commit),
         ("11 read-only HF_HOME", read_only),
-        *issue26(tmp),
+        *server_attacks(tmp),
     ]
 
 
-def issue26(tmp: Path):
-    """The Hub/server classes of issue 26 (3, 4, 5, 7, 8, 9, 10, 19, 23, 25, 28), most behind a WireFront."""
+def server_attacks(tmp: Path):
+    """Servers that stall outside a body, inflate, ask for waits, page without end, take tokens
+    elsewhere or store nothing; secrets in odd forms; a broken HF_ENDPOINT, a full cache, a card
+    value that would be code (rows "26.N": the items of the hostile-input round they answer)."""
     import zlib
 
-    from wirefront import continue_flood, drip_headers, never_read_body, reply, send
+    from tests.fakehub.wirefront import continue_flood, drip_headers, never_read_body, reply, send
 
     def fronted(hub, stack):
         hub.commit("owner/bank", adapter(tmp))
