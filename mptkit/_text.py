@@ -33,6 +33,12 @@ def remember_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
+def is_secret(value: str) -> bool:
+    """Whether ``value`` is one of the secrets :func:`redact` knows (a token, a password)."""
+    core = value.strip() if isinstance(value, str) else ""
+    return bool(core) and any(core == s.strip() for s in _secrets(()))
+
+
 @functools.lru_cache(maxsize=256)
 def _forms(secret: str) -> tuple[str, ...]:
     """``secret`` as it may appear in printed text, longest first."""

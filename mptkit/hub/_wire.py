@@ -15,7 +15,6 @@ at (:mod:`mptkit.hub._http` puts these on the client's session):
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
@@ -219,26 +218,37 @@ def _request_origin(url) -> tuple[str, str, int]:
 
 
 def credentials(request) -> None:
-    """The one place that decides whether a request carries credentials: only to the endpoint's
-    origin (scheme, host, port). What it sends is remembered, so that it is never printed."""
-    from .._text import remember_secret
+    """The one place that decides whether a request carries the user's credentials: only to the
+    endpoint's origin (scheme, host, port). To any other origin (a listing's next page, a redirect)
+    an ``Authorization`` that holds the user's token or the endpoint's password is not sent; one a
+    server issued for its own storage (an upload's header) is. What goes to the endpoint is
+    remembered, so that it is never printed."""
+    from .._text import is_secret, remember_secret
 
     auth = request.headers.get("authorization")
     if auth is None:
         return
-    if _request_origin(request.url) != _endpoint_origin():
-        del request.headers["authorization"]
-        return
     scheme, _, value = auth.partition(" ")
-    remember_secret(value or auth)
-    if scheme.lower() == "basic" and value:
-        import base64
-        import binascii
+    value = value or auth
+    basic = _basic(value) if scheme.lower() == "basic" else None
+    if _request_origin(request.url) != _endpoint_origin():
+        if is_secret(value) or (basic is not None and (is_secret(basic) or is_secret(basic.partition(":")[2]))):
+            del request.headers["authorization"]
+        return
+    remember_secret(value)
+    if basic is not None:
+        remember_secret(basic)
+        remember_secret(basic.partition(":")[2])
 
-        with contextlib.suppress(binascii.Error, UnicodeDecodeError):
-            pair = base64.b64decode(value, validate=True).decode("utf-8")
-            remember_secret(pair)
-            remember_secret(pair.partition(":")[2])
+
+def _basic(value: str) -> str | None:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def credential(token):

@@ -64,3 +64,16 @@ def test_a_wait_that_fits_the_deadline_is_honoured(front, cli, tmp_path):
     r = cli("pull", "owner/bank", "-o", tmp_path / "p")
     assert r.exit_code == 0, r.output
     assert len(front.seen(r"/tree/")) == 2  # asked again after the wait, and answered
+
+
+def test_a_wait_that_fits_is_said_on_a_terminal(front, tmp_path):
+    import os
+    import sys
+
+    from tests.support.commands import run_on_terminal
+
+    front.rule(r"/tree/", _busy(429, **{"Retry-After": "2"}), times=1)
+    cmd = [sys.executable, "-m", "mptkit", "pull", "owner/bank", "-o", tmp_path / "p"]
+    code, _, terminal = run_on_terminal(cmd, dict(os.environ))
+    assert code == 0, terminal
+    assert "the server answered HTTP 429 and asks for a wait of 2 s (Retry-After: 2)" in terminal
