@@ -8,9 +8,11 @@ at (:mod:`mptkit.hub._http` puts these on the client's session):
   status line, the headers, interim answers and the body alike (:func:`watch`);
 - size: an answer's body is decoded here, in pieces of at most :data:`PIECE` bytes per layer of
   ``Content-Encoding``, and what is decoded is counted against the cap (:class:`Decoded`). The
-  library decodes a whole received chunk at once and collects the whole decoded answer: 8 MB of
-  gzip on the wire became 4.5 GB in memory, a few kB gzip'd twice 1.5 GB (measured, issue 26);
-- waits a server asks for (``Retry-After``, ``RateLimit``): :func:`asked_wait`.
+  library collects the whole decoded answer (httpx itself decodes a whole received chunk at once):
+  a listing of 4.6 MB of gzip on the wire, 1 GB decoded, took 2.1 GB of memory, a few kB gzip'd
+  twice the same (measured with benchmarks/hub_attacks.py before this module);
+- credentials: only to the endpoint's origin (:func:`credentials`), tokens checked (:func:`credential`);
+- waits a server asks for (``Retry-After``, ``RateLimit``): :func:`asked_wait`, :func:`refuse_long_wait`.
 """
 
 from __future__ import annotations
