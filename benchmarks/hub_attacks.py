@@ -261,7 +261,7 @@ def server_attacks(tmp: Path):
         front, env = fronted(hub, stack)
         sparse_bank(tmp / "push.safetensors", T=800, N=100, r=1, d=10_000, filled=[0])
         front.rule(r"/commit/", never_read_body())
-        argv = ["push", str(tmp / "push.safetensors"), "owner/bank", "--task-type", "CAUSAL_LM"]
+        argv = ["push", str(tmp / "push.safetensors"), "owner/bank", "--no-images", "--task-type", "CAUSAL_LM"]
         return [([*argv, "--num-virtual-tokens", "100", "--deadline", "8"], env, None)]
 
     def bomb(layers: int):

@@ -163,10 +163,16 @@ def _check_commit(ref: HubRef, commit: str, ops, token: str | None) -> None:
     A server's word that it committed is not taken for it (one that stored nothing answered 200)."""
     import posixpath
 
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
         files: dict = {}
         for folder in sorted({posixpath.dirname(op.path_in_repo) for op in ops}):  # the root, images/
-            files.update(listing(ref, commit, folder, token)[0])
+            try:
+                files.update(listing(ref, commit, folder, token)[0])
+            except HubError as e:
+                if not (folder and isinstance(e.__cause__, EntryNotFoundError)):
+                    raise  # a folder the commit lacks: its files are missing, as said below
         why = next((w for w in (_mismatch(files, op) for op in ops) if w), None)
     except HubError as e:
         why = f"listing that commit failed ({e.message})"

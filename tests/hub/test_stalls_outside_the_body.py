@@ -50,8 +50,8 @@ def test_a_server_that_never_reads_the_upload_ends_at_the_deadline(front, tmp_pa
     sparse_bank(tmp_path / "big.safetensors", T=800, N=100, r=1, d=10_000, filled=[0])
     front.rule(r"/commit/", never_read_body())
     r = run_measured(
-        "push", tmp_path / "big.safetensors", "owner/bank", "--task-type", "CAUSAL_LM", "--num-virtual-tokens", "100",
-        "--deadline", "8", "--timeout", "60", wall_limit_s=120,
+        "push", tmp_path / "big.safetensors", "owner/bank", "--no-images", "--task-type", "CAUSAL_LM",
+        "--num-virtual-tokens", "100", "--deadline", "8", "--timeout", "60", wall_limit_s=120,
     )  # fmt: skip
     one_error(r, "cannot commit the bank", "longer than the deadline of 8 s")
     assert front.seen(r"/commit/")
