@@ -11,7 +11,16 @@ from __future__ import annotations
 import importlib
 
 from ._version import __version__
-from .errors import HubError, IncompatibleBanks, InvalidBank, MptkitError, OutputError, UnsafeFile, UsageError
+from .errors import (
+    HubError,
+    IncompatibleBanks,
+    InvalidBank,
+    InvalidModel,
+    MptkitError,
+    OutputError,
+    UnsafeFile,
+    UsageError,
+)
 
 #: public name -> the internal module that defines it (imported on first use)
 _LAZY = {
@@ -47,6 +56,7 @@ _LAZY = {
     # serving (torch)
     "TaskPrompts": "serve._runtime",
     "prepend": "serve._runtime",
+    "PromptEmbedder": "serve._embedder",
     # progress bars
     "disable_progress": "_progress",
 }
@@ -63,6 +73,7 @@ __all__ = [
     "IncompatibleBanks",
     "OutputError",
     "HubError",
+    "InvalidModel",
     *_LAZY,
 ]
 

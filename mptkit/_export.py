@@ -260,3 +260,109 @@ def _prompt_config(bank: PromptBank) -> dict:
         "num_attention_heads",
     )
     return {k: bank.config[k] for k in keep if bank.config.get(k) is not None}
+
+
+# -- TGIS prefix stores --------------------------------------------------------------------------
+def export_tgis(
+    bank: PromptBank, tasks, path, *, half: str | None = None, dtype: str | None = None, force: bool = False, inputs=()
+) -> dict:
+    """Write the tasks ``tasks`` (indices, ranges, names, or "all") of ``bank`` as a TGIS prefix store
+    at ``path`` (:mod:`mptkit.formats._tgis`): one folder per task, named by the task's name
+    (``task<i>`` in an unnamed bank), holding ``decoder.pt`` (a causal bank: the whole prompt) or, for a
+    seq2seq bank, ``encoder.pt`` (the encoder half, the default: what caikit-nlp writes and PEFT's
+    ``generate`` uses), ``decoder.pt`` (``half="decoder"``: the decoder half) or both
+    (``half="both"``: each half where PEFT's ``forward`` puts it). Each prompt is computed as PEFT
+    computes it (float32) and stored in ``dtype`` (default float32). Names TGIS would refuse and
+    non-finite prompts are refused before anything is written; an odd row count in a seq2seq prefix
+    (which TGIS refuses) is a warning. Returns what was written."""
+    import torch
+
+    from .formats import _tgis as tgis
+
+    if bank.shared_only:
+        raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
+    idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
+    stored = storage_dtype(dtype, "F32")
+    rows, which = table_rows(bank, half)
+    v = bank.num_virtual_tokens
+    if which is None:
+        files = {tgis.DECODER_FILE: slice(0, bank.num_tokens)}
+    else:
+        enc, dec = slice(0, v), slice(v, 2 * v)
+        files = {
+            "encoder": {tgis.ENCODER_FILE: enc},
+            "decoder": {tgis.DECODER_FILE: dec},
+            "both": {tgis.ENCODER_FILE: enc, tgis.DECODER_FILE: dec},
+        }[which]
+    names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
+    tgis.check_prefix_ids(list(zip(idx, names)), bank.where)
+    target = folder_target_for(path, force, inputs, tgis.replaceable_store)
+    warnings = []
+    if which is not None and v % 2:
+        warnings.append(
+            f"each prefix file holds {v} rows (num_virtual_tokens), an odd number: TGIS refuses encoder-decoder "
+            "prefixes of odd length (its prompt cache checks prefix.shape[0] % 2), so it will not load these"
+        )
+    args = {"tasks": idx, **({"names": names} if bank.task_names else {}), "half": which, "format": "tgis"}
+    if dtype:
+        args["dtype"] = dtype
+    cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
+    entry = bank.provenance_entry(
+        "export", args, reads=[bank.tensors["prompt_embeddings"], cols_a.rows(idx), rows_a.rows(idx)]
+    )
+    spans = {f: [s.start, s.stop] for f, s in files.items()}
+    manifest = {
+        "format": "TGIS prefix store (PREFIX_STORE_PATH)",
+        "model": "decoder-only" if which is None else "encoder-decoder",
+        "half": which,
+        "dtype": stored,
+        "rows": spans,
+        "tasks": [{"prefix_id": n, "task": k, **({"name": n} if bank.task_names else {})} for k, n in zip(idx, names)],
+        "source": entry["sources"][0]["name"] if entry["sources"] else None,
+        "provenance": [*bank.provenance, entry],
+    }
+    compute = torch.float64 if bank.dtype == "F64" else torch.float32
+    tdtype = numerics.torch_dtype(stored)
+    step = max(1, TABLE_CHUNK_BYTES // (4 * bank.num_tokens * bank.token_dim))
+
+    def prefixes():
+        from . import _progress as progress
+
+        pe = bank.tensors["prompt_embeddings"].to_torch(dtype=compute)
+        with progress.bar(len(idx), "export") as bar:
+            for lo in range(0, len(idx), step):
+                ks = idx[lo : lo + step]
+                c, r = cols_a.rows(ks).to_torch(dtype=compute), rows_a.rows(ks).to_torch(dtype=compute)
+                full = numerics.task_prompts(pe.unsqueeze(0), c, r).to(tdtype)  # PEFT's order of operations
+                for j, k in enumerate(ks):
+                    bad = int((~torch.isfinite(full[j])).sum())
+                    if bad:
+                        raise UsageError(
+                            f"{bank.where}: task {k} ({names[lo + j]}) has {bad} non-finite values in its prompt"
+                            + ("" if stored == "F32" else f" in {dtype}")
+                            + "; TGIS refuses non-finite prefixes, so nothing was written"
+                        )
+                    yield names[lo + j], {f: full[j, s] for f, s in files.items()}
+                bar.update(len(ks))
+
+    tgis.write_tgis_store(target, prefixes(), manifest, force=force)
+    return {
+        "written": [str(target)],
+        "format": "tgis",
+        "tasks": names,
+        "files": spans,
+        "dtype": stored,
+        "half": which,
+        "warnings": warnings,
+        "provenance": entry,
+    }
+
+
+def folder_target_for(path, force: bool, inputs, replaceable) -> Path:
+    """``path`` as a folder output that ``force`` may replace when ``replaceable`` says so."""
+    targets.output_kind(path, files={})
+    target = Path(path)
+    atomic.check_target(
+        target, folder=True, force=force, inputs=[os.fspath(p) for p in inputs], replaceable=replaceable
+    )
+    return target

@@ -40,5 +40,10 @@ class OutputError(MptkitError):
     """The output cannot be written: it exists without --force, is the input, or the disk refused."""
 
 
+class InvalidModel(MptkitError):
+    """A base model's files cannot give what was asked: no input-embedding tensor, no tokenizer.json,
+    a hidden size that does not fit the bank."""
+
+
 class HubError(MptkitError):
     """A Hugging Face Hub transfer failed: missing repo, revision or file, server error, offline."""

@@ -91,6 +91,15 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     help=("Tables of seq2seq banks: which half of each prompt (default encoder, what generate uses)."),
 )
 @dtype_option("Stored dtype (default float32, as PEFT computes; .npy tables: float32 or float16).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("tgis",)),
+    help=(
+        "tgis: a TGIS prefix store (PREFIX_STORE_PATH): a folder per task holding decoder.pt (causal) or "
+        "encoder.pt/decoder.pt (seq2seq, by --half)."
+    ),
+)
 @config_options
 @adapter_option
 @force_option
@@ -99,11 +108,14 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     "--output",
     required=True,
     type=click.Path(),
-    help=("A folder (PEFT adapter, or one per task), OUT.npy (+ OUT.tasks.json) or OUT.safetensors (prompt_table)."),
+    help=(
+        "A folder (PEFT adapter, one per task, or a TGIS store with --format tgis), OUT.npy (+ OUT.tasks.json) "
+        "or OUT.safetensors (prompt_table)."
+    ),
 )
 @quiet_option
 @json_option
-def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, as_json):
+def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, output, force, as_json):
     """Write tasks' full prompts: one task as a plain PEFT PROMPT_TUNING adapter folder; several as a
     prompt table for serving engines, one row per task, or a folder of adapters.
 
@@ -112,16 +124,30 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
       mptkit export examples/bank --all -o table.npy        # (tasks, N, d) float32 + table.tasks.json
       mptkit export examples/bank --tasks 0,2 -o table.safetensors
       mptkit export examples/bank --all -o prompts/          # prompts/<task>/ per task
+      mptkit export examples/bank --all --format tgis -o prefixes/   # PREFIX_STORE_PATH for TGIS
     """
     from .._bank import input_paths
-    from .._export import export as run, export_adapters, export_table, folder_target, save_adapter
+    from .._export import export as run, export_adapters, export_table, export_tgis, folder_target, save_adapter
     from .._io import load
-    from .._render import export_report, table_report
+    from .._render import export_report, table_report, tgis_report
     from .._tables import output_kind
     from ..errors import UsageError
 
     if sum(map(bool, (task is not None, tasks is not None, all_))) != 1:
         raise UsageError("give one of --task K (one adapter), --tasks SEL or --all (a table or a folder of adapters)")
+    if fmt == "tgis":
+        bank = load(src, adapter=adapter)
+        sel = "all" if all_ else (tasks if tasks is not None else [task])
+        report = export_tgis(
+            bank.with_config(config), sel, output, half=half, dtype=dtype, force=force, inputs=input_paths(bank)
+        )
+        if as_json:
+            emit_json(report)
+            return
+        for line in report["warnings"]:
+            say(f"mptkit: warning: {line}", err=True)
+        say(tgis_report(report, src))
+        return
     kind = "folder" if task is not None else output_kind(output)  # --task: an adapter folder (folder_target checks)
     if half and kind == "folder":
         raise UsageError(
