@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
-import basemodels
 import pytest
 import torch
-from bankutil import one_error, write_bank
+
+from tests.support import basemodels
+from tests.support.banks import write_bank
+from tests.support.commands import one_error
 
 ROWS = [5, 17, 42, 88, 3]
 

@@ -45,7 +45,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("export-table-both-json", ["export bank --tasks 3,1 --half both -o table.npy --json"]),
     ("export-adapters", ["export bank --all -o prompts"]),
     ("export-tgis", ["export bank --all --format tgis -o prefixes"]),
-    ("export-tgis-both-json", ["export bank --tasks 3,1 --format tgis --half both --dtype bfloat16 -o prefixes --json"]),
+    (
+        "export-tgis-both-json",
+        ["export bank --tasks 3,1 --format tgis --half both --dtype bfloat16 -o prefixes --json"],
+    ),
     ("decompose", ["export bank --all -o prompts", "decompose prompts --rank 2 -o out"]),
     (
         "decompose-auto-json",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from bankutil import run_mptkit
+from tests.support.commands import run_mptkit
 
 
 def test_inspect_and_validate_of_an_adapter_folder_warn_once(cli, example_bank):

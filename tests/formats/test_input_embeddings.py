@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-import basemodels
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from mptkit._io import load_embeddings
 from mptkit.errors import InvalidModel
+from tests.support import basemodels
 
 
 @pytest.fixture(scope="module")

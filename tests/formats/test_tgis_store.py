@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bankutil import error_lines, one_error, peft_load, save_peft_bank, write_bank
+
+from tests.support.banks import peft_load, save_peft_bank, write_bank
+from tests.support.commands import error_lines, one_error
 
 
 def tgis_load(store: Path, prefix_id: str, *, encoder_decoder: bool, dtype, hidden: int, max_length: int = 64):

@@ -1,4 +1,4 @@
-"""A base model's input embedding from the loopback Hub (tests/hubserver.py, which counts the bytes it
+"""A base model's input embedding from the loopback Hub (tests/fakehub, which counts the bytes it
 sends): found and read by range requests, so a command moves the safetensors header, the tensor and
 at most 64 kB more (plus the index of a sharded checkpoint), whatever the checkpoint's size. The
 checkpoint is a tiny Llama's real tensors beside 40 MB of filler (a hole on disk)."""
@@ -9,12 +9,12 @@ import json
 import struct
 from pathlib import Path
 
-import basemodels
 import pytest
 import torch
-from hubserver import Blob
 
 from mptkit.serve import PromptEmbedder
+from tests.fakehub import Blob
+from tests.support import basemodels
 
 SLACK = 64 << 10
 FILLER = (40 << 20) // 4  # F32 values of filler per file
@@ -131,7 +131,7 @@ def test_prompt_embeddings_from_hub_bank_and_model_equal_the_local_ones(hub, mod
 
 
 def test_explain_reads_the_embedding_and_the_tokenizer_only(hub, model, cli, tmp_path):
-    from bankutil import write_bank
+    from tests.support.banks import write_bank
 
     E = model["embedding"]
     write_bank(tmp_path / "bank.safetensors", E[[9, 2, 77]].clone(), torch.ones(1, 3, 1), torch.ones(1, 1, 24))

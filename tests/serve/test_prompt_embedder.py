@@ -10,12 +10,12 @@ import runpy
 import sys
 from pathlib import Path
 
-import basemodels
 import pytest
 import torch
 
 from mptkit.errors import InvalidModel, UsageError
 from mptkit.serve import PromptEmbedder
+from tests.support import basemodels
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -147,7 +147,7 @@ def test_seq2seq_banks_and_models_are_refused(setups, peft_banks):
 
 
 def test_another_hidden_size_and_a_scaling_model_are_refused(setups, tmp_path):
-    from bankutil import random_bank
+    from tests.support.banks import random_bank
 
     _, bank, model_dir = setups("llama", "float32")
     wide = random_bank(tmp_path / "wide.safetensors", d=32)
@@ -166,12 +166,8 @@ def test_the_example_runs_up_to_the_engine_call(setups, tmp_path, monkeypatch, c
     """examples/serve_vllm.py with vLLM's entry points replaced by recorders: what it hands the
     engine decodes to PEFT's inputs_embeds."""
     peft_model, bank, model_dir = setups("llama", "float32")
-    sys.path.insert(0, str(ROOT / "examples"))
     monkeypatch.setattr(sys, "argv", ["serve_vllm.py", str(bank), str(model_dir), "--task", "2", "--dry-run"])
-    try:
-        runpy.run_path(str(ROOT / "examples" / "serve_vllm.py"), run_name="__main__")
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    runpy.run_path(str(ROOT / "examples" / "serve_vllm.py"), run_name="__main__")
     sent = json.loads(capsys.readouterr().out)
     ids = sent["input_ids"]
     ref, _ = peft_inputs_embeds(peft_model, input_ids=torch.tensor([ids]), task_ids=torch.tensor([2]))
