@@ -47,6 +47,7 @@ _LAZY = {
     "export": "_export",
     "export_table": "_export",
     "export_adapters": "_export",
+    "export_tgis": "_export",
     "PromptTuningAdapter": "_export",
     "read_prompts": "_tables",
     "Prompts": "_tables",

@@ -134,6 +134,20 @@ class InputEmbeddings:
         got = self.array.rows(uniq.tolist()).to_torch()
         return got if uniq.numel() == idx.numel() and torch.equal(uniq, idx) else got.index_select(0, inverse)
 
+    def rows_into(self, ids, out) -> None:
+        """Write the rows ``ids`` (a 1-D long tensor) into ``out`` (len(ids), hidden), cast to its
+        dtype: straight from the kept or mapped matrix where the dtypes agree (one gather, no
+        intermediate copy), else through :meth:`rows`."""
+        import torch
+
+        mat = self._loaded
+        if mat is None or mat.dtype != out.dtype or out.device != mat.device:
+            out.copy_(self.rows(ids))
+            return
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            self.rows(ids)  # raises, naming the id
+        torch.index_select(mat, 0, ids, out=out)
+
     def block(self, start: int, stop: int):
         """Rows ``start`` to ``stop`` (one contiguous read: one range request on the Hub)."""
         if self._loaded is not None:

@@ -141,42 +141,50 @@ class PromptEmbedder:
 
     def token_embeddings(self, input_ids) -> torch.Tensor:
         """``embed_tokens(input_ids)`` (L, d) in the model's dtype (rows of the embedding matrix)."""
+        ids = _ids(input_ids)
+        out = torch.empty(len(ids), self.hidden_size, dtype=self.dtype)
+        self._tokens_into(ids, out)
+        return out.to(self.device)
+
+    def _tokens_into(self, ids: torch.Tensor, out: torch.Tensor) -> None:
         if self._preload:
             self.embeddings.load()
-        ids = _ids(input_ids)
-        return self.embeddings.rows(ids).to(device=self.device, dtype=self.dtype)
+        self.embeddings.rows_into(ids, out)
+
+    def _request(self, k: int, ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Task ``k``'s prompt, then the rows of ``ids``, written into ``out`` (N + L, d) on the CPU
+        (measured: a gather into place, where gathering and then concatenating copies the output twice)."""
+        N = self.num_tokens
+        if out is None:
+            out = torch.empty(N + len(ids), self.hidden_size, dtype=self.dtype)
+        out[:N] = self._prompt(k)
+        self._tokens_into(ids, out[N:])
+        return out
 
     # -- requests -----------------------------------------------------------------------------
     def __call__(self, task: int | str, input_ids) -> torch.Tensor:
         """(N + L, d): task ``task``'s prompt (float32, cast to the model's dtype), then the
         embeddings of ``input_ids`` (L token ids: a list or a 1-D tensor)."""
-        p = self._prompt(self.task_index(task))
-        return torch.cat((p, self.token_embeddings(input_ids)), dim=0)
+        return self._request(self.task_index(task), _ids(input_ids)).to(self.device)
 
     def batch(self, tasks: Sequence[int | str], input_ids):
         """Many requests at once. ``input_ids`` a 2-D tensor (B, L) gives a (B, N + L, d) tensor,
         PEFT's ``inputs_embeds`` for that batch with ``task_ids=tasks``; a list of B id sequences
-        gives a list of B (N + L_b, d) tensors. The token rows of the whole batch are read in one
-        go, each task's prompt is computed once."""
+        gives a list of B (N + L_b, d) tensors. Each task's prompt is computed once."""
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2:
-            seqs, stacked = list(input_ids), True
+            seqs, stacked = list(input_ids.to(torch.long)), True
         else:
             seqs, stacked = [_ids(x) for x in input_ids], False
         if len(tasks) != len(seqs):
             raise UsageError(f"batch: {len(tasks)} tasks for {len(seqs)} requests; give one task per request")
         ks = [self.task_index(t) for t in tasks]
-        lengths = [len(s) for s in seqs]
-        flat = torch.cat([torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in seqs]) if seqs else []
-        tokens = self.token_embeddings(flat)
-        if stacked:
-            B, L = input_ids.shape
-            prompts = torch.stack([self._prompt(k) for k in ks])
-            return torch.cat((prompts, tokens.reshape(B, L, -1)), dim=1)
-        out, pos = [], 0
-        for k, n in zip(ks, lengths):
-            out.append(torch.cat((self._prompt(k), tokens[pos : pos + n]), dim=0))
-            pos += n
-        return out
+        if not stacked:
+            return [self._request(k, s).to(self.device) for k, s in zip(ks, seqs)]
+        B, L = input_ids.shape
+        out = torch.empty(B, self.num_tokens + L, self.hidden_size, dtype=self.dtype)
+        for b, (k, s) in enumerate(zip(ks, seqs)):
+            self._request(k, s, out[b])
+        return out.to(self.device)
 
     def vllm_prompt(self, task: int | str, input_ids) -> dict:
         """The prompt for vLLM's offline ``LLM.generate``: ``{"prompt_embeds": (N + L, d) tensor}``
@@ -203,13 +211,14 @@ def encode_tensor(t: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _ids(input_ids) -> list[int]:
+def _ids(input_ids) -> torch.Tensor:
+    """Token ids as a 1-D long tensor (from a list or a 1-D integer tensor)."""
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() != 1 or input_ids.is_floating_point():
             raise UsageError(f"input_ids: expected a 1-D tensor of token ids, found {list(input_ids.shape)}")
-        return input_ids.tolist()
+        return input_ids.to(device="cpu", dtype=torch.long)
     try:
-        return [int(i) for i in input_ids]
+        return torch.tensor([int(i) for i in input_ids], dtype=torch.long)
     except (TypeError, ValueError):
         raise UsageError("input_ids: expected a sequence of token ids (ints) or a 1-D tensor") from None
 

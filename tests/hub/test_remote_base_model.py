@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import mptkit.errors
+import mptkit.hub
 from mptkit.serve import PromptEmbedder
 from tests.fakehub import Blob
 from tests.support import basemodels
@@ -146,3 +148,23 @@ def test_explain_reads_the_embedding_and_the_tokenizer_only(hub, model, cli, tmp
     assert (
         hub.bytes_sent(r"/resolve/") <= model["header"]["whole"] + tensor + model["tokenizer"] + model["config"] + SLACK
     )
+
+
+def test_a_model_in_the_hf_cache_is_read_there_and_offline(hub, model, monkeypatch):
+    """A model that huggingface_hub downloaded whole is read from the cache (no weights move); with
+    HF_HUB_OFFLINE=1 the cached snapshot is the only source."""
+    from huggingface_hub import snapshot_download
+
+    hub.commit("owner/llama", model["whole"])
+    snapshot_download("owner/llama", endpoint=hub.url, cache_dir=mptkit.hub.cache_dir())
+    hub.clear()
+    emb = _load("hf://owner/llama")
+    assert torch.equal(emb.load(), model["embedding"])
+    assert hub.bytes_sent(r"\.safetensors$") == 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.clear()
+    emb = _load("hf://owner/llama")
+    assert emb.where == "hf://owner/llama" and torch.equal(emb.load(), model["embedding"])
+    assert emb.tokenizer().endswith("tokenizer.json") and not hub.requests
+    with pytest.raises(mptkit.errors.HubError, match="HF_HUB_OFFLINE is set"):
+        _load("hf://owner/other")
