@@ -31,6 +31,7 @@ _LAZY = {
     "load": "_io",
     "save": "_io",
     "validate": "_io",
+    "load_embeddings": "_io",
     "summary": "_info",
     "value_stats": "_info",
     # operations: banks in, banks (or prompts, tables) out
@@ -44,6 +45,7 @@ _LAZY = {
     "add_task": "_merge",
     "change_rank": "_edit",
     "similarity": "_similarity",
+    "explain": "_explain",
     "export": "_export",
     "export_table": "_export",
     "export_adapters": "_export",

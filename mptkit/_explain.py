@@ -17,11 +17,10 @@ import os
 from . import _progress as progress
 from ._bank import PromptBank, select_tasks
 from .errors import InvalidModel, UsageError
+from .formats._embeddings import MAX_TOKENIZER_BYTES
 
 #: bytes of float32 vocabulary rows scored at a time
 BLOCK_BYTES = 32 << 20
-#: largest tokenizer.json read (real ones are 1-30 MB)
-MAX_TOKENIZER_BYTES = 256 << 20
 MAX_TOP = 1000
 
 

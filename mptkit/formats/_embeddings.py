@@ -27,6 +27,8 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = checkpoints.SAFETENSORS_INDEX
 #: most bytes of a config.json read (real ones are a few kB)
 MAX_CONFIG_BYTES = 1 << 20
+#: largest tokenizer.json read (real ones are 1-30 MB)
+MAX_TOKENIZER_BYTES = 256 << 20
 
 #: where transformers saves the input embedding, most specific first (the first one present wins)
 KNOWN_KEYS = (

@@ -54,6 +54,11 @@ def open_embeddings(
         weights, index = _weights(r, files, folder, named)
         opened = [f.name for f in (files.get(at(emb.CONFIG_NAME)),) if f is not None and config is not None]
         if index is not None:
+            if index.size > checkpoints.MAX_INDEX_BYTES:
+                raise InvalidModel(
+                    f"{shown}: {index.name} is listed at {index.size:,} bytes, more than the "
+                    f"{checkpoints.MAX_INDEX_BYTES:,} an index of the largest models needs; refused"
+                )
             shards = checkpoints.read_index(_path(get(index)))
             k, why = emb.choose_key(shards.weight_map, config, str(HubRef(r.repo_id, r.revision, index.name)), key)
             weights = files.get(at(shards.weight_map[k]))
@@ -83,6 +88,11 @@ def open_embeddings(
     def tokenizer() -> str | None:
         if tok is None:
             return None
+        if tok.size > emb.MAX_TOKENIZER_BYTES:
+            raise InvalidModel(
+                f"{shown}: {tok.name} is listed at {tok.size:,} bytes, more than the "
+                f"{emb.MAX_TOKENIZER_BYTES:,} a tokenizer.json has; refused"
+            )
         with http.limited(http.limits()):
             return get(tok)
 

@@ -17,6 +17,7 @@ import mptkit.hub
 from mptkit.serve import PromptEmbedder
 from tests.fakehub import Blob
 from tests.support import basemodels
+from tests.support.commands import one_error
 
 SLACK = 64 << 10
 FILLER = (40 << 20) // 4  # F32 values of filler per file
@@ -168,3 +169,19 @@ def test_a_model_in_the_hf_cache_is_read_there_and_offline(hub, model, monkeypat
     assert emb.tokenizer().endswith("tokenizer.json") and not hub.requests
     with pytest.raises(mptkit.errors.HubError, match="HF_HUB_OFFLINE is set"):
         _load("hf://owner/other")
+
+
+def test_hostile_sizes_and_missing_files_are_one_sentence_before_any_download(hub, model, cli, tmp_path):
+    from tests.support.banks import write_bank
+
+    bank = write_bank(tmp_path / "b.safetensors", torch.randn(3, 24), torch.ones(1, 3, 1), torch.ones(1, 1, 24))
+    hub.commit("owner/big-tok", {**model["whole"], "tokenizer.json": Blob.pattern(300 << 20, b"{")})
+    hub.clear()
+    r = cli("explain", bank, "--task", "0", "--base-model", "hf://owner/big-tok")
+    assert "a tokenizer.json has; refused" in one_error(r, "tokenizer.json is listed at")
+    assert hub.bytes_sent(r"tokenizer\.json") == 0
+    hub.commit("owner/no-weights", {"config.json": model["whole"]["config.json"], "pytorch_model.bin": b"x" * 10})
+    r = cli("explain", bank, "--task", "0", "--base-model", "hf://owner/no-weights")
+    one_error(r, "no model.safetensors", "pytorch_model.bin")
+    r = cli("explain", bank, "--task", "0", "--base-model", "hf://owner/missing")
+    assert r.exit_code == 2 and "owner/missing" in r.stderr
