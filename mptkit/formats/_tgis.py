@@ -16,6 +16,7 @@ The store is written atomically: :func:`write_tgis_store` fills the temp folder 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -112,8 +113,10 @@ def write_tgis_store(target: Path, prefixes: Iterable[tuple[str, dict]], manifes
             folder = tmp.joinpath(*pid.split("/"))
             folder.mkdir(parents=True, exist_ok=True)
             for name, t in files.items():
+                buf = io.BytesIO()  # torch's zip writer turns a full disk into a RuntimeError: write it here
+                torch.save(t.detach().to("cpu").contiguous().clone(), buf)
                 with open(folder / name, "xb") as f:
-                    torch.save(t.detach().to("cpu").contiguous().clone(), f)
+                    f.write(buf.getbuffer())
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
     return target
