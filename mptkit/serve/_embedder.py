@@ -52,9 +52,9 @@ class PromptEmbedder:
         _check(bank, embeddings)
         self.bank, self.embeddings = bank, embeddings
         if isinstance(dtype, str):
-            dtype = getattr(torch, dtype, None) if dtype in ("float32", "bfloat16", "float16", "float64") else None
-            if dtype is None:
-                raise UsageError("dtype must be one of float32, bfloat16, float16, float64")
+            if dtype not in ("float32", "bfloat16", "float16", "float64"):
+                raise UsageError(f"dtype must be one of float32, bfloat16, float16, float64, found {dtype!r}")
+            dtype = getattr(torch, dtype)
         #: the dtype of the model's input embeddings (as stored, unless told otherwise)
         self.dtype = dtype or {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(
             embeddings.dtype, torch.float64
