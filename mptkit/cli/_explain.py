@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import adapter_option, echo_lines, emit_json, json_option, main, quiet_option
+from ._app import echo_lines, emit_json, main
+from ._opts import adapter_option, json_option, quiet_option
 
 
 @main.command()

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._tensor import FLOAT_DTYPES, Array
+from .._dtypes import FLOAT_CODES
+from .._tensor import Array
 from ..errors import InvalidModel
 from . import _checkpoints as checkpoints, _safetensors as st
 
@@ -235,10 +236,10 @@ def checked(array: Array, key: str, config: dict | None, where: str) -> Array:
         raise InvalidModel(
             f"{where}: tensor {key!r} has shape {list(array.shape)}; an input embedding is (vocabulary, hidden)"
         )
-    if array.dtype not in FLOAT_DTYPES:
+    if array.dtype not in FLOAT_CODES:
         raise InvalidModel(
             f"{where}: tensor {key!r} is {array.dtype} (a quantized checkpoint?); mptkit reads input "
-            f"embeddings stored as {', '.join(FLOAT_DTYPES)}"
+            f"embeddings stored as {', '.join(FLOAT_CODES)}"
         )
     d = hidden_size_of(config)
     if d is not None and array.shape[1] != d:

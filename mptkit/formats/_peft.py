@@ -53,6 +53,16 @@ CLEAN_INIT = {
     "tokenizer_kwargs": None,
 }
 
+#: the config fields a PROMPT_TUNING adapter's prompt carries into decompose (what the inputs agree on)
+PROMPT_FIELDS = (
+    "task_type",
+    "num_virtual_tokens",
+    "num_transformer_submodules",
+    "base_model_name_or_path",
+    "num_layers",
+    "num_attention_heads",
+    "token_dim",
+)
 #: the config fields a bare file keeps in its ``mptkit.config`` metadata
 HINT_FIELDS = (
     "task_type",

@@ -1,5 +1,6 @@
-"""TGIS prefix stores: the folder IBM's text-generation-inference server (TGIS, which caikit-nlp
-feeds) reads prompt-tuning prefixes from (``PREFIX_STORE_PATH``).
+"""TGIS prefix stores (format ``tgis``, written only when named: ``--format tgis``): the folder IBM's
+text-generation-inference server (TGIS, which caikit-nlp feeds) reads prompt-tuning prefixes from
+(``PREFIX_STORE_PATH``).
 
 TGIS loads prefix ``<id>`` from ``PREFIX_STORE_PATH/<id>/decoder.pt`` (decoder-only models) or
 ``encoder.pt`` and/or ``decoder.pt`` (encoder-decoder models) with ``torch.load(weights_only=True)``:
@@ -10,8 +11,11 @@ the model's dtype, with an even number of rows for encoder-decoder models; prefi
 as a PEFT folder instead, whose ``prompt_embeddings`` is the *shared* prompt of an MPT bank: a store
 written here never holds one.
 
-The store is written atomically: :func:`write_tgis_store` fills the temp folder that
-:func:`mptkit.formats._atomic.atomic_dir` gives, after the caller has checked the target.
+It writes a :class:`~mptkit.formats.PromptTable` (``mptkit.export_table``): one folder per task,
+named by the task's name, holding the rows the table holds: a causal bank's whole prompt in
+``decoder.pt``; a seq2seq bank's encoder half in ``encoder.pt`` (the default half: what caikit-nlp
+writes and PEFT's ``generate`` uses), its decoder half in ``decoder.pt``, or both, each where PEFT's
+``forward`` puts it. ``tasks.json`` beside the folders maps them to the bank's tasks.
 """
 
 from __future__ import annotations
@@ -21,11 +25,10 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UsageError
-from . import _atomic as atomic
+from ._registry import Format
 from ._targets import NAME_MAX, os_error_reason
 
 #: TGIS's own rule for a prefix id (``VALID_PREFIX_ID_PATTERN``, matched in full)
@@ -52,12 +55,28 @@ def prefix_id_problem(name: str) -> str | None:
     return None
 
 
-def check_prefix_ids(ids: list[tuple[int, str]], where: str) -> None:
-    """Refuse, all at once, task names (``(index, name)``) that TGIS would not serve or that two
-    tasks would share (also on a case-insensitive file system, or one folder inside another's
-    files)."""
+def _tasks(table) -> list[int]:
+    """The bank indices of the table's tasks (from its provenance), else 0, 1, ..."""
+    args = (table.provenance[-1] if table.provenance else {}).get("arguments") or {}
+    idx = args.get("tasks")
+    return list(idx) if isinstance(idx, list) and len(idx) == len(table.names) else list(range(len(table.names)))
+
+
+def files_of(table) -> dict[str, slice]:
+    """Which rows of each table row (a task's N rows, or the half it holds) go into which file."""
+    n, half = table.shape[1], table.info.get("half")
+    if half is None:  # a causal bank (or one whose split is unknown): the whole prompt
+        return {DECODER_FILE: slice(0, n)}
+    if half == "both":
+        return {ENCODER_FILE: slice(0, n // 2), DECODER_FILE: slice(n // 2, n)}
+    return {ENCODER_FILE if half == "encoder" else DECODER_FILE: slice(0, n)}
+
+
+def check_store(table, path: Path) -> None:
+    """Refuse, all at once and before any work, task names TGIS would not serve, or that two tasks
+    would share (also on a case-insensitive file system): no task name chooses a path TGIS refuses."""
     problems, seen = [], {}
-    for k, name in ids:
+    for k, name in zip(_tasks(table), table.names):
         why = prefix_id_problem(name)
         if why:
             problems.append(f"task {k} {name!r} {why}")
@@ -74,9 +93,26 @@ def check_prefix_ids(ids: list[tuple[int, str]], where: str) -> None:
             "; rename the tasks (mptkit rename BANK --names ...) or leave them out (--tasks), so that no task name "
             "chooses a path TGIS would refuse"
         )
+        where = f"{path} (--format tgis)"
         raise UsageError(
             f"{where}: {problems[0]}{fix}", [f"{where}: {p}" for p in problems[:-1]] + [f"{where}: {problems[-1]}{fix}"]
         )
+
+
+def store_warnings(table) -> list[str]:
+    """TGIS refuses an encoder-decoder prefix of odd length: said before the store is written."""
+    files = files_of(table)
+    if table.info.get("half") is None:
+        return []
+    rows = {f: s.stop - s.start for f, s in files.items()}
+    odd = {f: n for f, n in rows.items() if n % 2}
+    if not odd:
+        return []
+    shown = ", ".join(f"{f} {n}" for f, n in odd.items())
+    return [
+        f"each prefix file holds an odd number of rows ({shown}: num_virtual_tokens); TGIS refuses encoder-decoder "
+        "prefixes of odd length (its prompt cache checks prefix.shape[0] % 2), so it will not load these"
+    ]
 
 
 def replaceable_store(target: Path, folder: bool) -> str | None:
@@ -100,23 +136,59 @@ def replaceable_store(target: Path, folder: bool) -> str | None:
     return None
 
 
-def write_tgis_store(target: Path, prefixes: Iterable[tuple[str, dict]], manifest: dict, *, force: bool) -> Path:
-    """Write a TGIS prefix store at ``target`` (already checked), atomically: for each
-    ``(prefix_id, {file name: 2-D tensor})`` of ``prefixes`` (consumed once: an error raised while
-    computing one leaves nothing written), the folder ``prefix_id`` with each tensor saved by
-    ``torch.save`` (a tensor that owns exactly its rows, so the file holds nothing else); then
-    :data:`MANIFEST`. Returns ``target``."""
+def write_tgis_store(table, tmp: Path, target: Path) -> None:
+    """Fill ``tmp`` (the temporary folder the output plan installs at ``target``) with the store:
+    each task's folder and files, each tensor saved by ``torch.save`` (a tensor that owns exactly its
+    rows, so the file holds nothing else); then :data:`MANIFEST`. A prompt with NaN or infinite
+    values in the stored dtype is refused, and the plan then leaves nothing at ``target``."""
     import torch
 
-    with atomic.atomic_dir(target, replace=force) as tmp:
-        for pid, files in prefixes:
-            folder = tmp.joinpath(*pid.split("/"))
+    from .._dtypes import shown, torch_dtype
+
+    T, n, d = table.shape
+    files, idx = files_of(table), _tasks(table)
+    tdtype, i = torch_dtype(table.dtype), 0
+    for raw in table.chunks():
+        block = torch.frombuffer(bytearray(raw), dtype=tdtype).reshape(-1, n, d)
+        for prompt in block:
+            bad = int((~torch.isfinite(prompt)).sum())
+            if bad:
+                raise UsageError(
+                    f"{target}: task {idx[i]} ({table.names[i]}) has {bad} non-finite values in its prompt in "
+                    f"{shown(table.dtype)}; TGIS refuses non-finite prefixes, so nothing was written"
+                )
+            folder = tmp.joinpath(*table.names[i].split("/"))
             folder.mkdir(parents=True, exist_ok=True)
-            for name, t in files.items():
+            for name, rows in files.items():
                 buf = io.BytesIO()  # torch's zip writer turns a full disk into a RuntimeError: write it here
-                torch.save(t.detach().to("cpu").contiguous().clone(), buf)
+                torch.save(prompt[rows].clone(), buf)
                 with open(folder / name, "xb") as f:
                     f.write(buf.getbuffer())
-        text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-        (tmp / MANIFEST).write_text(text, encoding="utf-8")
-    return target
+            i += 1
+    if i != T:  # a bug, not the user's mistake: never leave a short store behind
+        raise RuntimeError(f"TGIS store: wrote {i} prefixes, expected {T}")
+    manifest = {
+        "format": "TGIS prefix store (PREFIX_STORE_PATH)",
+        "model": "decoder-only" if table.info.get("half") is None else "encoder-decoder",
+        "half": table.info.get("half"),
+        "dtype": table.dtype,
+        "rows": {f: [s.start, s.stop] for f, s in files.items()},
+        "tasks": [{"prefix_id": name, "task": k} for k, name in zip(idx, table.names)],
+        "source": table.info.get("source"),
+        "provenance": table.provenance,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+FORMAT = Format(
+    name="tgis",
+    description="a TGIS prefix store: a folder per task holding decoder.pt or encoder.pt/decoder.pt",
+    label="a TGIS prefix store",
+    writes="prompts",
+    folder=True,
+    by_suffix=False,
+    write=write_tgis_store,
+    check=check_store,
+    warnings=store_warnings,
+    replaceable=replaceable_store,
+)

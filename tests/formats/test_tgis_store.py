@@ -84,7 +84,8 @@ def test_causal_store_holds_each_whole_prompt_in_decoder_pt(cli, peft_banks, tmp
     r = cli("export", bank, "--tasks", "2,0", "--format", "tgis", "--dtype", dtype, "-o", tmp_path / "s", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert report["tasks"] == ["task2", "task0"] and report["files"] == {"decoder.pt": [0, 5]}
+    assert report["task_names"] == ["task2", "task0"] and report["files"] == {"decoder.pt": [0, 5]}
+    assert report["format"] == "tgis" and report["output"] == str(tmp_path / "s")
     ref = peft_prompts(bank, "causal")
     for k in (2, 0):
         got = tgis_load(tmp_path / "s", f"task{k}", encoder_decoder=False, dtype=torch.bfloat16, hidden=24)
@@ -172,3 +173,18 @@ def test_half_needs_two_submodules(cli, peft_banks, tmp_path):
     r = cli("export", peft_banks("causal"), "--all", "--format", "tgis", "--half", "decoder", "-o", tmp_path / "s")
     assert r.exit_code == 2 and "one transformer submodule" in one_error(r, "--half decoder")
     assert not (tmp_path / "s").exists()
+
+
+def test_the_python_api_writes_the_same_store_through_the_plan(cli, peft_banks, tmp_path):
+    import mptkit
+
+    bank = mptkit.load(peft_banks("causal"))
+    path = mptkit.save(mptkit.export_table(bank, "1,2"), tmp_path / "py", format="tgis")
+    assert (
+        cli("export", peft_banks("causal"), "--tasks", "1,2", "--format", "tgis", "-o", tmp_path / "cli").exit_code == 0
+    )
+    for pid in ("task1", "task2"):
+        a = torch.load(path / pid / "decoder.pt", weights_only=True)
+        assert torch.equal(a, torch.load(tmp_path / "cli" / pid / "decoder.pt", weights_only=True))
+    with pytest.raises(mptkit.UsageError, match="not a format for this output"):
+        mptkit.save(mptkit.export(bank, 1), tmp_path / "one", format="tgis")  # one adapter: not a table
