@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from mptkit._schema import check
 from tests.support import basemodels
 from tests.support.banks import write_bank
 from tests.support.commands import one_error
@@ -36,6 +37,7 @@ def test_a_prompt_of_exact_rows_is_explained_as_those_tokens(cli, model, tmp_pat
     r = cli("explain", bank, "--task", "second", "--base-model", folder, "--top", "3", "--shared", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
+    assert check("output", out, pointer="/$defs/explain") == []  # schemas/output.schema.json
     assert out["task"] == 1 and out["name"] == "second" and out["embedding"]["key"] == "transformer.wte.weight"
     for positions in (out["positions"], out["shared"]["positions"]):
         assert [p["position"] for p in positions] == list(range(len(ROWS)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 
+from mptkit._schema import check
 from tests.support.commands import run_mptkit
 
 
@@ -30,6 +31,7 @@ def test_json_carries_a_field_and_no_line(example_bank):
         r = run_mptkit(*cmd)
         assert r.returncode == 0 and r.stderr == ""
         out = json.loads(r.stdout)
+        assert check("output", out, pointer=f"/$defs/{cmd[0]}") == []  # schemas/output.schema.json
         assert out["serving"]["prompt_embeddings_is"] == "the shared prompt"
         assert out["serving"]["per_task"]["tgis"].endswith("--all --format tgis -o DIR")
         assert not any("prompt_embeddings" in n for n in out.get("notes", []) + out.get("warnings", []))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mptkit._schema import check
 from tests.support.banks import peft_load, save_peft_bank, write_bank
 from tests.support.commands import error_lines, one_error
 
@@ -84,6 +85,7 @@ def test_causal_store_holds_each_whole_prompt_in_decoder_pt(cli, peft_banks, tmp
     r = cli("export", bank, "--tasks", "2,0", "--format", "tgis", "--dtype", dtype, "-o", tmp_path / "s", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
+    assert check("output", report, pointer="/$defs/export_tasks") == []  # schemas/output.schema.json
     assert report["task_names"] == ["task2", "task0"] and report["files"] == {"decoder.pt": [0, 5]}
     assert report["format"] == "tgis" and report["output"] == str(tmp_path / "s")
     ref = peft_prompts(bank, "causal")
