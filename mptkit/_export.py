@@ -137,7 +137,7 @@ def export_table(
         "half": which,
         "num_transformer_submodules": bank.num_submodules,
         "source": entry["sources"][0]["name"] if entry["sources"] else None,
-        **({"config": _prompt_config(bank)} if whole and bank.config else {}),
+        **({"config": peft.config_hints(bank.config)} if whole and bank.config else {}),
     }
     compute = torch.float64 if bank.dtype == "F64" else torch.float32
     tdtype = torch_dtype(stored)
@@ -170,15 +170,3 @@ def export_table(
         rows=rows,
         half_given=half is not None,
     )
-
-
-def _prompt_config(bank: PromptBank) -> dict:
-    keep = (
-        "task_type",
-        "num_virtual_tokens",
-        "num_transformer_submodules",
-        "base_model_name_or_path",
-        "num_layers",
-        "num_attention_heads",
-    )
-    return {k: bank.config[k] for k in keep if bank.config.get(k) is not None}
