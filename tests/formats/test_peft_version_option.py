@@ -118,3 +118,19 @@ def test_a_bare_file_output_keeps_its_bytes(example_bank, cli, tmp_path):
     assert "  note: PEFT 0.8.2 cannot use any prompt_tuning_init_state_dict_path" in r.stdout
     r = cli("derive", example_bank, "--mode", "average", "-o", tmp_path / "d.safetensors", "--peft-version", "0.11.0")
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1  # it reads the file itself: nothing to say
+
+
+@pytest.mark.parametrize(
+    "out, fmt, what",
+    [
+        ("table.npy", [], "a prompt table"),
+        ("table.safetensors", [], "a prompt table"),
+        ("prefixes", ["--format", "tgis"], "a TGIS prefix store"),
+    ],
+)
+def test_outputs_without_a_config_refuse_it_before_any_work(example_bank, tmp_path, out, fmt, what):
+    """Tables and TGIS stores hold tensors (.npy, .safetensors, .pt), no adapter_config.json: a PEFT
+    release has nothing to say about them, so --peft-version is refused rather than ignored."""
+    r = run_mptkit("export", example_bank, "--all", *fmt, "-o", tmp_path / out, "--peft-version", "0.10.0")
+    assert r.returncode == 2 and r.stdout == "" and not (tmp_path / out).exists()
+    assert r.stderr == f"mptkit: error: --peft-version applies to adapter folders; {what} has no adapter_config.json\n"
