@@ -315,6 +315,7 @@ def select_tasks(
     if not items or any(i == "" for i in items):
         raise UsageError(f"empty task selection {spec!r}; give indices (0,3,5-7) or names")
     T, names = bank.num_tasks, bank.task_names or []
+    position: dict[str, int] | None = None  # name -> index, built on the first name: lookups stay O(1)
     out: list[int] = []
     for item in items:
         if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
@@ -334,8 +335,12 @@ def select_tasks(
                 )
             out.extend(range(a, b + 1))
             continue
-        if item in names:
-            out.append(names.index(item))
+        if position is None:
+            position = {}
+            for i, n in enumerate(names):
+                position.setdefault(n, i)  # the first of a repeated name, as list.index found it
+        if item in position:
+            out.append(position[item])
             continue
         raise UsageError(
             f"unknown task {item!r}: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})"

@@ -87,12 +87,13 @@ class Segment:
 class Array:
     """Dtype + shape + byte segments (C order). Cheap to slice by rows and to concatenate."""
 
-    __slots__ = ("dtype", "shape", "segments")
+    __slots__ = ("dtype", "shape", "segments", "_starts")
 
     def __init__(self, dtype: str, shape: Sequence[int], segments: Sequence[Segment]):
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
         self.segments = tuple(segments)
+        self._starts: list[int] | None = None  # where each segment starts in the array's bytes (on first use)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -168,15 +169,26 @@ class Array:
         return Array(first.dtype, (sum(a.shape[0] for a in arrays), *first.shape[1:]), _coalesce(segs))
 
     def _byte_range(self, start: int, length: int) -> list[Segment]:
+        """The segments covering ``length`` bytes at ``start``. The first is found by bisection over
+        the segments' starts: a selection from an array of many segments (one a task, after an
+        earlier selection) costs O(log S) a row, not O(S), which made selections quadratic."""
+        import bisect
+
+        if self._starts is None:
+            starts, pos = [], 0
+            for seg in self.segments:
+                starts.append(pos)
+                pos += seg.length
+            self._starts = starts
         out = []
-        pos = 0
-        for seg in self.segments:
-            lo, hi = max(start, pos), min(start + length, pos + seg.length)
+        end = start + length
+        for i in range(max(0, bisect.bisect_right(self._starts, start) - 1), len(self.segments)):
+            seg, pos = self.segments[i], self._starts[i]
+            if pos >= end:
+                break
+            lo, hi = max(start, pos), min(end, pos + seg.length)
             if lo < hi:
                 out.append(Segment(seg.offset + lo - pos, hi - lo, seg.path, seg.buffer, seg.reader))
-            pos += seg.length
-            if pos >= start + length:
-                break
         return out
 
     def write_to(self, f) -> int:
