@@ -40,5 +40,10 @@ class OutputError(MptkitError):
     """The output cannot be written: it exists without --force, is the input, or the disk refused."""
 
 
+class OutOfMemory(MptkitError):
+    """An input or a result needs more memory than the process may have (its ``ulimit -v``, or
+    the memory available); the message says what, and how big."""
+
+
 class HubError(MptkitError):
     """A Hugging Face Hub transfer failed: missing repo, revision or file, server error, offline."""

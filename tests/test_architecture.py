@@ -60,6 +60,7 @@ LAYERS = [
     "mptkit.serve._runtime",
     "mptkit.serve",
     "mptkit._render",
+    "mptkit.cli._streams",
     "mptkit.cli._app",
     "mptkit.cli._read",
     "mptkit.cli._derive",
