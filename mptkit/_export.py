@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import _numerics as numerics
 from ._bank import KEYS, PromptBank, select_tasks
+from ._finite import require_finite
 from ._options import storage_dtype
 from ._schema import META_PROVENANCE
 from ._tensor import Array
@@ -61,11 +62,13 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
 
 
 def export(
-    bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None
+    bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None, clamp: bool = False
 ) -> PromptTuningAdapter:
     """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
-    :data:`mptkit._options.DTYPES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
-    fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
+    :data:`mptkit._options.DTYPES`) is the stored dtype (default float32); prompt values beyond its
+    range are refused, or with ``clamp`` stored as its largest value. ``config`` sets
+    adapter_config.json fields (task_type, num_virtual_tokens, ...) for a bank that carries none.
+    A NaN/Inf among the values the prompt is computed from is refused (:mod:`mptkit._finite`)."""
 
     if bank.shared_only:
         raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
@@ -84,12 +87,17 @@ def export(
         full.pop(key, None)
     full["peft_type"] = "PROMPT_TUNING"
     full.setdefault("prompt_tuning_init_text", None)
-    prompt = task_prompt(bank, k).to(numerics.torch_dtype(stored))
+    require_finite(bank, "export", [k], prompts=True)
+    with numerics.clamping(clamp):
+        prompt = numerics.in_range(task_prompt(bank, k), stored, f"{bank.where}: the full prompt of task {k}")
+    prompt = prompt.to(numerics.torch_dtype(stored))
     args = {"task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     if dtype:
         args["dtype"] = dtype
+    if clamp:
+        args["clamp"] = True
     entry = bank.provenance_entry(
         "export", args, reads=[bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
     )
@@ -146,7 +154,15 @@ def table_rows(bank: PromptBank, half: str | None) -> tuple[slice, str | None]:
 
 
 def export_table(
-    bank: PromptBank, tasks, path, *, half: str | None = None, dtype: str | None = None, force: bool = False, inputs=()
+    bank: PromptBank,
+    tasks,
+    path,
+    *,
+    half: str | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    inputs=(),
+    clamp: bool = False,
 ) -> dict:
     """Write the tasks ``tasks`` (indices, ranges, names, or "all") of ``bank`` as a prompt table at
     ``path`` (``.npy`` + sidecar, or ``.safetensors``): each task's prompt computed as PEFT's MPT
@@ -161,6 +177,7 @@ def export_table(
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     stored = storage_dtype(dtype, "F32")
     rows, which = table_rows(bank, half)
+    require_finite(bank, "export", idx, prompts=True)
     N, d = rows.stop - rows.start, bank.token_dim
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
     args = {
@@ -168,6 +185,7 @@ def export_table(
         **({"names": names} if bank.task_names else {}),
         "half": which,
         **({"dtype": dtype} if dtype else {}),
+        **({"clamp": True} if clamp else {}),
     }
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     entry = bank.provenance_entry(
@@ -198,6 +216,8 @@ def export_table(
                 ks = idx[lo : lo + step]
                 c, r = cols_a.rows(ks).to_torch(dtype=compute), rows_a.rows(ks).to_torch(dtype=compute)
                 full = numerics.task_prompts(pe.unsqueeze(0), c, r)[:, rows]  # PEFT's order of operations
+                with numerics.clamping(clamp):  # checked chunk by chunk: a refusal leaves nothing written
+                    full = numerics.in_range(full, stored, f"{bank.where}: the full prompts of tasks {ks[0]}-{ks[-1]}")
                 yield full.to(tdtype).contiguous().view(torch.uint8).numpy().tobytes()
                 bar.update(len(ks))
 
@@ -231,6 +251,7 @@ def export_adapters(
     config: dict | None = None,
     force: bool = False,
     inputs=(),
+    clamp: bool = False,
 ) -> dict:
     """One PEFT PROMPT_TUNING adapter per task of ``tasks``, in subfolders of ``path`` named by
     task (``task<i>`` for an unnamed bank), with a ``tasks.json`` listing their order."""
@@ -241,7 +262,7 @@ def export_adapters(
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
     target = folder_target(path, force, inputs)
-    adapters = [export(bank, k, dtype=dtype, config=config) for k in idx]  # checks every task before writing
+    adapters = [export(bank, k, dtype=dtype, config=config, clamp=clamp) for k in idx]  # every task checked first
     with atomic.atomic_dir(target, replace=force) as tmp:
         for name, adapter in zip(names, adapters):
             (tmp / name).mkdir()

@@ -18,7 +18,7 @@ down the same valley, in a third of the sweeps.
 from __future__ import annotations
 
 from . import _als as als
-from ._numerics import SMALL_RANK, torch_dtype
+from ._numerics import SMALL_RANK, in_range, torch_dtype
 from .errors import IncompatibleBanks, UsageError
 
 
@@ -108,7 +108,8 @@ def fit_chunk(W, W2, targets: Targets, rank: int, tdtype, sel=None):
     sel = torch.arange(len(targets.X)) if sel is None else sel
     Ct, R = targets.start(rank, sel)
     C, R = fit(W2, targets.X[sel], Ct, R)
-    C, R = C.to(tdtype), R.to(tdtype)
+    C = in_range(C, tdtype, "the fitted factors prefix_task_cols").to(tdtype)
+    R = in_range(R, tdtype, "the fitted factors prefix_task_rows").to(tdtype)
     prompt = W * targets.X[sel] if targets.prompt is None else targets.prompt[sel]
     return C, R, relative_errors(W, C, R, prompt)
 
@@ -173,7 +174,31 @@ def fit_tasks(
     ``rank``, or with ``rank="auto"`` at each task's smallest rank up to ``top`` whose error is at
     most ``max_error`` (``exact_for(i)`` gives task i's exact (C, R) at ``top`` when known). Shows
     progress. Returns torch (cols (count, N, R), rows (count, R, d)) in ``tdtype``, zero-padded to
-    the largest rank R, and per-task ranks and relative errors."""
+    the largest rank R, and per-task ranks and relative errors.
+
+    A fit its arithmetic cannot carry out is refused in one sentence: finite inputs
+    (:func:`mptkit._finite.require_finite` checked them) can still be too large for float64 once
+    squared (beyond about 1e154), which made torch's SVD raise and the errors NaN."""
+    import math
+
+    import torch
+
+    from .errors import InvalidBank
+
+    why = "its arithmetic overflowed float64: the values are too large (beyond about 1e150) to be fitted"
+    try:
+        cols, rows, ranks, errors = _fit_tasks(
+            W, count, targets_for, rank, tdtype, max_error=max_error, top=top, exact_for=exact_for, desc=desc
+        )
+    except torch.linalg.LinAlgError:
+        raise InvalidBank(f"the {desc} failed: {why}; scale the bank down") from None
+    bad = [i for i, e in enumerate(errors) if not math.isfinite(e)]
+    if bad or not bool(torch.isfinite(cols).all() and torch.isfinite(rows).all()):
+        raise InvalidBank(f"the {desc} failed (task {bad[0] if bad else '?'} of those fitted): {why}")
+    return cols, rows, ranks, errors
+
+
+def _fit_tasks(W, count: int, targets_for, rank, tdtype, *, max_error, top, exact_for, desc):
     import torch
 
     from . import _progress as progress
@@ -208,7 +233,8 @@ def fit_tasks(
 
             for i, c, r in als.solve(W2, tasks(), rank, capacity=step, total=count):
                 C, R = als.balance(c.T, r)
-                C, R = C.to(tdtype), R.to(tdtype)
+                C = in_range(C, tdtype, "the fitted factors prefix_task_cols").to(tdtype)
+                R = in_range(R, tdtype, "the fitted factors prefix_task_rows").to(tdtype)
                 p, is_target = prompts.pop(i)
                 Cs[i], Rs[i], ranks[i] = C, R, rank
                 errors[i] = float(relative_errors(W, C[None], R[None], (W * p if is_target else p)[None])[0])

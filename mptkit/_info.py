@@ -52,7 +52,18 @@ def value_stats(bank: PromptBank) -> dict:
     """Reads the data (numpy): non-finite counts per tensor and per task, per-task norms of the
     factors and of the full prompt ``prompt_embeddings * (cols[k] @ rows[k])`` (computed in
     float64). Memory stays bounded whatever the bank's size: factors are read a chunk of tasks at a
-    time and each prompt is computed a block of tokens at a time (:data:`VALUES_CHUNK_BYTES`)."""
+    time and each prompt is computed a block of tokens at a time (:data:`VALUES_CHUNK_BYTES`).
+
+    Overflow and invalid operations are expected here (a bank of huge or non-finite values is what
+    ``--values`` is for): their results are checked and counted below, so numpy's warnings about
+    them (``RuntimeWarning`` lines on stderr) are turned off by name for this computation."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _value_stats(bank)
+
+
+def _value_stats(bank: PromptBank) -> dict:
     import numpy as np
 
     pe_a = bank.tensors["prompt_embeddings"]

@@ -25,6 +25,7 @@ LAYERS = [
     "mptkit._numerics",
     "mptkit._bank",
     "mptkit._info",
+    "mptkit._finite",
     "mptkit.formats._safetensors",
     "mptkit.formats._targets",
     "mptkit.formats._temps",

@@ -24,7 +24,7 @@ from ._app import (
 @adapter_option
 @output_options
 @json_option
-def convert(src, dtype, config, adapter, output, force, as_json):
+def convert(src, dtype, clamp, config, adapter, output, force, as_json):
     """Write any bank mptkit reads as a PEFT adapter folder or a bare .safetensors bank.
 
     SRC may be a whole-model state dict (model.safetensors, torch.save of a PeftModel, a DeepSpeed
@@ -41,7 +41,7 @@ def convert(src, dtype, config, adapter, output, force, as_json):
     from ..formats import check_output
 
     bank = load(src, adapter=adapter)
-    out = run(bank, dtype=dtype, config=config)
+    out = run(bank, dtype=dtype, config=config, clamp=clamp)
     check_output(out, output, force=force)
     path = save(out, output, force=force)
     if as_json:

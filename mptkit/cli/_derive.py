@@ -39,7 +39,7 @@ from ._app import (
 @adapter_option
 @output_options
 @json_option
-def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, output, force, as_json):
+def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, clamp, config, adapter, output, force, as_json):
     """Derive a new task's starting point from SRC, as PEFT's own initialisation would.
 
     \b
@@ -54,7 +54,17 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 
     bank = load(src, adapter=adapter)
     check_output(bank.with_config(config), output, force=force)  # before the arithmetic
-    out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
+    out = run(
+        bank,
+        mode,
+        task=task,
+        num_tasks=num_tasks,
+        num_ranks=num_ranks,
+        seed=seed,
+        dtype=dtype,
+        config=config,
+        clamp=clamp,
+    )
     path = save(out, output, force=force)  # out keeps the source: save protects it
     entry = out.provenance[-1]
     if as_json:
@@ -103,7 +113,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 )
 @quiet_option
 @json_option
-def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, as_json):
+def export(src, task, tasks, all_, half, dtype, clamp, config, adapter, output, force, as_json):
     """Write tasks' full prompts: one task as a plain PEFT PROMPT_TUNING adapter folder; several as a
     prompt table for serving engines, one row per task, or a folder of adapters.
 
@@ -130,7 +140,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
         folder_target(output, force, input_paths(bank))  # before the arithmetic
-        result = run(bank, task, dtype=dtype, config=config)
+        result = run(bank, task, dtype=dtype, config=config, clamp=clamp)
         path = save_adapter(result, output, force=force, inputs=input_paths(bank))
         entry = result.provenance[-1]
         if as_json:
@@ -151,11 +161,18 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
     sel = "all" if all_ else tasks
     if kind == "folder":
         report = export_adapters(
-            bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank)
+            bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank), clamp=clamp
         )
     else:
         report = export_table(
-            bank.with_config(config), sel, output, half=half, dtype=dtype, force=force, inputs=input_paths(bank)
+            bank.with_config(config),
+            sel,
+            output,
+            half=half,
+            dtype=dtype,
+            force=force,
+            inputs=input_paths(bank),
+            clamp=clamp,
         )
     if as_json:
         emit_json(report)
@@ -180,7 +197,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
 @output_options
 @quiet_option
 @json_option
-def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, force, as_json):
+def decompose(prompts, rank_, max_error, shared, seed, dtype, clamp, config, output, force, as_json):
     """Turn single-task prompts into one MPT bank: a shared prompt and per-task factors.
 
     PROMPTS are PEFT PROMPT_TUNING adapter folders (task names from the folder names), folders of
@@ -205,7 +222,7 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
     base = load(shared) if shared else None
     inputs = [*prompts, *(input_paths(base) if base else [])]
     check_output(source, output, rank_, shared=base, config=config, force=force, inputs=inputs)  # before the work
-    bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
+    bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config, clamp=clamp)
     save(bank, output, force=force, inputs=inputs)
     results = bank.provenance[-1]["results"]
     if as_json:

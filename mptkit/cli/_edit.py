@@ -8,6 +8,7 @@ import click
 
 from ._app import (
     adapter_option,
+    clamp_option,
     config_options,
     dtype_option,
     echo_lines,
@@ -160,7 +161,19 @@ def remove(src, tasks, config, adapter, output, force, as_json):
 @quiet_option
 @json_option
 def merge(
-    banks, dtype, rename_duplicates, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json
+    banks,
+    dtype,
+    clamp,
+    rename_duplicates,
+    refit,
+    max_error,
+    rank_,
+    allow_mismatch,
+    config,
+    adapter,
+    output,
+    force,
+    as_json,
 ):
     """Concatenate the tasks of two or more banks (same N and d, task type, base model and
     submodules; smaller ranks are zero-padded to --rank, default the largest).
@@ -182,6 +195,7 @@ def merge(
         max_error=max_error,
         rank=rank_,
         allow_mismatch=allow_mismatch,
+        clamp=clamp,
     )
     _save_edit(out, output, force, loaded, as_json, config, banks)
 
@@ -201,12 +215,29 @@ def merge(
     help=_RANK_HELP + (" auto (with --refit --max-error E): the new task's smallest rank within E."),
 )
 @click.option("--allow-mismatch", is_flag=True, help="With --from: " + _MISMATCH_HELP)
+@clamp_option
 @config_options
 @adapter_option
 @output_options
 @quiet_option
 @json_option
-def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, config, adapter, output, force, as_json):
+def add(
+    src,
+    name,
+    init,
+    seed,
+    from_,
+    refit,
+    max_error,
+    rank_,
+    allow_mismatch,
+    clamp,
+    config,
+    adapter,
+    output,
+    force,
+    as_json,
+):
     """Append one task, initialised from the bank itself or taken from another bank (--from)."""
     from .. import _merge
     from .._io import load
@@ -234,6 +265,7 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         max_error=max_error,
         rank=rank_,
         allow_mismatch=allow_mismatch,
+        clamp=clamp,
     )
     _save_edit(out, output, force, sources, as_json, config, [src] + ([other_path] if other_path else []))
 
