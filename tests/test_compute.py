@@ -65,7 +65,7 @@ def test_the_cli_says_which_scheme_named_a_source(tmp_path):
 # -- similarity ----------------------------------------------------------------------------------
 def test_similarity_of_many_tasks_matches_float64_and_lists_the_nearest(tmp_path):
     bank = memory_bank(T=30, N=5, d=7, r=2, seed=3)
-    res = similarity(bank, top=4)
+    res = similarity(bank, top=4, matrix=True)
     full = full_prompts(bank).reshape(30, -1)
     unit = full / full.norm(dim=1, keepdim=True)
     expect = unit @ unit.T
@@ -78,7 +78,9 @@ def test_similarity_of_many_tasks_matches_float64_and_lists_the_nearest(tmp_path
     text = run_mptkit("similarity", path).stdout.splitlines()
     assert text[0].split() == ["task", "nearest", "(cosine)"] and len(text) == 31  # not a 30 x 30 table
     data = json.loads(run_mptkit("similarity", path, "--json", "--top", "2").stdout)
-    assert len(data["matrix"]) == 30 and len(data["matrix"][0]) == 30 and len(data["top"][0]) == 2
+    assert "matrix" not in data and len(data["top"]) == 30 and len(data["top"][0]) == 2  # --top: no T x T
+    data = json.loads(run_mptkit("similarity", path, "--json").stdout)
+    assert len(data["matrix"]) == 30 and len(data["matrix"][0]) == 30 and len(data["top"][0]) == 3
 
 
 # -- average and values --------------------------------------------------------------------------

@@ -322,9 +322,11 @@ def rank(src, rank_, max_error, config, adapter, output, force, as_json):
 def similarity(src, tasks, top, plot, adapter, force, as_json):
     """Cosine similarity between the tasks' full prompts (which source task is nearest?).
 
-    JSON output (--json) and the heatmap (--plot) always hold the whole matrix.
+    The whole T x T matrix is built only for the table (20 tasks or fewer), --json without --top, and
+    --plot, and for at most 2,048 tasks; --top K lists each task's K nearest, in memory that grows
+    with T x K.
     """
-    from .._bank import input_paths
+    from .._bank import input_paths, select_tasks
     from .._io import load
     from .._render import similarity_table, similarity_top
     from .._similarity import plot_heatmap, similarity as run
@@ -336,12 +338,14 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
         from ..formats import _atomic as atomic
 
         atomic.check_target(Path(plot), folder=False, force=force, inputs=input_paths(bank))
-    result = run(bank, tasks, top=top)
+    count = len(select_tasks(bank, tasks, unique=True)) if tasks is not None else bank.num_tasks
+    table = not as_json and top is None and count <= 20
+    result = run(bank, tasks, top=top, matrix=bool(plot) or table or (as_json and top is None))
     if plot:
         plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
     if as_json:
         emit_json(result)
         return
-    echo_lines(similarity_top(result) if top or len(result["tasks"]) > 20 else similarity_table(result))
+    echo_lines(similarity_table(result) if table else similarity_top(result))
     if plot:
         say(f"wrote {plot}")
