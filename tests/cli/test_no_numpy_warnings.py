@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bankutil import run_mptkit, write_bank
+
+from tests.support.banks import write_bank
+from tests.support.commands import run_mptkit
 
 CASES = {
     "float64 1e300": (torch.float64, 1e300, 1e300),

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from bankutil import random_bank
+
+from tests.support.banks import random_bank
 
 COMMANDS = {
     "inspect": ["inspect", "{bank}"],

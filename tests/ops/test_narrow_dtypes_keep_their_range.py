@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bankutil import load_tensors, one_error, random_bank, write_bank
+
+from tests.support.banks import load_tensors, random_bank, write_bank
+from tests.support.commands import one_error
 
 NAMES = ["sst2", "mnli", "rte"]
 BIG = 1.0e5  # finite in float32, beyond float16's 65504

@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bankutil import one_error, random_bank, write_bank
+
+from tests.support.banks import random_bank, write_bank
+from tests.support.commands import one_error
 
 NAMES = ["sst2", "mnli", "rte"]
 
@@ -145,7 +147,7 @@ def test_similarity_of_finite_prompts_whose_products_overflow_float32_is_right(t
     the same bank scaled down (a cosine does not change with scale), not NaN."""
     import json
 
-    from bankutil import run_mptkit
+    from tests.support.commands import run_mptkit
 
     g = torch.Generator().manual_seed(3)
     pe, cols, rows = (

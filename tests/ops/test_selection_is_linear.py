@@ -10,12 +10,12 @@ not in seconds; the whole commands run in a child under a CPU-time limit the qua
 from __future__ import annotations
 
 import torch
-from bankutil import memory_bank, write_bank
-from measured import killed_for_cpu, run_measured
 
 from mptkit._bank import select_tasks
 from mptkit._render import edit_report
 from mptkit._tensor import Array, Segment
+from tests.support.banks import memory_bank, write_bank
+from tests.support.measured import killed_for_cpu, run_measured
 
 
 class _Name(str):

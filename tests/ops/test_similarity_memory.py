@@ -12,11 +12,11 @@ import json
 
 import pytest
 import torch
-from bankutil import full_prompts, memory_bank, write_bank
-from measured import killed_for_cpu, run_measured
 
 import mptkit._similarity as sim
 from mptkit._similarity import MAX_MATRIX_TASKS, similarity
+from tests.support.banks import full_prompts, memory_bank, write_bank
+from tests.support.measured import killed_for_cpu, run_measured
 
 
 def _tiny_bank(path, T: int, seed: int = 0):

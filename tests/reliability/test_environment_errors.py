@@ -15,10 +15,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from bankutil import one_error, random_bank
-from measured import run_measured
 
 import mptkit.formats._targets as targets
+from tests.support.banks import random_bank
+from tests.support.commands import one_error
+from tests.support.measured import run_measured
 
 
 def test_an_output_link_that_vanishes_after_it_was_resolved(cli, tmp_path, monkeypatch):
