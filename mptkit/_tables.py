@@ -286,10 +286,13 @@ def _read_adapter(p: Path, name: str):
         from .formats import _pickle as pickle
 
         data = p / "adapter_model.bin"
-        tensors = pickle.read(str(data))
+        try:
+            tensors = pickle.read(str(data))
+        except ValueError as e:  # a tensor of a dtype no prompt holds
+            raise InvalidBank(f"{data}: {e}") from None
         if "prompt_embeddings" not in tensors:
             raise InvalidBank(f"{data}: no tensor 'prompt_embeddings'")
-        arr, size = Array.from_torch(tensors["prompt_embeddings"]), data.stat().st_size
+        arr, size = tensors["prompt_embeddings"], data.stat().st_size
     else:
         raise InvalidBank(f"{p}: no {peft.SAFETENSORS_NAME} or adapter_model.bin")
     _check_prompt(arr, data)

@@ -17,7 +17,7 @@ from .._schema import (
     config_shape_problems,
     decode_metadata,
 )
-from .._tensor import DTYPES, Array
+from .._tensor import DTYPES
 from ..errors import InvalidBank, UsageError
 from . import _checkpoints as checkpoints, _peft as peft, _safetensors as st
 
@@ -159,7 +159,7 @@ def _load_pickle(
 ) -> PromptBank:
     from . import _pickle as pk
 
-    obj, mapped = pk.load(str(p))
+    obj, members = pk.load(str(p))
     candidates = pk.state_dicts(obj)
     if not candidates:
         raise InvalidBank(f"{p}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
@@ -176,9 +176,8 @@ def _load_pickle(
     heads, notes = _set_aside_heads(dict.fromkeys(picked), config_file)
     arrays, tensors = {}, {}
     for k, t in picked.items():
-        pk.check_tensor(str(p), found.keys.get(k, k) if found else k, t)
-        try:
-            arrays[k] = Array.from_torch(t.clone() if mapped else t)  # a copy: the file is memory-mapped
+        try:  # a zip checkpoint's tensors stay in the file, read when needed like a safetensors bank's
+            arrays[k] = pk.array(str(p), found.keys.get(k, k) if found else k, t, members)
             tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
         except ValueError:
             tensors[k] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
@@ -191,7 +190,8 @@ def _load_pickle(
     if found is not None and found.form != "bank":
         fmt = f"{found.form} pickle" if fmt == "pickle" else fmt
         notes.append(f"read {found.label}{inside} from {p}")
-    notes.append(PICKLE_NOTE.format(file=p.name, mapped=", memory-mapped" if mapped else "", n=f"{count:,}"))
+    mapped = ", its tensor data left in the file" if members is not None else ""
+    notes.append(PICKLE_NOTE.format(file=p.name, mapped=mapped, n=f"{count:,}"))
     return _finish(
         tensors,
         lambda: (arrays, extras),
@@ -299,12 +299,11 @@ def _load_sharded(index: Path, shown: str, kind: str | None, adapter: str | None
         from . import _pickle as pk
 
         for f in opened:
-            obj, mapped = pk.load(str(index.parent / f))
+            obj, members = pk.load(str(index.parent / f))
             sd = next((d for _, d in pk.state_dicts(obj) if any(v in d for v in found.keys.values())), {})
             for k, v in found.keys.items():
                 if files[k].name == f and v in sd:
-                    pk.check_tensor(str(index.parent / f), v, sd[v])
-                    arrays[k] = Array.from_torch(sd[v].clone() if mapped else sd[v])
+                    arrays[k] = pk.array(str(index.parent / f), v, sd[v], members)
                     tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
             size += (index.parent / f).stat().st_size
     else:

@@ -34,6 +34,7 @@ LAYERS = [
     "mptkit.formats._atomic",
     "mptkit.formats._checkpoints",
     "mptkit.formats._peft",
+    "mptkit.formats._pickle_scan",
     "mptkit.formats._pickle",
     "mptkit.formats._read",
     "mptkit.formats",
