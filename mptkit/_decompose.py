@@ -194,7 +194,7 @@ class _Data:
     def __init__(self, prompts: Prompts):
         N, d = prompts.shape
         self.prompts, self.count = prompts, len(prompts.arrays)
-        self.step = max(1, CHUNK_BYTES // (8 * N * d))
+        self.step = max(1, min(fit.als.MAX_TASKS, CHUNK_BYTES // (8 * N * d)))  # a pool's tasks at most
         self.cache = None
         if self.count * N * d * 8 <= CACHE_BYTES:
             self.cache = [prompts.read(idx) for idx in self.chunks()]

@@ -206,7 +206,10 @@ def _fit_tasks(W, count: int, targets_for, rank, tdtype, *, max_error, top, exac
     N, d = W.shape
     W2 = W * W
     step = als.capacity(N, d, rank if rank != "auto" else min(top, 2 * SMALL_RANK))
-    Cs, Rs, ranks, errors = [None] * count, [None] * count, [0] * count, [0.0] * count
+    ranks, errors = [0] * count, [0.0] * count
+    # each task's factors go straight into the output (no tensor a task is kept: 100,000 tiny prompts
+    # held 5 kB each), at the rank of the widest so far (an "auto" fit widens it as it goes)
+    out = _Factors(count, N, d, rank if rank != "auto" else 1, tdtype)
     with progress.bar(count, desc) as bar:
         if rank == "auto":
             for lo in range(0, count, step):
@@ -215,8 +218,9 @@ def _fit_tasks(W, count: int, targets_for, rank, tdtype, *, max_error, top, exac
                 exact = (lambda i, idx=idx: exact_for(idx[i])) if exact_for is not None else None
                 found = search_ranks(W, W2, targets, max_error, top, tdtype, exact)
                 for j, i in enumerate(idx):
-                    Cs[i], Rs[i], ranks[i], errors[i] = (v[j] for v in found)
-                del targets
+                    C, R, ranks[i], errors[i] = (v[j] for v in found)
+                    out.put(i, C, R)
+                del targets, found
                 bar.update(len(idx))
         else:
             prompts: dict = {}  # each task in flight: its full prompt, or its target X (prompt W * X)
@@ -236,15 +240,34 @@ def _fit_tasks(W, count: int, targets_for, rank, tdtype, *, max_error, top, exac
                 C = in_range(C, tdtype, "the fitted factors prefix_task_cols").to(tdtype)
                 R = in_range(R, tdtype, "the fitted factors prefix_task_rows").to(tdtype)
                 p, is_target = prompts.pop(i)
-                Cs[i], Rs[i], ranks[i] = C, R, rank
+                out.put(i, C, R)
+                ranks[i] = rank
                 errors[i] = float(relative_errors(W, C[None], R[None], (W * p if is_target else p)[None])[0])
                 bar.update(1)
-    out = max(ranks) if ranks else (rank if rank != "auto" else 1)
-    cols = torch.zeros(count, N, out, dtype=tdtype)
-    rows = torch.zeros(count, out, d, dtype=tdtype)
-    for i, (C, R) in enumerate(zip(Cs, Rs)):
-        cols[i, :, : C.shape[1]], rows[i, : R.shape[0]] = C, R
-    return cols, rows, ranks, errors
+    return (*out.trimmed(max(ranks) if ranks else (rank if rank != "auto" else 1)), ranks, errors)
+
+
+class _Factors:
+    """The fitted (cols (count, N, R), rows (count, R, d)) of every task, zero beyond a task's rank."""
+
+    def __init__(self, count: int, N: int, d: int, rank: int, tdtype):
+        import torch
+
+        self.cols = torch.zeros(count, N, rank, dtype=tdtype)
+        self.rows = torch.zeros(count, rank, d, dtype=tdtype)
+
+    def put(self, i: int, C, R) -> None:
+        import torch
+
+        r = C.shape[1]
+        if r > self.cols.shape[2]:  # a wider task: the others are zero-padded (exact)
+            pad = r - self.cols.shape[2]
+            self.cols = torch.nn.functional.pad(self.cols, (0, pad))
+            self.rows = torch.nn.functional.pad(self.rows, (0, 0, 0, pad))
+        self.cols[i, :, :r], self.rows[i, :r] = C, R
+
+    def trimmed(self, rank: int):
+        return self.cols[:, :, :rank].contiguous(), self.rows[:, :rank].contiguous()
 
 
 def weighted_lowrank_fit(W, X, rank: int):

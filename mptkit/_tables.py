@@ -21,10 +21,11 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._bank import Source
+from ._rows import Chain, Prompts, TableRows
 from ._schema import META_PROVENANCE, META_TASK_NAMES
 from ._tensor import Array
 from .errors import InvalidBank, OutputError, UsageError
@@ -119,35 +120,6 @@ def write_table(
 
 # -- reading single-task prompts -----------------------------------------------------------------
 @dataclass
-class Prompts:
-    """K single-task prompts of one shape, each an (N, d) :class:`Array` (still on disk)."""
-
-    arrays: list[Array]
-    names: list[str]
-    sources: list[Source]
-    #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...)
-    config: dict | None = None
-    where: list[str] = field(default_factory=list)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.arrays[0].shape) if self.arrays else (0, 0)
-
-    def read(self, idx, dtype=None):
-        """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default); a bank's task is
-        its full prompt, computed as PEFT computes it (float32)."""
-        import torch
-
-        dtype = dtype or torch.float64
-        return torch.stack(
-            [
-                a.prompt(dtype) if isinstance(a, _TaskPrompt) else a.to_torch(dtype=dtype)
-                for a in (self.arrays[i] for i in idx)
-            ]
-        )
-
-
-@dataclass
 class _TaskPrompt:
     """Task ``k`` of a bank, as a prompt to decompose (computed when read)."""
 
@@ -178,19 +150,20 @@ def read_prompts(paths) -> Prompts:
     tables (``.npy`` with or without its sidecar, ``.safetensors`` with ``prompt_table``),
     ``.safetensors`` files holding one ``prompt_embeddings``, and MPT banks (each task's full
     prompt). Every prompt must have one shape."""
-    out = Prompts([], [], [])
+    out = Prompts(Chain(), [], [])
     configs = []
     for path in paths:
         arrays, names, source, config = _read_one(Path(os.fspath(path)))
-        for a, n in zip(arrays, names):
+        where = os.fspath(path)
+        for a, n in [(arrays, names[0])] if isinstance(arrays, TableRows) else zip(arrays, names):
             if out.arrays and a.shape != out.arrays[0].shape:
                 raise UsageError(
                     f"{path}: prompt {n!r} is {a.shape[0]} x {a.shape[1]} (N x d), but {out.where[0]}'s "
                     f"are {out.shape[0]} x {out.shape[1]}: one bank needs one prompt length and hidden size"
                 )
-            out.arrays.append(a)
-            out.names.append(n)
-            out.where.append(os.fspath(path))
+            out.arrays.extend(a if isinstance(a, TableRows) else [a])
+        out.names += names
+        out.where += [where] * len(names)
         out.sources += source
         configs.append(config)
     if not out.arrays:
@@ -350,7 +323,7 @@ def _read_npy(p: Path):
             raise InvalidBank(f"{side}: expected a list of {shape[0]} task names under 'tasks'")
         names, config = listed, _table_config(info)
     return (
-        [table.rows([i]).reshape(shape[1:]) for i in range(shape[0])],
+        TableRows(table),
         names,
         [Source(str(p), "npy", str(p), size)],
         config,
@@ -373,8 +346,7 @@ def _read_safetensors(p: Path):
         config = None
         with contextlib.suppress(ValueError, TypeError):
             config = _table_config(json.loads(meta.get(META_TABLE, "null")))
-        arrays = [table.rows([i]).reshape(table.shape[1:]) for i in range(table.shape[0])]
-        return arrays, names, [Source(str(p), "safetensors", str(p), header.file_size)], config
+        return TableRows(table), names, [Source(str(p), "safetensors", str(p), header.file_size)], config
     if set(header.tensors) == {"prompt_embeddings"}:
         arr = header.array("prompt_embeddings")
         _check_prompt(arr, p)

@@ -26,6 +26,7 @@ LAYERS = [
     "mptkit._options",
     "mptkit._numerics",
     "mptkit._bank",
+    "mptkit._rows",
     "mptkit._info",
     "mptkit._finite",
     "mptkit.formats._safetensors",

@@ -1,0 +1,108 @@
+"""The prompts ``decompose`` reads (:class:`Prompts`), as sequences that make an object for a prompt
+only when asked: a table of T prompts is one :class:`~mptkit._tensor.Array` (T, N, d), not T arrays
+(100,000 tiny prompts once cost 440 bytes each before any arithmetic), and a run of its prompts is
+read at once."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._bank import Source
+from ._tensor import Array
+
+
+@dataclass
+class Prompts:
+    """K single-task prompts of one shape, each an (N, d) :class:`Array` (still on disk), or a
+    bank's task (an object with ``prompt(dtype)``: its full prompt, computed when read)."""
+
+    arrays: Sequence  # of (N, d) prompts: a Chain of lists and TableRows
+    names: list[str]
+    sources: list[Source]
+    #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...)
+    config: dict | None = None
+    where: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.arrays[0].shape) if self.arrays else (0, 0)
+
+    def read(self, idx, dtype=None):
+        """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default); a bank's task is
+        its full prompt, computed as PEFT computes it (float32). A table's run of prompts is one read."""
+        import torch
+
+        dtype, parts = dtype or torch.float64, []
+        for part, local in self.arrays.runs(idx) if isinstance(self.arrays, Chain) else [(self.arrays, idx)]:
+            if isinstance(part, TableRows):
+                parts.append(part.table.rows(list(local)).to_torch(dtype=dtype))
+                continue
+            items = [part[i] for i in local]
+            parts.append(
+                torch.stack([a.prompt(dtype) if hasattr(a, "prompt") else a.to_torch(dtype=dtype) for a in items])
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class TableRows(Sequence):
+    """The prompts of a (T, N, d) table: item i is its (N, d) :class:`Array`, made when asked for."""
+
+    def __init__(self, table: Array):
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.table.rows([i % len(self)]).reshape(self.table.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.table.shape[1:])
+
+
+class Chain(Sequence):
+    """Several sequences of prompts as one, without copying them."""
+
+    def __init__(self):
+        self.parts: list[Sequence] = []
+        self.starts: list[int] = []
+        self.count = 0
+
+    def extend(self, part: Sequence) -> None:
+        if len(part):
+            self.parts.append(part)
+            self.starts.append(self.count)
+            self.count += len(part)
+
+    def append(self, item) -> None:
+        self.extend([item])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        i %= self.count
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.parts[k][i - self.starts[k]]
+
+    def runs(self, idx):
+        """``idx`` as (part, [indices in that part]) runs, in order: consecutive indices of one part together."""
+        out: list = []
+        for i in idx:
+            k = bisect.bisect_right(self.starts, i) - 1
+            if out and out[-1][0] is self.parts[k]:
+                out[-1][1].append(i - self.starts[k])
+            else:
+                out.append((self.parts[k], [i - self.starts[k]]))
+        return out
