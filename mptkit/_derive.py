@@ -19,9 +19,9 @@ source:
 
 from __future__ import annotations
 
-from ._bank import KEYS, PromptBank, select_tasks
+from ._bank import PromptBank, select_tasks
+from ._dtypes import storage_dtype
 from ._numerics import cast, clamping, draw_seed, fresh_factors, mean_over_tasks
-from ._options import storage_dtype
 from .errors import UsageError
 
 MODES = ("average", "exact", "shared")
@@ -42,7 +42,7 @@ def derive(
     """A new bank from ``bank`` by ``mode`` ("average", "exact" or "shared"); see the module doc.
 
     ``task`` (exact only) is a 0-based index or a task name. ``num_tasks``/``num_ranks``/``seed``
-    (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit._options.DTYPES`) casts the output;
+    (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit._dtypes.USER_NAMES`) casts the output;
     by default it keeps the source's dtype. ``config`` holds adapter_config.json fields to set on
     the output (task_type, num_virtual_tokens, ...), for sources that carry none. Values beyond a
     narrower ``dtype``'s range are refused, or with ``clamp`` stored as its largest value.
@@ -81,21 +81,23 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
     dtype = dtype or bank.dtype
     tensors = {
         "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype, _what(bank, "prompt_embeddings")),
-        "prefix_task_cols": cast(bank.tensors["prefix_task_cols"].rows([k]), dtype, _what(bank, "prefix_task_cols", k)),
-        "prefix_task_rows": cast(bank.tensors["prefix_task_rows"].rows([k]), dtype, _what(bank, "prefix_task_rows", k)),
+        **{
+            key: cast(a, dtype, _what(bank, key, k))
+            for key, a in bank.task_rows([k]).items()
+            if key != "prompt_embeddings"
+        },
     }
     args = {"mode": "exact", "task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     names = [bank.task_names[k]] if bank.task_names else None
-    reads = [bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
+    reads = list(bank.task_rows([k]).values())
     return _result(bank, tensors, names, args, reads)
 
 
 def average(bank: PromptBank, dtype: str | None = None) -> PromptBank:
     """The mean of each factor over all tasks (a one-task bank, unnamed)."""
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no task factors to average")
+    bank.require_tasks("whose factors to average")
     from ._finite import require_finite
 
     require_finite(bank, "the average")

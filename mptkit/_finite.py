@@ -17,6 +17,7 @@ import math
 
 from . import _numerics as numerics
 from ._bank import PromptBank
+from ._dtypes import shown
 from .errors import InvalidBank
 
 #: bytes of factors (or of full prompts, computed in float64) held at once
@@ -47,7 +48,7 @@ def require_finite(bank: PromptBank, operation: str, tasks=None, *, prompts: boo
     N, r, d = bank.num_tokens, bank.rank, bank.token_dim
     per = cols_a.row_nbytes + rows_a.row_nbytes + (16 * N * d if prompts else 0)
     step = max(1, CHUNK_BYTES // max(per, 1))
-    _, inf_at = numerics.FLOAT_LIMITS.get(bank.dtype, (math.inf, math.inf))
+    _, inf_at = numerics.limits(bank.dtype)
     pe64 = pe.astype(np.float64)
     for lo in range(0, len(idx), step):
         ks = idx[lo : lo + step]
@@ -71,7 +72,7 @@ def require_finite(bank: PromptBank, operation: str, tasks=None, *, prompts: boo
                 over = ~(top < inf_at)
                 if over.any():
                     j = int(np.flatnonzero(over)[0])
-                    name, largest = numerics.dtype_name(bank.dtype), numerics.FLOAT_LIMITS[bank.dtype][0]
+                    name, largest = shown(bank.dtype), numerics.limits(bank.dtype)[0]
                     v = float(top[j])
                     size = f"reaches {v:.4g}, beyond" if math.isfinite(v) else "overflows even float64, beyond"
                     raise InvalidBank(

@@ -19,7 +19,7 @@ from ._combine import (
     need_tasks as _need_tasks,
     output_rank,
 )
-from ._edit import _result, _take, check_names, default_names
+from ._edit import _result, check_names, default_names
 from ._tensor import Array
 from .errors import IncompatibleBanks, UsageError
 
@@ -177,7 +177,7 @@ def add_task(
             from ._finite import require_finite
 
             require_finite(source, "the refit", [k], prompts=True)
-        single = replace(source, tensors=_take(source, [k]), task_names=None)
+        single = replace(source, tensors=source.task_rows([k]), task_names=None)
         _check_compatible([bank, single], bank.dtype, allow_mismatch)
         with numerics.clamping(clamp):
             parts, found = _combine([bank, single], bank.dtype, refit, max_error, rank)
@@ -206,7 +206,7 @@ def add_task(
     kind, _, ref = init.partition(":")
     if kind == "exact" and ref:
         k = bank.task_index(ref)
-        one = _take(bank, [k])
+        one = bank.task_rows([k])
         tensors = {
             "prompt_embeddings": one["prompt_embeddings"],
             "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], one["prefix_task_cols"]]),

@@ -1,49 +1,14 @@
-"""The prompts ``decompose`` reads (:class:`Prompts`), as sequences that make an object for a prompt
-only when asked: a table of T prompts is one :class:`~mptkit._tensor.Array` (T, N, d), not T arrays
-(100,000 tiny prompts once cost 440 bytes each before any arithmetic), and a run of its prompts is
-read at once."""
+"""The prompts ``decompose`` reads (:class:`mptkit.formats.Prompts`), as sequences that make an
+object for a prompt only when asked: a table of T prompts is one :class:`~mptkit._tensor.Array`
+(T, N, d), not T arrays (100,000 tiny prompts once cost 440 bytes each before any arithmetic), and a
+run of its prompts is read at once."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from ._bank import Source
 from ._tensor import Array
-
-
-@dataclass
-class Prompts:
-    """K single-task prompts of one shape, each an (N, d) :class:`Array` (still on disk), or a
-    bank's task (an object with ``prompt(dtype)``: its full prompt, computed when read)."""
-
-    arrays: Sequence  # of (N, d) prompts: a Chain of lists and TableRows
-    names: list[str]
-    sources: list[Source]
-    #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...)
-    config: dict | None = None
-    where: list[str] = field(default_factory=list)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.arrays[0].shape) if self.arrays else (0, 0)
-
-    def read(self, idx, dtype=None):
-        """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default); a bank's task is
-        its full prompt, computed as PEFT computes it (float32). A table's run of prompts is one read."""
-        import torch
-
-        dtype, parts = dtype or torch.float64, []
-        for part, local in self.arrays.runs(idx) if isinstance(self.arrays, Chain) else [(self.arrays, idx)]:
-            if isinstance(part, TableRows):
-                parts.append(part.table.rows(list(local)).to_torch(dtype=dtype))
-                continue
-            items = [part[i] for i in local]
-            parts.append(
-                torch.stack([a.prompt(dtype) if hasattr(a, "prompt") else a.to_torch(dtype=dtype) for a in items])
-            )
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class TableRows(Sequence):

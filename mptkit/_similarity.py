@@ -10,7 +10,6 @@ its size). ``--top 1`` of 20,000 tiny tasks once held the whole matrix and was k
 from __future__ import annotations
 
 import math
-import os
 
 from . import _progress as progress
 from ._bank import PromptBank, select_tasks
@@ -31,7 +30,7 @@ DEFAULT_TOP = 3
 
 
 def similarity(bank: PromptBank, tasks=None, *, top: int | None = None, matrix: bool | None = None) -> dict:
-    """``{"tasks": [names], "indices": [...], "nearest": [...], "top": [[{"task", "cosine"}, ...]]}``
+    """``{"task_names": [names], "indices": [...], "nearest": [...], "top": [[{"task", "cosine"}, ...]]}``
     for the selected tasks (all by default): each task's nearest other task and its ``top`` nearest
     (3 by default), by the cosine similarity of the full prompts; with ``matrix`` (the default when
     ``top`` is not given) also ``"matrix"``, every cosine (None for a task whose prompt is all zeros).
@@ -45,8 +44,7 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None, matrix: 
 
     from ._finite import require_finite
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
+    bank.require_tasks("to compare")
     idx = select_tasks(bank, tasks, unique=True) if tasks is not None else list(range(bank.num_tasks))
     n, names = len(idx), bank.names()
     want_matrix = top is None if matrix is None else bool(matrix)
@@ -80,7 +78,7 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None, matrix: 
             if v != -math.inf
         ]
         top_lists.append(row)
-    out: dict = {"tasks": [names[t] for t in idx], "indices": idx}
+    out: dict = {"task_names": [names[t] for t in idx], "indices": idx}
     if full is not None:
         out["matrix"] = [[None if math.isnan(v) else v for v in row] for row in full.tolist()]
     out["nearest"] = [row[0] if row else None for row in top_lists]
@@ -121,7 +119,7 @@ class _Blocks:
     into [0.5, 1)): a cosine is unchanged by scaling, and the products can no longer overflow
     (prompts of 1e20 gave NaN cosines)."""
 
-    def __init__(self, bank: PromptBank, idx: list[int]):
+    def __init__(self, bank: PromptBank, idx: list[int], scale: bool = True):
         import torch
 
         self.idx, self.N, self.d = idx, bank.num_tokens, bank.token_dim
@@ -134,7 +132,7 @@ class _Blocks:
         self.col_buf = torch.empty(min(self.cols_per, len(idx)), self.N, self.d)
         self.exponent = torch.zeros(len(idx), dtype=torch.int32)
         self.norm = torch.zeros(len(idx), dtype=torch.float64)
-        for lo in range(0, len(idx), self.rows_per):  # scales and norms first: a cosine needs both norms
+        for lo in range(0, len(idx) if scale else 0, self.rows_per):  # scales and norms: a cosine needs both
             A = self._prompts(lo, self.rows_per, self.row_buf, scale=False)
             self.exponent[lo : lo + len(A)] = torch.frexp(A.abs().amax(dim=1)).exponent
             A = _scaled(A, self.exponent[lo : lo + len(A)])
@@ -151,17 +149,37 @@ class _Blocks:
         out = torch.matmul(c, r, out=buf[: len(ks)]).mul_(self.pe).reshape(len(ks), self.N * self.d)
         return _scaled(out, self.exponent[lo : lo + len(ks)]) if scale else out
 
-    def cosines(self):
-        """(i0, j0, cosines of tasks i0.. with tasks j0..) for each block pair with j0 >= i0 (the
-        first of each row of blocks is its diagonal block); NaN where a prompt is all zeros."""
+    def products(self):
+        """(i0, j0, float64 products of tasks i0.. with tasks j0..) for each block pair with
+        j0 >= i0 (the first of each row of blocks is its diagonal block)."""
         n = len(self.idx)
         for i0 in range(0, n, self.rows_per):
             A = self._prompts(i0, self.rows_per, self.row_buf)
-            na = self.norm[i0 : i0 + len(A)]
-            yield i0, i0, _cosines(_products(A, A), na, na)
+            yield i0, i0, _products(A, A)
             for j0 in range(i0 + len(A), n, self.cols_per):
-                B = self._prompts(j0, self.cols_per, self.col_buf)
-                yield i0, j0, _cosines(_products(A, B), na, self.norm[j0 : j0 + len(B)])
+                yield i0, j0, _products(A, self._prompts(j0, self.cols_per, self.col_buf))
+
+    def cosines(self):
+        """:meth:`products` as cosines; NaN where a prompt is all zeros."""
+        for i0, j0, G in self.products():
+            yield i0, j0, _cosines(G, self.norm[i0 : i0 + G.shape[0]], self.norm[j0 : j0 + G.shape[1]])
+
+
+def gram_matrix(bank: PromptBank, idx: list[int]):
+    """The (len(idx), len(idx)) float64 Gram matrix of the tasks' full prompts (as PEFT computes
+    them, not scaled, non-finite values included), blockwise: for ``mptkit report``, which needs
+    every cosine, NaN ones too."""
+    import torch
+
+    n = len(idx)
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    with progress.bar(n * (n + 1) // 2, "similarity", unit="pair", unit_scale=True) as bar:
+        for i0, j0, G in _Blocks(bank, idx, scale=False).products():
+            a, b = G.shape
+            gram[i0 : i0 + a, j0 : j0 + b] = G
+            gram[j0 : j0 + b, i0 : i0 + a] = G.T
+            bar.update(a * b if i0 != j0 else a * (a + 1) // 2)
+    return gram
 
 
 def _scaled(x, exponent):
@@ -194,58 +212,67 @@ def _products(A, B):
     return out
 
 
-def plot_heatmap(
-    result: dict, path: str | os.PathLike, *, force: bool = False, title: str | None = None, inputs: tuple = ()
-) -> None:
-    """Write ``result`` (from :func:`similarity`) as a heatmap image (the format follows the
-    suffix, e.g. ``.png``); needs matplotlib (``pip install 'mptkit[plot]'``)."""
-    from pathlib import Path
+def heatmap(result: dict, *, title: str | None = None):
+    """``result`` (from :func:`similarity`) as a heatmap :class:`~mptkit.formats.Image`, drawn by
+    matplotlib when it is written (``mptkit.save(image, "heat.png")``; the format follows the
+    suffix). Needs matplotlib (``pip install 'mptkit[plot]'``)."""
+    from .formats import Image
 
-    from .formats import _atomic as atomic
+    require_matplotlib()
+    return Image(lambda fmt: _draw(result, title, fmt))
 
+
+def require_matplotlib() -> None:
+    """A :class:`UsageError` saying how to install matplotlib, where it is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError(
             "--plot needs matplotlib, which is not installed; install it with "
             "pip install 'mptkit[plot]' (or pip install matplotlib)"
         ) from None
-    target = Path(path)
-    atomic.check_target(target, folder=False, force=force, inputs=inputs)
-    fmt = target.suffix.lstrip(".").lower() or "png"
+
+
+def _draw(result: dict, title: str | None, fmt: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
     if fmt not in plt.gcf().canvas.get_supported_filetypes():
         plt.close("all")
-        raise UsageError(f"{target}: matplotlib cannot write .{fmt} images; use .png, .svg or .pdf")
+        raise UsageError(f"matplotlib cannot write .{fmt} images; use .png, .svg or .pdf")
     plt.close("all")
-    names = result["tasks"]
+    names = result["task_names"]
     n = len(names)
     values = [[float("nan") if v is None else v for v in row] for row in result["matrix"]]
     size = min(2 + 0.45 * n, 30)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(values, cmap="viridis", vmin=-1, vmax=1)
-    ax.set_xticks(range(n), names, rotation=90)
-    ax.set_yticks(range(n), names)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if values[i][j] == values[i][j]:
-                    ax.text(
-                        j,
-                        i,
-                        f"{values[i][j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if values[i][j] < 0.5 else "black",
-                    )
-    fig.colorbar(im, ax=ax, label="cosine similarity of full prompts")
-    ax.set_title(title or "task similarity")
-    fig.tight_layout()
     try:
-        with atomic.atomic_file(target, replace=force) as f:
-            fig.savefig(f, format=fmt)
+        im = ax.imshow(values, cmap="viridis", vmin=-1, vmax=1)
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if values[i][j] == values[i][j]:
+                        ax.text(
+                            j,
+                            i,
+                            f"{values[i][j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if values[i][j] < 0.5 else "black",
+                        )
+        fig.colorbar(im, ax=ax, label="cosine similarity of full prompts")
+        ax.set_title(title or "task similarity")
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format=fmt)
+        return out.getvalue()
     finally:
         plt.close(fig)

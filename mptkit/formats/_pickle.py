@@ -29,7 +29,8 @@ import pickle
 import warnings
 import zipfile
 
-from .._tensor import DTYPES, Array
+from .._dtypes import code_of_torch, itemsize as itemsize_of
+from .._tensor import Array
 from ..errors import InvalidBank, UnsafeFile
 from . import _pickle_scan as scan
 from ._pickle_scan import MAX_MEMBERS, MAX_PICKLE_BYTES  # noqa: F401  (re-exported)
@@ -129,7 +130,7 @@ def array(path: str, name: str, t, members) -> Array:
     if not t.is_meta:
         return Array.from_torch(t)
     ref = getattr(t, "_mptkit_storage", None)
-    dtype = {v[1]: k for k, v in DTYPES.items()}.get(str(t.dtype).removeprefix("torch."))
+    dtype = code_of_torch(t.dtype)
     if ref is None or dtype is None:
         raise ValueError(f"unsupported tensor {t.dtype}")
     found = members.data(ref.key)
@@ -143,7 +144,7 @@ def array(path: str, name: str, t, members) -> Array:
             f"describes a storage of {need:,} bytes ({ref.numel:,} elements): the archive is corrupt (torch.load "
             "refuses it too)"
         )
-    itemsize = DTYPES[dtype][0]
+    itemsize = itemsize_of(dtype)
     if t.is_contiguous():
         return Array.from_file(path, start + t.storage_offset() * itemsize, dtype, tuple(t.shape))
     return _strided(path, name, t, dtype, start)
@@ -154,7 +155,7 @@ def _strided(path: str, name: str, t, dtype: str, start: int) -> Array:
     read and rearranged in memory."""
     import torch
 
-    itemsize = DTYPES[dtype][0]
+    itemsize = itemsize_of(dtype)
     extent = t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
     data = bytearray(extent * itemsize)
     with open(path, "rb") as f:

@@ -156,14 +156,15 @@ def test_a_peft_trained_target_merges_back_exactly_at_the_rank_the_messages_name
     assert r.exit_code == 0, r.output
     assert "an output rank of 10 makes it exact (run again with --rank 10)" in r.stdout
     lossy = json.loads(cli("merge", source, target, "--refit", "-o", tmp_path / "m2", "--json").stdout)
-    assert lossy["exact_rank"] == 10 and lossy["refit"]["3"]["relative_error"] > 1e-4
+    assert lossy["results"]["exact_rank"] == 10 and lossy["results"]["refit"]["3"]["relative_error"] > 1e-4
     r = cli("merge", source, target, "--refit", "--max-error", "1e-6", "-o", tmp_path / "m3")
     assert r.exit_code == 2 and "above --max-error" in r.stderr and "--rank 10" in r.stderr
     assert "makes this refit exact" in r.stderr and not (tmp_path / "m3").exists()
     r = cli("merge", source, target, "--refit", "--rank", "10", "-o", tmp_path / "m4", "--json")
     assert r.exit_code == 0, r.output
     exact = json.loads(r.stdout)
-    assert exact["rank"] == 10 and "exact_rank" not in exact and exact["refit"]["3"]["relative_error"] < 1e-6
+    assert exact["rank"] == 10 and "exact_rank" not in exact["results"]
+    assert exact["results"]["refit"]["3"]["relative_error"] < 1e-6
     # PEFT loads the merged bank, and task 3 gives the trained target's logits
     merged, _ = peft_load(tmp_path / "m4")
     trained, _ = peft_load(target)
@@ -200,7 +201,7 @@ def test_add_never_renames_silently(tmp_path, cli):
     r = cli("add", EXAMPLE, "--name", "new", "--init", "average", "-o", tmp_path / "named")
     assert f"{EXAMPLE} named none of its tasks: its tasks 0-3 are named task0, task1, task2, task3 here" in r.stdout
     data = json.loads(cli("add", EXAMPLE, "--name", "new", "--init", "exact:2", "-o", tmp_path / "j", "--json").stdout)
-    assert data["named"] == {"0": "task0", "1": "task1", "2": "task2", "3": "task3"}
+    assert data["results"]["named"] == {"0": "task0", "1": "task1", "2": "task2", "3": "task3"}
     one_error(
         run_mptkit("add", tmp_path / "named", "--init", "average", "-o", tmp_path / "x"), "give the new one a name"
     )
@@ -306,7 +307,7 @@ def test_a_bug_is_exit_1_and_says_so(tmp_path):
 
 
 def test_dtype_accepts_the_same_set_everywhere(tmp_path):
-    from mptkit._options import DTYPES
+    from mptkit._dtypes import USER_NAMES as DTYPES
     from mptkit.cli import main
 
     seen = {name: p.type.choices for name, cmd in main.commands.items() for p in cmd.params if p.name == "dtype"}

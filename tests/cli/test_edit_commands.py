@@ -85,15 +85,18 @@ def test_every_command_writes_banks_that_peft_loads(case, banks, cli, tmp_path):
         assert all(len(s["sha256"]) == 64 for s in result.provenance[-1]["sources"])
     if case == "merge-refit":
         assert report["task_names"] == ["sst2", "mnli", "qqp", "a", "b", "c"]
-        assert all(e["relative_error"] < 1e-5 for e in report["refit"].values())
+        assert all(e["relative_error"] < 1e-5 for e in report["results"]["refit"].values())
         torch.testing.assert_close(full_prompts(result)[3:], full_prompts(load(banks["scaled"])), rtol=1e-5, atol=1e-6)
     if case == "merge":
-        assert report["task_names"] == ["sst2", "mnli", "qqp", "task3", "task4", "task5"] and "renamed" not in report
+        assert (
+            report["task_names"] == ["sst2", "mnli", "qqp", "task3", "task4", "task5"]
+            and "renamed" not in report["results"]
+        )
     if case == "merge-dtype":
         assert result.dtype == "F16" and load_tensors(out)["prefix_task_cols"].dtype == torch.float16
     if case == "rank-down":
-        assert set(report["relative_error"]) == {"sst2", "mnli", "qqp"}
-        assert all(0 < e < 1 for e in report["relative_error"].values())
+        assert set(report["results"]["relative_error"]) == {"sst2", "mnli", "qqp"}
+        assert all(0 < e < 1 for e in report["results"]["relative_error"].values())
 
 
 def test_text_reports(banks, cli, tmp_path):
@@ -202,7 +205,7 @@ def test_similarity_table_json_and_plot(banks, cli, tmp_path):
     assert lines[0].split() == ["sst2", "mnli", "qqp", "nearest"]
     assert lines[1].split()[:2] == ["sst2", "1.000"]
     data = json.loads(cli("similarity", banks["named"], "--json", "--tasks", "qqp,sst2").output)
-    assert data["tasks"] == ["qqp", "sst2"] and data["matrix"][0][0] == pytest.approx(1.0)
+    assert data["task_names"] == ["qqp", "sst2"] and data["matrix"][0][0] == pytest.approx(1.0)
     pytest.importorskip("matplotlib")
     png = tmp_path / "heat.png"
     res = cli("similarity", banks["named"], "--plot", png)

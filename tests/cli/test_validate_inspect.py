@@ -83,7 +83,7 @@ def test_peft_saved_bank_validates_and_inspects(cli, peft_banks, kind, dtype, sa
     assert info["format"] == fmt and info["path"] == str(path)
     assert info["file"] == str(data_file(folder)) and info["file_size"] == data_file(folder).stat().st_size
     assert info["dtype"] == ST_DTYPE[dtype] and info["kind"] == "bank"
-    assert (info["num_tasks"], info["N"], info["r"], info["d"]) == (T, N, r, d)
+    assert (info["num_tasks"], info["N"], info["rank"], info["d"]) == (T, N, r, d)
     if bare:
         assert info["num_virtual_tokens"] is None and info["num_transformer_submodules"] is None
     else:

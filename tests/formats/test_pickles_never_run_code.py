@@ -28,7 +28,7 @@ import torch
 
 import mptkit
 from tests.support.banks import random_bank, save_peft_bank
-from tests.support.commands import writing_commands
+from tests.support.commands import FILE_SUFFIX, writing_commands
 
 MARKERS: list[Path] = []
 
@@ -230,7 +230,7 @@ def _invocations(src: str, good: str, tmp: Path) -> dict[str, list[str]]:
         "similarity": ["similarity", src],
     }
     for label, (kind, _) in writing_commands(src, "o").items():
-        inv[label] = writing_commands(src, tmp / ("o.png" if kind == "image" else "o"))[label][1]
+        inv[label] = writing_commands(src, tmp / ("o" + FILE_SUFFIX.get(kind, "")))[label][1]
     inv["merge as second bank"] = ["merge", good, src, "-o", str(tmp / "m")]
     inv["merge as third bank"] = ["merge", good, good, src, "--rename-duplicates", "-o", str(tmp / "m3")]
     inv["add --from"] = ["add", good, "--name", "x", "--from", f"{src}:0", "-o", str(tmp / "a")]
@@ -286,7 +286,7 @@ def test_init_path_in_adapter_config_is_never_followed(cli, evil, good, tmp_path
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     folders_written = 0
     for label, (kind, _) in writing_commands(folder, "OUT").items():
-        out = tmp_path / "out" / (f"{label}.png" if kind == "image" else label)  # one output per command
+        out = tmp_path / "out" / (label + FILE_SUFFIX.get(kind, ""))  # one output per command
         r = cli(*writing_commands(folder, out)[label][1])
         assert r.exit_code == 0, (label, r.output)
         written = out / "adapter_config.json"
@@ -295,7 +295,8 @@ def test_init_path_in_adapter_config_is_never_followed(cli, evil, good, tmp_path
             w = json.loads(written.read_text())
             assert w["prompt_tuning_init"] == "RANDOM" and w.get("prompt_tuning_init_state_dict_path") is None, label
             folders_written += 1
-    assert folders_written >= len(writing_commands(folder, "OUT")) - 1  # all but the image
+    files = sum(kind in FILE_SUFFIX for kind, _ in writing_commands(folder, "OUT").values())
+    assert folders_written >= len(writing_commands(folder, "OUT")) - files  # all but the image and the page
     for argv in (["validate", folder], ["inspect", folder], ["similarity", folder]):
         assert cli(*argv).exit_code == 0, argv
     assert mptkit.load(folder).num_tasks == 3

@@ -22,7 +22,7 @@ import mptkit
 from mptkit.errors import MptkitError
 from mptkit.formats import _safetensors as stf
 
-DTYPES = list(stf.HEADER_DTYPE_BITS) + ["F8", "f32", "", "U1", "C128", "float32"]
+DTYPES = list(stf.HEADER_BITS) + ["F8", "f32", "", "U1", "C128", "float32"]
 ODD_NUMBERS = [
     "-1",
     "-0",
@@ -53,7 +53,7 @@ def _base(rng: random.Random):
     value is a Python object or a ("raw", text) pair."""
     T, N, r, d = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 2), rng.randint(1, 3)
     dtype = rng.choice(["F32", "F16", "BF16", "F64"])
-    size = stf.HEADER_DTYPE_BITS[dtype] // 8
+    size = stf.HEADER_BITS[dtype] // 8
     shapes = {"prompt_embeddings": [N, d], "prefix_task_cols": [T, N, r], "prefix_task_rows": [T, r, d]}
     entries, pos = [], 0
     names = list(shapes)

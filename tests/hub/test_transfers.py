@@ -281,7 +281,7 @@ def test_remote_inspect_reads_only_the_header(hub, cli, tmp_path):
 
     remote = json.loads(cli("inspect", "hf://owner/big", "--json").stdout)
     local = json.loads(cli("inspect", src, "--json").stdout)
-    for key in ("kind", "dtype", "num_tasks", "N", "r", "d", "task_names", "parameters", "tensors", "file_size"):
+    for key in ("kind", "dtype", "num_tasks", "N", "rank", "d", "task_names", "parameters", "tensors", "file_size"):
         assert remote[key] == local[key], key
     assert remote["remote"]["commit"] == hub.repos["owner/big"].refs["main"]
 

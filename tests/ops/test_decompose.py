@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import mptkit
+from mptkit import export_table, read_prompts
 from mptkit._decompose import decompose
-from mptkit._export import export_table
-from mptkit._tables import read_prompts
 from mptkit.errors import IncompatibleBanks, InvalidBank, UsageError
 from tests.support.banks import full_prompts, memory_bank, random_bank, tiny_base_model, write_bank
 from tests.support.commands import run_mptkit
@@ -30,7 +29,7 @@ def test_export_then_decompose_gives_the_prompts_back(tmp_path, shape):
     assert report["task_names"] == [f"t{i}" for i in range(T)] and report["rank"] == r
     before, after = full_prompts(mptkit.load(src)), full_prompts(mptkit.load(tmp_path / "back.safetensors"))
     rel = (after - before).norm(dim=(1, 2)) / before.norm(dim=(1, 2))
-    assert float(rel.max()) < 1e-5 and max(report["relative_error"].values()) < 1e-5
+    assert float(rel.max()) < 1e-5 and max(report["results"]["relative_error"].values()) < 1e-5
 
 
 def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
@@ -55,8 +54,8 @@ def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
-    errors = report["relative_error"]
-    assert report["rank"] == {"a": 2, "b": 1, "c": 2}, report
+    errors = report["results"]["relative_error"]
+    assert report["results"]["rank"] == {"a": 2, "b": 1, "c": 2}, report
     assert errors["a"] < 1e-3 and errors["c"] < 1e-3 and 1e-3 < errors["b"] < 0.05
     assert mptkit.load(tmp_path / "auto.safetensors").rank == 2
 
@@ -64,7 +63,7 @@ def test_decompose_rank_auto_picks_each_tasks_smallest_rank(tmp_path):
 def test_decompose_with_a_shared_prompt_keeps_it(tmp_path):
     bank = memory_bank(T=4, N=6, d=9, r=2, seed=8, names=["a", "b", "c", "d"])
     mptkit.save(bank, tmp_path / "bank.safetensors")
-    export_table(bank, "all", tmp_path / "p.safetensors")
+    mptkit.save(export_table(bank, "all"), tmp_path / "p.safetensors")
     out = decompose(read_prompts([tmp_path / "p.safetensors"]), 2, shared=mptkit.load(tmp_path / "bank.safetensors"))
     assert bytes(out.tensors["prompt_embeddings"].read()) == bytes(bank.tensors["prompt_embeddings"].read())
     assert max(out.provenance[-1]["results"]["relative_error"].values()) < 1e-6

@@ -12,7 +12,7 @@ import numpy as np
 
 from mptkit import _als as als
 from mptkit._decompose import decompose
-from mptkit._tables import read_prompts
+from mptkit.formats import read_prompts
 from tests.support.measured import killed_for_cpu, run_measured
 
 

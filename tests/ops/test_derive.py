@@ -273,7 +273,12 @@ def test_json_output(tmp_path, cli):
     src = random_bank(tmp_path / "src.safetensors", T=3)
     r = cli("derive", src, "--mode", "average", "--dtype", "float16", "-o", tmp_path / "a.safetensors", "--json")
     info = json.loads(r.stdout)
-    assert info["mode"] == "average" and info["dtype"] == "F16" and info["num_tasks"] == 1 and info["r"] == 2
+    assert (
+        info["arguments"]["mode"] == "average"
+        and info["dtype"] == "F16"
+        and info["num_tasks"] == 1
+        and info["rank"] == 2
+    )
 
 
 def test_python_api_errors(tmp_path):

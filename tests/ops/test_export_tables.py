@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mptkit
-from mptkit._export import export_table
+from mptkit import export_table
 from tests.support.banks import full_prompts, load_tensors, random_bank, tiny_base_model
 from tests.support.commands import run_mptkit
 
@@ -79,7 +79,7 @@ def test_a_folder_of_adapters_gives_peft_mpt_outputs(peft_banks, tmp_path, kind)
 def test_table_dtypes_and_refusals(tmp_path):
     src = random_bank(tmp_path / "b.safetensors", T=3, N=4, r=2, d=6, names=["a", "b", "c"])
     bank = mptkit.load(src)
-    export_table(bank, "c,a", tmp_path / "h.npy", dtype="float16")
+    mptkit.save(export_table(bank, "c,a", dtype="float16"), tmp_path / "h.npy")
     half = np.load(tmp_path / "h.npy")
     assert half.dtype == np.float16 and torch.equal(
         torch.from_numpy(half), full_prompts(bank, torch.float32)[[2, 0]].half()

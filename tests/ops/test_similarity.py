@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mptkit
-from mptkit._similarity import plot_heatmap, similarity
+from mptkit import heatmap, similarity
 from mptkit.errors import UsageError
 from tests.support.banks import full_prompts, memory_bank
 
@@ -26,7 +26,7 @@ def test_similarity_is_the_cosine_of_full_prompts():
     full = full_prompts(bank).reshape(4, -1)
     expect = torch.nn.functional.cosine_similarity(full[:, None], full[None, :], dim=-1)
     torch.testing.assert_close(torch.tensor(res["matrix"], dtype=torch.float64), expect)
-    assert res["matrix"][0][3] == pytest.approx(-1.0) and res["tasks"] == ["0", "1", "2", "3"]
+    assert res["matrix"][0][3] == pytest.approx(-1.0) and res["task_names"] == ["0", "1", "2", "3"]
     sub = similarity(bank, "3,1")
     assert sub["indices"] == [3, 1] and sub["matrix"][0][1] == pytest.approx(res["matrix"][3][1])
     json.dumps(res, allow_nan=False)
@@ -61,14 +61,14 @@ def test_plot_heatmap(tmp_path):
     pytest.importorskip("matplotlib")
     res = similarity(mptkit.set_names(memory_bank(T=3), "a,b,c"))
     out = tmp_path / "h.png"
-    plot_heatmap(res, out)
+    mptkit.save(heatmap(res), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="already exists"):
-        plot_heatmap(res, out)
+        mptkit.save(heatmap(res), out)
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match=r"needs matplotlib.*mptkit\[plot\]"):
-        plot_heatmap(similarity(memory_bank()), tmp_path / "h.png")
+        mptkit.save(heatmap(similarity(memory_bank())), tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()

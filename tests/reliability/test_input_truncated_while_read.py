@@ -20,11 +20,11 @@ import torch
 from tests.support.banks import write_bank
 
 # the real CLI, stopping itself once the input was described: a pickle unpickled by torch
-# (mptkit.formats._pickle.load returned), or a safetensors header read (mptkit.formats._read.read)
+# (mptkit.formats._pickle.load returned), or a safetensors header read (_safetensors.read_header)
 DRIVER = """
 import os, signal, sys
 import mptkit.formats._pickle as pickle_reader
-import mptkit.formats._read as reader
+import mptkit.formats._safetensors as header_reader
 stopped = []
 def stopping(real):
     def call(*a, **kw):
@@ -35,10 +35,7 @@ def stopping(real):
         return out
     return call
 pickle_reader.load = stopping(pickle_reader.load)
-reader.read = stopping(reader.read)
-import mptkit.formats as formats
-if hasattr(formats, "read"):
-    formats.read = reader.read
+header_reader.read_header = stopping(header_reader.read_header)
 from mptkit.cli import main
 main(sys.argv[1:], prog_name="mptkit")
 """

@@ -86,7 +86,9 @@ def _invocations(kind: str, src: Path, out_dir: Path) -> dict[str, tuple[int, li
     s = str(src)
     inv = {k: (0, v) for k, v in _read_only(s, out_dir).items()}
     for label, (okind, _) in writing_commands(s, "X").items():
-        names = {"image": ["plot.png"], "folder": [f"{label}-dir"]}.get(okind, [f"{label}.safetensors", f"{label}-dir"])
+        names = {"image": ["plot.png"], "page": ["report.html"], "folder": [f"{label}-dir"]}.get(
+            okind, [f"{label}.safetensors", f"{label}-dir"]
+        )
         for name in names:
             argv = writing_commands(s, out_dir / name)[label][1]
             if name.endswith("-dir") and not kind.startswith("peft"):  # the input carries no config

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.banks import medium_bank
-from tests.support.commands import one_error, writing_commands, writing_labels
+from tests.support.commands import FILE_SUFFIX, one_error, writing_commands, writing_labels
 from tests.support.files import TMP_MARK, digest, sha256_tree
 
 LABELS = writing_labels()
@@ -42,7 +42,7 @@ def src(tmp_path_factory) -> Path:
 
 def out_name(label: str, as_file: bool = True) -> str:
     kind = writing_commands("S", "O")[label][0]
-    return {"image": "out.png", "folder": "out"}.get(kind, "out.safetensors" if as_file else "out")
+    return {"image": "out.png", "page": "out.html", "folder": "out"}.get(kind, "out.safetensors" if as_file else "out")
 
 
 def _run(cli, label, src, out, *extra):
@@ -212,7 +212,7 @@ def test_file_where_a_folder_is_wanted_and_the_reverse(cli, src, tmp_path, label
         f.write_bytes(b"precious")
         assert_refused(_run(cli, label, src, f, "--force"), str(f), "is a file")
         assert f.read_bytes() == b"precious"
-    d = tmp_path / ("dir.png" if kind == "image" else "dir.safetensors")
+    d = tmp_path / ("dir" + FILE_SUFFIX[kind] if kind in FILE_SUFFIX else "dir.safetensors")
     d.mkdir()
     (d / "keep").write_bytes(b"precious")
     r = _run(cli, label, src, d, "--force")
@@ -235,14 +235,14 @@ def test_output_equal_to_the_input(cli, src, tmp_path, label):
     link.symlink_to(bank, target_is_directory=True)
     before = sha256_tree(bank)
     kind = writing_commands(src, "x")[label][0]
-    if kind == "image":
-        outs = [bank / "adapter_model.safetensors", bank / "plot.png"]
+    if kind in FILE_SUFFIX:
+        outs = [bank / "adapter_model.safetensors", bank / ("plot" + FILE_SUFFIX[kind])]
     else:
         outs = [bank, link, bank / "adapter_model.safetensors", bank / "sub", work]
     for out in outs:
         r = _run(cli, label, bank, out, "--force")
         assert_refused(r)
-        assert any(x in r.stderr for x in ("the input", "name a folder", "cannot write .safetensors images"))
+        assert any(x in r.stderr for x in ("the input", "name a folder", "does not write .safetensors files here"))
         assert sha256_tree(bank) == before and _leftovers(work) == []
     if label == "merge":  # the second input too
         other = work / "other"

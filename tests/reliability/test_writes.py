@@ -144,17 +144,16 @@ def test_concurrent_writers_without_force_never_clobber(banks, tmp_path, kind):
 
 def test_noreplace_refuses_an_output_created_after_the_check(banks, tmp_path, monkeypatch):
     """The race itself, made deterministic: the output appears between the check and the rename."""
-    from mptkit import formats
+    from mptkit.formats import _targets as targets
 
     out = tmp_path / "out.safetensors"
-    real_check = atomic.check_target
+    real_check = targets.check_target
 
     def check_then_race(target, **kw):
         real_check(target, **kw)
         Path(target).write_bytes(b"someone else's output")
 
-    monkeypatch.setattr(atomic, "check_target", check_then_race)
+    monkeypatch.setattr(targets, "check_target", check_then_race)
     with pytest.raises(mptkit.MptkitError, match="already exists"):
         mptkit.save(mptkit.load(banks["A"]), out)
     assert out.read_bytes() == b"someone else's output" and temps(out) == []
-    assert formats.atomic is atomic

@@ -133,11 +133,16 @@ READ_ONLY_COMMANDS = {"validate", "inspect", "similarity"}
 HUB_COMMANDS = {"pull", "push"}
 
 
+#: the suffix an output of kind "image" or "page" takes
+FILE_SUFFIX = {"image": ".png", "page": ".html"}
+
+
 def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
     """Every way the CLI writes a local output, as ``{label: (output kind, argv)}`` turning ``src``
     (a bank with at least 2 tasks and an adapter config) and ``other`` (a second such bank, default
     ``src``) into ``out``. Output kinds: "bank" (a .safetensors path or a folder), "folder" (a
-    folder only), "image" (an image file). Every command the table names must exist, and every
+    folder only), "image" (an image file), "page" (an HTML file); :data:`FILE_SUFFIX` names a path
+    for the last two. Every command the table names must exist, and every
     command that writes (has -o/--output or --plot) must be in the table, so that the reliability
     tests cannot silently skip one."""
     from mptkit.cli import main
@@ -158,6 +163,7 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "decompose": ("bank", ["decompose", src, "--shared", src, "--rank", "2", "-o", out]),
         "convert": ("bank", ["convert", src, "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
+        "report": ("page", ["report", src, "-o", out]),
     }
     named = {argv[0] for _, argv in table.values()}
     unknown = named - set(main.commands)

@@ -1,16 +1,22 @@
-"""The README's examples run, in order, as a reader would type them, and print what the README says.
+"""The examples of README.md and of every docs page run, in order, as a reader would type them, and
+print what the page says.
 
-One temporary folder holds a copy of ``examples/`` and every file the examples create; a loopback
-Hub (tests/hubserver.py) stands in for huggingface.co, so ``push``/``pull``/``hf://`` blocks run too.
+Pages do not share a folder: each page (README.md first, then docs/ in mkdocs.yml's nav order) runs
+in a fresh folder holding a copy of ``examples/`` (what a fresh clone gives a reader), against a
+fresh loopback Hub (tests.fakehub stands in for huggingface.co, so ``push``/``pull``/``hf://``
+blocks run too). So a reader can follow any page on its own, and a page may not lean on files an
+earlier page made; within a page, blocks run in order and share the folder.
 
 - ```sh``` / ```bash``` blocks: every line is a command (bash) and must exit 0. The set-up blocks
-  that create a virtual environment and pip-install are CI's job (``.ci/run`` runs them literally);
-  here only their ``mptkit`` commands run.
-- ```text``` blocks: ``$ command`` lines, each followed by the output the README promises (stdout and
+  that create a virtual environment and pip-install are CI's job (``.ci/run`` runs the README's
+  literally); here only their ``mptkit`` commands run.
+- ```text``` blocks: ``$ command`` lines, each followed by the output the page promises (stdout and
   stderr, as a terminal shows them). The output must match line for line; a line ``  ...`` stands
   for any number of lines. An output starting ``mptkit: error:`` promises exit status 2, any other 0.
 - ```python``` blocks: run as a script (exit 0). A ``print(...)  # text`` line promises that ``text``
   is printed, in that order.
+- Blocks in any other language (```console for a shell's startup file, another engine) are shown,
+  not run.
 """
 
 from __future__ import annotations
@@ -24,14 +30,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
-
-
-def readme_blocks() -> list[tuple[int, str, str]]:
-    """``(line number, language, text)`` of every fenced block, in order."""
-    return [(README.count("\n", 0, m.start()) + 1, m.group(1), m.group(2)) for m in FENCE.finditer(README)]
+from tests.docs.docpages import ROOT, RUN, pages
 
 
 def _commands_of_setup(line: str) -> str | None:
@@ -67,8 +66,8 @@ _PRINT = re.compile(r"^\s*print\(.*\)\s+#\s?(.*)$")
 
 
 @pytest.fixture
-def world(hub, tmp_path, monkeypatch):
-    """The reader's folder (a copy of examples/), the loopback Hub's endpoint, and an environment
+def world(hub, tmp_path):
+    """A fresh reader's folder (a copy of examples/), the loopback Hub's endpoint, and an environment
     in which ``mptkit`` and ``python`` are this interpreter's."""
     work = tmp_path / "reader"
     work.mkdir()
@@ -85,10 +84,18 @@ def _run(cmd: str, work: Path, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_the_readme_has_examples_of_every_kind():
-    langs = [lang for _, lang, _ in readme_blocks()]
-    assert {"sh", "text", "python"} <= set(langs), langs
-    assert sum(1 for _, lang, text in readme_blocks() if lang == "text" and "$ " in text) >= 4
+def test_the_pages_have_examples_of_every_kind():
+    blocks = [(lang, text) for page in pages() for _, lang, text in page.blocks()]
+    assert {"sh", "text", "python"} <= {lang for lang, _ in blocks}
+    assert sum(1 for lang, text in blocks if lang == "text" and "$ " in text) >= 10
+
+
+def test_every_text_block_is_a_transcript():
+    """A ```text block that holds no ``$ command`` would run nothing: a table belongs in a table."""
+    for page in pages():
+        for lineno, lang, text in page.blocks():
+            if lang == "text":
+                assert text.startswith("$ "), f"{page.name} line {lineno}: a text block starts with its `$ command`"
 
 
 def test_the_matcher_can_fail():
@@ -97,11 +104,11 @@ def test_the_matcher_can_fail():
     assert not _matches(["a"], ["a", "extra"])
 
 
-def test_readme_examples_run_in_order(world):
-    work, env = world
+def _run_page(page, work: Path, env: dict) -> int:
+    """Run every block of ``page`` in ``work``, in order; the number of commands and scripts run."""
     ran = 0
-    for lineno, lang, text in readme_blocks():
-        where = f"README.md line {lineno}"
+    for lineno, lang, text in page.blocks():
+        where = f"{page.name} line {lineno}"
         if lang in ("sh", "bash"):
             for line in text.splitlines():
                 line = line.strip()
@@ -122,11 +129,11 @@ def test_readme_examples_run_in_order(world):
                     actual
                 )
                 assert _matches(expected, actual), (
-                    f"{where}: `{cmd}` printed\n" + "\n".join(actual) + "\nbut the README shows\n" + "\n".join(expected)
+                    f"{where}: `{cmd}` printed\n" + "\n".join(actual) + "\nbut the page shows\n" + "\n".join(expected)
                 )
                 ran += 1
         elif lang == "python":
-            script = work / f"readme_block_{lineno}.py"
+            script = work / f"{page.path.stem}_block_{lineno}.py"
             script.write_text(text, encoding="utf-8")
             r = subprocess.run(
                 [sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
@@ -143,4 +150,11 @@ def test_readme_examples_run_in_order(world):
                 assert found is not None, f"{where}: `{line.strip()}` should print {want!r}; printed:\n{r.stdout}"
                 pos = found + 1
             ran += 1
-    assert ran >= 30, ran
+    return ran
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
+def test_page_examples_run_in_order(page, world):
+    work, env = world
+    ran = _run_page(page, work, env)
+    assert ran or not any(lang in RUN for _, lang, _ in page.blocks()), f"{page.name}: its blocks ran nothing"
