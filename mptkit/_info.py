@@ -41,7 +41,43 @@ def summary(bank: PromptBank) -> dict:
         "provenance": bank.provenance,
         "notes": bank.notes,
     }
+    serving = serving_warning(bank)
+    if serving:
+        out["serving"] = serving
     return out
+
+
+def serving_warning(bank: PromptBank) -> dict | None:
+    """For an MPT adapter folder: engines that take a PEFT folder read its ``prompt_embeddings``,
+    which in an MPT folder is the shared prompt, so they would serve every task the wrong prompt
+    without a word. The field says so and names the exports that give real per-task prompts."""
+    fmt = bank.source.format if bank.source else ""
+    if not fmt.startswith("peft-adapter") or bank.shared_only:
+        return None
+    import shlex
+
+    path = shlex.quote(bank.source.path)
+    return {
+        "prompt_embeddings_is": "the shared prompt",
+        "engines_reading_it": ["TGIS (PEFT prefix folders)", "TensorRT-LLM prompt adapters", "vLLM before 0.10"],
+        "per_task": {
+            "tgis": f"mptkit export {path} --all --format tgis -o DIR",
+            "prompt_tuning": f"mptkit export {path} --all -o DIR",
+            "prompt_table": f"mptkit export {path} --all -o TABLE.npy",
+            "vllm": "mptkit.serve.PromptEmbedder",
+        },
+    }
+
+
+def serving_sentence(serving: dict) -> str:
+    """The warning :func:`serving_warning` describes, as one sentence."""
+    per = serving["per_task"]
+    return (
+        "engines that load a PEFT folder's prompt_embeddings (TGIS, TensorRT-LLM, vLLM before 0.10) would serve "
+        "this MPT folder's shared prompt to every task, silently; give them real per-task prompts with "
+        f"`{per['tgis']}` (TGIS), `{per['prompt_tuning']}` (a PROMPT_TUNING folder per task) or "
+        f"{per['vllm']} (vLLM)"
+    )
 
 
 #: bytes of factors read at a time, and of float64 prompt rows computed at a time, by value_stats
@@ -130,15 +166,30 @@ def _prompt_norm(pe, c, rw, tokens: int) -> tuple[float, int]:
     block of tokens at a time into one reused buffer."""
     import numpy as np
 
-    sq, bad, big = 0.0, 0, 0.0
+    norms, bad = [], 0
     buf = np.empty((min(tokens, len(c)), rw.shape[1]))
     for t0 in range(0, len(c), tokens):
         n = min(tokens, len(c) - t0)
         block = np.matmul(c[t0 : t0 + n], rw, out=buf[:n])
         np.multiply(block, pe[t0 : t0 + n], out=block)
         norm, nbad = _norm_and_nonfinite(block)
-        sq, bad, big = sq + norm * norm, bad + nbad, max(big, norm)
-    return (float(np.sqrt(sq)) if np.isfinite(sq) or not np.isfinite(big) else big), bad
+        norms.append(norm)
+        bad += nbad
+    # the blocks' norms combined (NaN when any block holds a NaN, Inf when one is infinite); scaled by
+    # the largest, so that finite norms whose squares overflow still give a finite norm
+    return _combine_norms(np.array(norms)), bad
+
+
+def _combine_norms(norms) -> float:
+    """The norm of a vector made of parts whose norms are ``norms`` (float64 array)."""
+    import numpy as np
+
+    if np.isnan(norms).any():
+        return float("nan")
+    top = float(norms.max(initial=0.0))
+    if top == 0.0 or not np.isfinite(top):
+        return top
+    return top * float(np.sqrt(np.dot(norms / top, norms / top)))
 
 
 def _norm_and_nonfinite(x) -> tuple[float, int]:

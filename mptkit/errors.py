@@ -7,7 +7,17 @@ callers catch :class:`MptkitError`.
 
 from __future__ import annotations
 
-__all__ = ["MptkitError", "InvalidBank", "UnsafeFile", "UsageError", "IncompatibleBanks", "OutputError", "HubError"]
+__all__ = [
+    "MptkitError",
+    "InvalidBank",
+    "UnsafeFile",
+    "UsageError",
+    "IncompatibleBanks",
+    "OutputError",
+    "InvalidModel",
+    "OutOfMemory",
+    "HubError",
+]
 
 
 class MptkitError(Exception):
@@ -45,6 +55,11 @@ class OutputError(MptkitError):
 class OutOfMemory(MptkitError):
     """An input or a result needs more memory than the process may have (its ``ulimit -v``, or
     the memory available); the message says what, and how big."""
+
+
+class InvalidModel(MptkitError):
+    """A base model's files cannot give what was asked: no input-embedding tensor, no tokenizer.json,
+    a hidden size that does not fit the bank."""
 
 
 class HubError(MptkitError):
