@@ -11,12 +11,16 @@ tests/support/measured.py) and the first line it printed on stderr. Each run is 
 attacks are tests: tests/ops/test_similarity_memory.py, test_selection_is_linear.py,
 test_decompose_memory.py, test_nonfinite_inputs_are_refused.py, test_narrow_dtypes_keep_their_range.py,
 tests/formats/test_pickle_storages_are_checked.py, tests/reliability/test_input_truncated_while_read.py,
-test_environment_errors.py, tests/cli/test_output_streams.py, test_no_numpy_warnings.py.
+test_environment_errors.py, tests/cli/test_output_streams.py, test_no_numpy_warnings.py. Two
+attacks of the round are tests only, not rows here: a ``.bin`` truncated while read and an output
+link that vanishes while resolved need the process stopped at a known point
+(tests/reliability/test_input_truncated_while_read.py, test_environment_errors.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -123,6 +127,7 @@ def attacks(tmp: Path):
 
     t20k = _tiny(tmp / "t20k.safetensors", 20_000)
     yield "similarity --top 1, 20,000 tasks", ["similarity", t20k, "--top", "1", "--json"], {}
+    yield "report, 20,000 tasks", ["report", t20k, "-o", o("r.html")], {}
     t60k = _tiny(tmp / "t60k.safetensors", 60_000, names=True)
     yield "remove 0-59990 of 60,000", ["remove", t60k, "--tasks", "0-59990", "-o", o("r.safetensors")], {}
     names = ",".join(f"n{i}" for i in range(0, 60_000, 5)[:13_000])
@@ -165,15 +170,33 @@ def attacks(tmp: Path):
     yield "derive average, float64 1.5e308", ["derive", f64, "--mode", "average", "-o", o("avg.safetensors")], {}
     big17 = _claims_17_gb(tmp / "big17.safetensors")
     yield "inspect --values 17 GB, ulimit -v 3G", ["inspect", "--values", big17], {"address_space": 3 << 30}
+    names = write_bank(
+        tmp / "names.safetensors",
+        *(torch.randn(*s, generator=torch.Generator().manual_seed(3)) for s in _SHAPES.values()),
+        ["日本語", "Ελληνικά", "русский"],
+    )
+    yield "inspect | head -1 (reader gone)", ["inspect", names], {"stdout": "closed pipe"}
+    yield "inspect --json > /dev/full", ["inspect", "--json", names], {"stdout": "/dev/full"}
+    yield "inspect, latin-1 stdout, non-Latin", ["inspect", names], {"env": {"PYTHONIOENCODING": "latin-1"}}
 
 
 def measure(src: Path | None, argv, limits, cpu: int, space: int, work: Path) -> dict:
     import shutil
 
-    env = {"PYTHONPATH": str(src)} if src else {}
+    limits = dict(limits)
+    env = {**limits.pop("env", {}), **({"PYTHONPATH": str(src)} if src else {})}
+    stdout = limits.pop("stdout", None)
     shutil.rmtree(work / "out", ignore_errors=True)
     (work / "out").mkdir()
-    m = run_measured(*argv, env=env, cwd=work, cpu_limit_s=cpu, **{"address_space": space, **limits})
+    with contextlib.ExitStack() as stack:
+        if stdout == "closed pipe":  # a reader that went away before the first byte (| head -1 at its worst)
+            read, write = os.pipe()
+            os.close(read)
+            stack.callback(os.close, write)
+            stdout = write
+        elif stdout is not None:
+            stdout = stack.enter_context(open(stdout, "wb"))
+        m = run_measured(*argv, env=env, cwd=work, cpu_limit_s=cpu, stdout=stdout, **{"address_space": space, **limits})
     said = next((x for x in m.stderr.splitlines() if x.strip()), "")
     if not said and m.returncode != 0:
         said = f"(killed by signal {-m.returncode})" if m.returncode < 0 else "(nothing)"
