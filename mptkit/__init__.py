@@ -42,6 +42,10 @@ _LAZY = {
     "read_prompts": "_tables",
     "Prompts": "_tables",
     "decompose": "_decompose",
+    "diff": "_diff",
+    "read_recipe": "_recipefile",
+    "build": "_recipe",
+    "verify": "_verify",
     "weighted_lowrank_fit": "_fit",
     "fit_tasks": "_fit",
     # serving (torch)
