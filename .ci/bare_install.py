@@ -153,6 +153,16 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     ok("similarity", bank, "--tasks", "0-2", "--json")
     ok("convert", bank, "-o", o("converted"), expect="PEFT adapter folder")
     ok("convert", o("exact.safetensors"), "-o", o("converted.safetensors"))
+    # recipes (PyYAML is a declared dependency): the docs' example recipe, its sources made here
+    ok("rename", bank, "--names", "sst2,mnli,qqp,rte", "-o", o("glue"))
+    ok("export", bank, "--task", "3", "-o", o("boolq"))
+    recipe = str(Path(bank).parent / "recipe.yaml")
+    ok("build", recipe, "--plan", expect="in all: reads")
+    ok("build", recipe, "-o", o("built"), expect="built ")
+    ok("verify", o("built"), expect="identical to what its build step gives")
+    ok("verify", o("merged"), expect="identical to what its merge step gives")
+    ok("verify", o("decomposed"), expect="identical to what its decompose step gives")
+    c.append((["diff", bank, o("rank3")], 1, "same prompt"))
     ok(
         "validate",
         *(

@@ -16,6 +16,8 @@ import hashlib
 
 from ._bank import KEYS, PromptBank
 
+#: bytes of factor rows compared at a time, and of float64 prompts computed at a time
+CHUNK_BYTES = 32 << 20
 STATUSES = ("identical", "same prompt", "differs", "renamed", "only in A", "only in B")
 
 
@@ -117,38 +119,74 @@ class _Comparer:
         else:
             pairs = [(k, k if k < b.num_tasks else None) for k in range(a.num_tasks)]
             pairs += [(None, j) for j in range(a.num_tasks, b.num_tasks)]
-        out = [self.task(i, j) for i, j in pairs]
-        self._renamed(out)
-        return out
+        rows = []
+        for i, j in pairs:
+            row = {"task": a.names()[i] if i is not None else b.names()[j], "a": i, "b": j}
+            if j is None or i is None:
+                row["status"] = "only in A" if j is None else "only in B"
+            elif self.by == "index" and a.task_names != b.task_names:
+                row["names"] = {"a": a.names()[i], "b": b.names()[j]}
+            rows.append(row)
+        both = [r for r in rows if "status" not in r]
+        if self.same_shared() and all(_same_layout(a.tensors[k], b.tensors[k], rows=True) for k in KEYS[1:]):
+            self._identical(both)
+        self._prompts([r for r in both if "status" not in r])
+        self._renamed(rows)
+        return rows
 
-    def task(self, i, j) -> dict:
+    def _identical(self, rows: list[dict]) -> None:
+        """Mark the tasks whose factors hold the same bytes (read a chunk of tasks at a time)."""
         a, b = self.a, self.b
-        name = a.names()[i] if i is not None else b.names()[j]
-        row = {"task": name, "a": i, "b": j}
-        if j is None:
-            return {**row, "status": "only in A"}
-        if i is None:
-            return {**row, "status": "only in B"}
-        if self.by == "index" and a.task_names != b.task_names:
-            row["names"] = {"a": a.names()[i], "b": b.names()[j]}
-        if self.same_shared() and all(
-            _same_layout(a.tensors[k], b.tensors[k], rows=True)
-            and self._equal(a.tensors[k].rows([i]), b.tensors[k].rows([j]))
-            for k in KEYS[1:]
-        ):
-            return {**row, "status": "identical"}
+        sizes = {k: a.tensors[k].row_nbytes for k in KEYS[1:]}
+        step = max(1, CHUNK_BYTES // sum(sizes.values()))
+        for lo in range(0, len(rows), step):
+            chunk = rows[lo : lo + step]
+            data = {}
+            for k in KEYS[1:]:
+                data[k] = [bank.tensors[k].rows([r[w] for r in chunk]).read() for bank, w in ((a, "a"), (b, "b"))]
+                self.bytes += 2 * sizes[k] * len(chunk)
+            for n, r in enumerate(chunk):
+                cut = lambda buf, k: bytes(buf[n * sizes[k] : (n + 1) * sizes[k]])  # noqa: B023 (used at once)
+                if all(cut(data[k][0], k) == cut(data[k][1], k) for k in KEYS[1:]):
+                    r["status"] = "identical"
+
+    def _prompts(self, rows: list[dict]) -> None:
+        """Compare the full prompts of the tasks that are not identical (a chunk of tasks at a time)."""
+        a, b = self.a, self.b
+        if not rows:
+            return
         if a.num_tokens != b.num_tokens or a.token_dim != b.token_dim:
-            return {
-                **row,
-                "status": "differs",
-                "shape": {"a": [a.num_tokens, a.token_dim], "b": [b.num_tokens, b.token_dim]},
-            }
+            shape = {"a": [a.num_tokens, a.token_dim], "b": [b.num_tokens, b.token_dim]}
+            for r in rows:
+                r.update(status="differs", shape=shape)
+            return
         import torch
 
-        x, y = _prompt(a, i), _prompt(b, j)
-        self.prompts += 2
-        self.bytes += sum(bank.tensors[k].row_nbytes for bank in (a, b) for k in KEYS[1:])
-        return {**row, "status": "same prompt" if torch.equal(x, y) else "differs", **prompt_errors(x, y)}
+        from ._numerics import task_prompts
+
+        f64 = torch.float64
+        pe = [bank.tensors["prompt_embeddings"].to_torch(dtype=f64).unsqueeze(0) for bank in (a, b)]
+        step = max(1, CHUNK_BYTES // (2 * 8 * a.num_tokens * a.token_dim))
+        for lo in range(0, len(rows), step):
+            chunk = rows[lo : lo + step]
+            x, y = (
+                task_prompts(
+                    pe[n],
+                    bank.tensors["prefix_task_cols"].rows([r[w] for r in chunk]).to_torch(dtype=f64),
+                    bank.tensors["prefix_task_rows"].rows([r[w] for r in chunk]).to_torch(dtype=f64),
+                )
+                for n, (bank, w) in enumerate(((a, "a"), (b, "b")))
+            )
+            self.prompts += 2 * len(chunk)
+            self.bytes += len(chunk) * sum(bank.tensors[k].row_nbytes for bank in (a, b) for k in KEYS[1:])
+            gap = y - x  # the chunk's differences, norms and largest entries at once
+            norms = torch.linalg.vector_norm(x, dim=(1, 2)).tolist()
+            gaps = torch.linalg.vector_norm(gap, dim=(1, 2)).tolist()
+            largest = gap.abs_().amax(dim=(1, 2)).tolist()
+            for n, r in enumerate(chunk):
+                same = largest[n] == 0 or (largest[n] != largest[n] and torch.equal(x[n], y[n]))  # NaN: inf - inf
+                rel = gaps[n] / norms[n] if norms[n] > 0 else (0.0 if gaps[n] == 0 else None)
+                r.update(status="same prompt" if same else "differs", relative_error=rel, max_abs_diff=largest[n])
 
     def _renamed(self, rows: list[dict]) -> None:
         """Pair tasks only in A with tasks only in B that hold the same bytes."""
@@ -182,20 +220,6 @@ class _Comparer:
 
 def _same_layout(x, y, rows: bool = False) -> bool:
     return x.dtype == y.dtype and (x.shape[1:] == y.shape[1:] if rows else x.shape == y.shape)
-
-
-def _prompt(bank: PromptBank, k: int):
-    import torch
-
-    from ._numerics import task_prompts
-
-    f64 = torch.float64
-    t = bank.tensors
-    return task_prompts(
-        t["prompt_embeddings"].to_torch(dtype=f64).unsqueeze(0),
-        t["prefix_task_cols"].rows([k]).to_torch(dtype=f64),
-        t["prefix_task_rows"].rows([k]).to_torch(dtype=f64),
-    )[0]
 
 
 def prompt_errors(x, y) -> dict:

@@ -148,16 +148,6 @@ def run(p: Plan) -> PromptBank:
 
 def check_output(p: Plan, force: bool) -> None:
     """Refuse, before any work, an output the save (or push) would refuse."""
-    if p.output.startswith("hf://"):
-        from .hub import parse_ref
-
-        try:
-            parse_ref(p.output, allow_path=False)
-        except MptkitError as e:
-            raise p.recipe.error(("output",), e.message) from None
-        return
-    from .formats import check_output as check
-
     kept = p.sources[p.shared].bank
     first = next(s.bank for s in p.sources if s.kind == "bank")
     config = next((s.bank.config for s in p.sources if s.bank is not None and s.bank.config), None)
@@ -167,7 +157,17 @@ def check_output(p: Plan, force: bool) -> None:
     T = sum(s.count for s in p.sources)
     stand_in = PromptBank(shapes(p.dtype or first.dtype, T, kept.num_tokens, r, kept.token_dim), None, config)
     try:
-        check(stand_in, p.output, force=force, inputs=tuple(p.inputs()))
+        if p.output.startswith("hf://"):  # pushed as an adapter folder: its config must be complete
+            from .formats import _peft as peft
+            from .hub import parse_ref
+
+            parse_ref(p.output, allow_path=False)
+            peft.complete_config(config, num_tokens=kept.num_tokens, token_dim=kept.token_dim, num_tasks=T,
+                                 num_ranks=r, where=p.recipe.path)  # fmt: skip
+        else:
+            from .formats import check_output as check
+
+            check(stand_in, p.output, force=force, inputs=tuple(p.inputs()))
     except MptkitError as e:
         raise (p.recipe.error(("output",), e.message) if "output" in p.recipe.data else e) from None
 

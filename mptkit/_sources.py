@@ -186,7 +186,8 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
     from ._numerics import cast, describe_difference
 
     out_dtype = dtype or kept.bank.dtype
-    base = cast(kept.bank.tensors["prompt_embeddings"], out_dtype)
+    base = cast(_shared_prompt(kept), out_dtype)
+    base_bytes = bytes(base.read())
     differ = False
     for s in banks:
         if s is kept:
@@ -195,8 +196,8 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
             check_compatible([kept.bank, s.bank], out_dtype)
         except MptkitError as e:
             raise recipe.error(("sources", s.index, "bank"), e.message) from None
-        other = cast(s.bank.tensors["prompt_embeddings"], out_dtype)
-        if bytes(other.read()) == bytes(base.read()):
+        other = cast(_shared_prompt(s), out_dtype)
+        if bytes(other.read()) == base_bytes:
             continue
         differ = True
         if "shared" not in recipe.data:
@@ -207,6 +208,16 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
                 "under it (a fit)",
             )
     return differ
+
+
+def _shared_prompt(part: Part) -> Array:
+    """The bank's shared prompt; one on the Hub is read now and kept in memory (every later step
+    reads it again: the merge compares it, decompose fits onto it, the write copies it; ranges over
+    1 MB are not kept by the remote reader, so each would fetch it anew)."""
+    arr = part.bank.tensors["prompt_embeddings"]
+    if any(seg.reader is not None for seg in arr.segments):
+        arr = part.bank.tensors["prompt_embeddings"] = Array.from_bytes(bytes(arr.read()), arr.dtype, arr.shape)
+    return arr
 
 
 def check_prompts(recipe: Recipe, s: Part, kept: Part, rank) -> None:

@@ -287,7 +287,10 @@ def _build(ctx, args, target):
     try:
         bank = run(plan(Recipe("its recorded recipe", pinned(recipe, pins))))
     except MptkitError as e:
-        raise UsageError(f"cannot rebuild {ctx.shown}: {e.message}") from None
+        hint = ""
+        if "no such file" in e.message:
+            hint = f" (relative paths are read from {ctx.root}; --root DIR reads them from another folder)"
+        raise UsageError(f"cannot rebuild {ctx.shown}: {e.message}{hint}") from None
     ctx.checked += [{"path": s.get("path"), "sha256": s["sha256"]} for s in ctx.sources()]  # the plan checked the pins
     return bank
 
