@@ -34,6 +34,7 @@ from ._sources import (
     prompt_error,
     prompt_rank,
     shapes,
+    shared_prompt,
 )
 from ._version import __version__
 from .errors import MptkitError
@@ -104,6 +105,8 @@ def run(p: Plan) -> PromptBank:
     data, kept = p.recipe.data, p.sources[p.shared].bank
     for s in p.sources:  # the pins first: every step's provenance then names its sources by their whole file
         _ = s.pin
+    if any(s.kind == "prompts" for s in p.sources):
+        shared_prompt(p.sources[p.shared])  # read once: decompose fits onto it, the write copies it
     dtype_name = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}[p.dtype or kept.dtype]
     parts = []
     for s in p.sources:

@@ -185,8 +185,10 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
     from ._combine import check_compatible
     from ._numerics import cast, describe_difference
 
+    if len(banks) == 1:
+        return False
     out_dtype = dtype or kept.bank.dtype
-    base = cast(_shared_prompt(kept), out_dtype)
+    base = cast(shared_prompt(kept), out_dtype)
     base_bytes = bytes(base.read())
     differ = False
     for s in banks:
@@ -196,7 +198,7 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
             check_compatible([kept.bank, s.bank], out_dtype)
         except MptkitError as e:
             raise recipe.error(("sources", s.index, "bank"), e.message) from None
-        other = cast(_shared_prompt(s), out_dtype)
+        other = cast(shared_prompt(s), out_dtype)
         if bytes(other.read()) == base_bytes:
             continue
         differ = True
@@ -210,7 +212,7 @@ def compare_shared(recipe: Recipe, kept: Part, banks: list[Part], dtype: str | N
     return differ
 
 
-def _shared_prompt(part: Part) -> Array:
+def shared_prompt(part: Part) -> Array:
     """The bank's shared prompt; one on the Hub is read now and kept in memory (every later step
     reads it again: the merge compares it, decompose fits onto it, the write copies it; ranges over
     1 MB are not kept by the remote reader, so each would fetch it anew)."""

@@ -364,5 +364,8 @@ def describe(report: dict) -> list[str]:
         extra = ""
         if d.get("relative_error") is not None:
             extra = f": relative error {d['relative_error']:.3g}, max abs difference {d['max_abs_diff']:.3g}"
-        lines.append(f"  {d['what']} {d['status']}{extra}")
+        status = (
+            "differ" if d["status"] == "differs" and d["what"].endswith(("names", "dtypes", "prompts")) else d["status"]
+        )
+        lines.append(f"  {d['what']} {status}{extra}")
     return lines
