@@ -133,6 +133,7 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
     )
     ok("similarity", bank, expect="nearest")
     ok("similarity", bank, "--top", "2", expect="nearest")
+    ok("report", bank, "-o", o("report.html"), expect="a report of 4 task(s)")
     ok("export", bank, "--all", "-o", o("table.npy"), expect="prompt table (4, 6, 32) F32, encoder half")
     ok("export", bank, "--tasks", "0,2", "--dtype", "float16", "-o", o("table16.safetensors"), expect="prompt table")
     ok("export", bank, "--all", "-o", o("prompts"), expect="4 PROMPT_TUNING adapters")

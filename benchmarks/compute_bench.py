@@ -1,8 +1,8 @@
-"""The compute targets (issue 14): each operation as a whole process beside its baseline, measured
+"""The compute targets: each operation as a whole process beside its baseline, measured
 in the same run (medians), with peak RSS.
 
-    python benchmarks/compute_bench.py            # the sizes of the targets (a few minutes)
-    python benchmarks/compute_bench.py --quick    # CI-sized
+    python -m benchmarks.compute_bench            # the sizes of the targets (a few minutes)
+    python -m benchmarks.compute_bench --quick    # CI-sized
 
 | operation | size | target |
 | rank 32 -> 8 | T=256, N=100, d=4096 | <= 3x a batched torch.linalg.svd of the same (T, N, d) full prompts |
@@ -26,9 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from run import PY, run_once  # noqa: E402
+from benchmarks.run import PY, ROOT, run_once
 
 RANK_BASE = (
     "import torch; from safetensors.torch import load_file; sd = load_file({src!r}); "
@@ -58,7 +56,9 @@ VALUES_BASE = (
 def make(path: Path, T: int, N: int, r: int, d: int, seed: int) -> Path:
     if not path.exists():  # in a child, so that this process never imports torch
         subprocess.run(
-            [PY, str(HERE / "run.py"), "--make", str(path), str(T), str(N), str(r), str(d), str(seed)], check=True
+            [PY, "-m", "benchmarks.run", "--make", str(path), str(T), str(N), str(r), str(d), str(seed)],
+            check=True,
+            cwd=ROOT,
         )
     return path
 

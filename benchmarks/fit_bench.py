@@ -1,7 +1,7 @@
 """The weighted low-rank fit (mptkit._als) beside plain alternating least squares, on the same tasks.
 
-    python benchmarks/fit_bench.py              # 64 tasks of the rank target's shape (about a minute)
-    python benchmarks/fit_bench.py --tasks 16   # quicker
+    python -m benchmarks.fit_bench              # 64 tasks of the rank target's shape (about a minute)
+    python -m benchmarks.fit_bench --tasks 16   # quicker
 
 Each row fits the same random tasks (N=100, r=32 -> 8, d=4096, as `rank 32 -> 8` in
 compute_bench.py) from the same start (the truncated SVD of each product) and prints the wall
@@ -9,7 +9,7 @@ time, the sweeps a task took (float32 and float64), the mean relative error and 
 relative difference of a task's error from the plain fit's (negative: every task better):
 
 - plain: float64 sweeps, no acceleration, stopping at a gain of 1e-8 or after 100 sweeps (the
-  method of mptkit's first fit, tests/fitref.py, batched);
+  method of mptkit's first fit, tests/support/fitref.py, batched);
 - anderson, float64: the mixing alone;
 - mptkit: float32 sweeps first, then float64 (what `rank`, `merge/add --refit` and `decompose` run).
 """

@@ -1,14 +1,14 @@
-"""Hostile-hub attacks (issue 12), each run as a real ``python -m mptkit`` process against the
-loopback Hub of tests/hubserver.py (the server impersonates the Hub through ``HF_ENDPOINT``).
+"""Hostile-hub attacks, each run as a real ``python -m mptkit`` process against the
+loopback Hub of tests/fakehub (the server impersonates the Hub through ``HF_ENDPOINT``).
 
-    python benchmarks/hub_attacks.py                      # this checkout
-    python benchmarks/hub_attacks.py --src /path/to/old   # another checkout of mptkit (before/after)
-    python benchmarks/hub_attacks.py --only slow          # attacks whose name contains "slow"
+    python -m benchmarks.hub_attacks                      # this checkout
+    python -m benchmarks.hub_attacks --src /path/to/old   # another checkout of mptkit (before/after)
+    python -m benchmarks.hub_attacks --only slow          # attacks whose name contains "slow"
 
 One row per command: exit status, wall time, peak RSS of the process, paths written outside the HF
 cache and the output, whether a token or a raw control character reached the terminal, and the
-first line of stderr. The same attacks are tests (tests/test_hub_hostile.py); this script is how
-the before/after table of issue 12 was measured.
+first line of stderr. The same attacks are tests (tests/hub/test_hostile_server.py); this script is how
+the before/after table of the hostile-Hub work was measured.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.fakehub import Blob, HubServer
+from tests.support.banks import sparse_bank
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from hubserver import Blob, HubServer, sparse_bank  # noqa: E402
 
 TOKEN = "hf_AttackerWantsThisToken1234"
 LIMIT_S = 90

@@ -1,8 +1,8 @@
 """`mptkit inspect` on a large bank beside `safetensors.torch.load_file` of the same file.
 
-    python benchmarks/inspect_bench.py            # a ~1.08 GB bank: T=2000, N=100, r=32, d=4096, F32
-    python benchmarks/inspect_bench.py --quick    # a ~108 MB bank: T=200
-    python benchmarks/inspect_bench.py --keep DIR # write the bank to DIR and leave it there
+    python -m benchmarks.inspect_bench            # a ~1.08 GB bank: T=2000, N=100, r=32, d=4096, F32
+    python -m benchmarks.inspect_bench --quick    # a ~108 MB bank: T=200
+    python -m benchmarks.inspect_bench --keep DIR # write the bank to DIR and leave it there
 
 The bank is streamed to a temp folder in chunks (never held in memory), in the safetensors layout.
 Each command runs as a whole process (interpreter start-up and imports included) after one warm-up
@@ -23,15 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.banks import stream_bank
+
+ROOT = Path(__file__).resolve().parent.parent
+
 PY = sys.executable
 
 
 def make_bank(path: Path, T: int, N: int, r: int, d: int, seed: int = 0) -> int:
-    """Stream a random F32 bank to ``path`` (benchmarks/run.py's generator); returns its size."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import make_bank as write
-
-    write(path, T, N, r, d, seed)
+    """Stream a random F32 bank to ``path`` (:func:`tests.support.banks.stream_bank`); returns its size."""
+    stream_bank(path, T, N, r, d, seed)
     return path.stat().st_size
 
 
@@ -78,7 +79,11 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         if not bank.exists():  # in a child process, so that this one never holds torch (see run_once)
-            subprocess.run([PY, __file__, "--make", str(bank), str(T), str(N), str(r), str(d)], check=True)
+            subprocess.run(
+                [PY, "-m", "benchmarks.inspect_bench", "--make", str(bank), str(T), str(N), str(r), str(d)],
+                check=True,
+                cwd=ROOT,
+            )
         size = bank.stat().st_size
         print(
             f"bank: {bank} (T={T}, N={N}, r={r}, d={d}, F32): {size / 1e9:.3f} GB, "

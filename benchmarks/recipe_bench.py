@@ -2,10 +2,10 @@
 ``verify`` costs beside the build it repeats, and what ``diff`` costs on identical banks (bytes
 compared, no prompt computed) beside banks whose every task must be computed.
 
-    python benchmarks/recipe_bench.py            # Hub bank T=8,000, N=128, d=32,768, r=1 (1 GB, sparse)
-    python benchmarks/recipe_bench.py --quick    # T=800 (100 MB)
+    python -m benchmarks.recipe_bench            # Hub bank T=8,000, N=128, d=32,768, r=1 (1 GB, sparse)
+    python -m benchmarks.recipe_bench --quick    # T=800 (100 MB)
 
-Everything runs in this process through the Python API on the loopback Hub of tests/hubserver.py
+Everything runs in this process through the Python API on the loopback Hub of tests/fakehub
 (which counts the bytes it sends); each figure is the median of --repeat runs. Rows:
 
 - build: a recipe taking 2 tasks of the Hub bank (renamed) and a local bank of 4 tasks; beside it
@@ -23,15 +23,14 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from tests.fakehub import Blob, HubServer
+from tests.support.banks import sparse_bank
 
-from hubserver import Blob, HubServer, sparse_bank  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(fn, repeat: int):

@@ -1,14 +1,14 @@
-"""Remote banks (issue 15): what an operation on an ``hf://`` bank transfers and how long it takes,
+"""Remote banks: what an operation on an ``hf://`` bank transfers and how long it takes,
 beside downloading the same number of bytes in one request, on the loopback Hub of
-tests/hubserver.py (which counts the bytes it sends).
+tests/fakehub (which counts the bytes it sends).
 
-    python benchmarks/remote_bench.py            # a 1 GB bank: T=8,000, N=128, d=32,768, r=1, F32
-    python benchmarks/remote_bench.py --quick    # a 100 MB bank (CI-sized)
-    python benchmarks/remote_bench.py --names    # the same with task names (a larger header)
+    python -m benchmarks.remote_bench            # a 1 GB bank: T=8,000, N=128, d=32,768, r=1, F32
+    python -m benchmarks.remote_bench --quick    # a 100 MB bank (CI-sized)
+    python -m benchmarks.remote_bench --names    # the same with task names (a larger header)
 
 Each operation runs in this process through the Python API, as a command does (mptkit.load of the
 hf:// bank, the operation, the write), --repeat times; the table gives the median wall time, the
-bytes the server sent for the weights file, the requests, and the bound the issue sets (header +
+bytes the server sent for the weights file, the requests, and the bound the design sets (header +
 N x d x 4 + the tasks' rows + 64 kB). "one request" is a single Range request for that many bytes
 through the same client session, written to a file and synced (the floor for moving those bytes),
 "whole file" a download of the whole file, for scale.
@@ -20,15 +20,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from tests.fakehub import Blob, HubServer
+from tests.support.banks import sparse_bank
 
-from hubserver import Blob, HubServer, sparse_bank  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """mptkit's benchmark: each operation as a whole process, side by side with the naive way and the
 copy limit, in the same run.
 
-    python benchmarks/run.py            # a 2 GB bank (T=2000, N=100, r=32, d=8192, F32) + two 1 GB banks
-    python benchmarks/run.py --quick    # CI-sized: ~35 MB banks
+    python -m benchmarks.run            # a 2 GB bank (T=2000, N=100, r=32, d=8192, F32) + two 1 GB banks
+    python -m benchmarks.run --quick    # CI-sized: ~35 MB banks
 
 For every operation the table gives the median wall time and the largest peak RSS over --repeat
 runs (after one warm-up run, so the page cache is warm), for:
@@ -21,43 +21,22 @@ with a cold hash cache (one run, so noisier).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.support.banks import stream_bank
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 PY = sys.executable
 TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
 RSS_FILE = Path(tempfile.gettempdir()) / f"mptkit-bench-rss-{os.getpid()}"
-
-
-def make_bank(path: Path, T: int, N: int, r: int, d: int, seed: int) -> None:
-    """Stream a random F32 bank to ``path`` in the safetensors layout (tensors in name order)."""
-    import torch
-
-    sizes = {"prefix_task_cols": (T, N, r), "prefix_task_rows": (T, r, d), "prompt_embeddings": (N, d)}
-    header, pos = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in sizes.items():
-        n = 4 * shape[0] * shape[1] * (shape[2] if len(shape) == 3 else 1)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + n]}
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    g = torch.Generator().manual_seed(seed)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for shape in sizes.values():
-            per = max(1, (16 << 20) // (4 * (shape[1] * (shape[2] if len(shape) == 3 else 1))))
-            for lo in range(0, shape[0], per):
-                chunk = torch.randn((min(per, shape[0] - lo), *shape[1:]), generator=g) * 0.1
-                f.write(chunk.numpy().tobytes())
 
 
 def run_once(argv: list[str], env: dict) -> tuple[float, float]:
@@ -110,7 +89,6 @@ READ_ONCE = "with open({src!r}, 'rb', buffering=0) as f:\n    buf = bytearray(8 
 
 def task_ranges(path: str, tasks: list[int]) -> list[tuple[int, int]]:
     """File byte ranges of the given tasks' rows of both factors, plus the shared prompt."""
-    sys.path.insert(0, str(HERE.parent))
     from mptkit.formats._safetensors import read_header
 
     h = read_header(path)
@@ -163,7 +141,7 @@ def main() -> None:
     ap.add_argument("--make", nargs=6, metavar=("PATH", "T", "N", "r", "d", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:
-        make_bank(Path(args.make[0]), *map(int, args.make[1:]))
+        stream_bank(Path(args.make[0]), *map(int, args.make[1:]))
         return
     repeat = args.repeat or (3 if args.quick else 5)
     if args.quick:
@@ -177,7 +155,11 @@ def main() -> None:
     print(f"making synthetic banks in {work} ...", file=sys.stderr)
     for path, t, seed in ((big, T, 0), (half_a, T // 2, 1), (half_b, T // 2, 2)):
         if not path.exists():  # in a child, so that this process never imports torch
-            subprocess.run([PY, __file__, "--make", str(path), str(t), str(N), str(r), str(d), str(seed)], check=True)
+            subprocess.run(
+                [PY, "-m", "benchmarks.run", "--make", str(path), str(t), str(N), str(r), str(d), str(seed)],
+                check=True,
+                cwd=ROOT,
+            )
     # merge needs the same shared prompt in both halves: copy a's prompt_embeddings bytes into b
     ha, hb = task_ranges(str(half_a), [])[-1], task_ranges(str(half_b), [])[-1]
     with open(half_a, "rb") as fa, open(half_b, "r+b") as fb:
@@ -279,14 +261,17 @@ def main() -> None:
     if not args.skip_runtime and (HERE / "runtime_bench.py").exists():
         print()
         sys.stdout.flush()
-        subprocess.run([PY, str(HERE / "runtime_bench.py")] + (["--quick"] if args.quick else []), check=True)
+        subprocess.run(
+            [PY, "-m", "benchmarks.runtime_bench"] + (["--quick"] if args.quick else []), check=True, cwd=ROOT
+        )
     if not args.skip_compute:  # the compute targets (benchmarks/compute_bench.py), on the same big bank
         print()
         sys.stdout.flush()
         subprocess.run(
-            [PY, str(HERE / "compute_bench.py"), "--dir", str(work), "--big", str(big)]
+            [PY, "-m", "benchmarks.compute_bench", "--dir", str(work), "--big", str(big)]
             + (["--quick"] if args.quick else []),
             check=True,
+            cwd=ROOT,
         )
     if not args.dir:
         shutil.rmtree(work, ignore_errors=True)

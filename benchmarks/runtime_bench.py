@@ -1,8 +1,8 @@
 """The runtime module against PEFT's MultitaskPromptEmbedding, in one run, on the same parameters.
 
-    python benchmarks/runtime_bench.py                 # batch 32, N=100, d=4096, r=8, 4 distinct tasks
-    python benchmarks/runtime_bench.py --quick         # small sizes (CI)
-    python benchmarks/runtime_bench.py --device cuda   # on a GPU
+    python -m benchmarks.runtime_bench                 # batch 32, N=100, d=4096, r=8, 4 distinct tasks
+    python -m benchmarks.runtime_bench --quick         # small sizes (CI)
+    python -m benchmarks.runtime_bench --device cuda   # on a GPU
 
 Rows (median over --repeat calls, after warm-up; every result is checked bit-identical to PEFT's):
   peft                  PEFT's forward(indices, task_ids): gathers the shared prompt per row and

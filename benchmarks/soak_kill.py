@@ -1,15 +1,15 @@
-"""Soak test for issue 7 (not run by pytest): many SIGKILLs mid-write, concurrent writers, resource
-faults and fuzz cases, with the figures printed at the end.
+"""Soak test of crash consistency and fuzzed reading (not run by pytest): many SIGKILLs mid-write,
+concurrent writers, resource faults and fuzz cases, with the figures printed at the end.
 
-    python benchmarks/soak_kill.py                      # defaults: 300 kills, ~20k fuzz cases
-    python benchmarks/soak_kill.py --kills 1000 --flips 5000 --seed 1
+    python -m benchmarks.soak_kill                      # defaults: 300 kills, ~20k fuzz cases
+    python -m benchmarks.soak_kill --kills 1000 --flips 5000 --seed 1
 
 Every kill is a real SIGKILL of a writer (a forked child calling ``mptkit.save``, or every 10th a
 ``python -m mptkit slice`` process) at a random moment while it writes a ~42 MB bank; afterwards
 the output is absent (fresh write) or the previous version (``--force``) or the complete new one,
 byte for byte. Faults: a file-size limit at a random size (RLIMIT_FSIZE) and a nearly full tmpfs
-(when mount works). Fuzz cases come from tests/fuzzcases.py on PEFT-saved banks. A crashing fuzz
-case is saved under tests/regressions/ and the script exits 1; so does any lost or partial output.
+(when mount works). Fuzz cases come from tests/support/fuzzcases.py on PEFT-saved banks. A crashing fuzz
+case is saved under tests/reliability/regressions/ and the script exits 1; so does any lost or partial output.
 """
 
 from __future__ import annotations
@@ -27,26 +27,14 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+import mptkit
+from tests.support import fuzzcases as fz
+from tests.support.banks import big_bank, medium_bank, save_peft_bank
+from tests.support.commands import cli_write_argv
+from tests.support.files import TMP_MARK, digest, sha256_tree, stat_key, temps
+from tests.support.writers import fork_save, kill_when_writing, wait_exit, write_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import fuzzcases as fz  # noqa: E402
-from bankutil import save_peft_bank, sha256_tree  # noqa: E402
-from relutil import (  # noqa: E402
-    TMP_MARK,
-    big_bank,
-    cli_write_argv,
-    digest,
-    fork_save,
-    kill_when_writing,
-    medium_bank,
-    stat_key,
-    temps,
-    wait_exit,
-    write_seconds,
-)
-
-import mptkit  # noqa: E402
 
 FIG: Counter = Counter()
 PROBLEMS: list[str] = []
@@ -226,7 +214,13 @@ def fuzz(work: Path, flips: int, rng: random.Random) -> None:
         try:
             FIG[f"fuzz {fz.check(target, cli=cli)}"] += 1
         except fz.Crash as e:
-            keep = ROOT / "tests" / "regressions" / f"soak-{kind}-{zlib.crc32(label.encode()):08x}{path.suffix}"
+            keep = (
+                ROOT
+                / "tests"
+                / "reliability"
+                / "regressions"
+                / f"soak-{kind}-{zlib.crc32(label.encode()):08x}{path.suffix}"
+            )
             keep.write_bytes(data) if target == path else shutil.copytree(target, keep)
             problem(f"fuzz crash ({kind} {label}), kept as {keep}: {e}")
         FIG["fuzz cases"] += 1

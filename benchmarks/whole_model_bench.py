@@ -1,4 +1,4 @@
-"""Finding the prompt encoder in a 10 GB whole-model .safetensors (issue 10): reads stay lazy.
+"""Finding the prompt encoder in a 10 GB whole-model .safetensors: reads stay lazy.
 
 On the 2-core development machine, warm cache:
 
@@ -11,8 +11,8 @@ On the 2-core development machine, warm cache:
     read the whole file once                            1.001             24
 
 
-    python benchmarks/whole_model_bench.py              # a 10 GB file
-    python benchmarks/whole_model_bench.py --gb 1       # smaller
+    python -m benchmarks.whole_model_bench              # a 10 GB file
+    python -m benchmarks.whole_model_bench --gb 1       # smaller
 
 How the file is made: a safetensors header listing a whole PEFT MPT model of 268 F32 tensors
 (``base_model.model.*`` layers of a 10 GB decoder, ``word_embeddings.weight``, and

@@ -24,9 +24,8 @@ from peft import MultitaskPromptTuningConfig, PeftModel, TaskType, get_peft_mode
 from transformers import T5Config, T5ForConditionalGeneration
 
 import mptkit
-from mptkit._derive import derive
-from mptkit._export import export, save_adapter
-from mptkit.serve._runtime import TaskPrompts
+from mptkit import derive
+from mptkit.serve import TaskPrompts
 
 V, TASKS, RANK = 6, 4, 2
 
@@ -145,7 +144,7 @@ def main(work: str) -> None:
     with torch.no_grad():
         equal = torch.equal(prompts(task_ids), source.prompt_encoder["default"](tokens, task_ids))
     pt_dir = os.path.join(work, "task2-prompt")
-    save_adapter(export(bank, 2), pt_dir, force=True)
+    mptkit.save(mptkit.export(bank, 2), pt_dir, force=True)
     print(
         f"5. runtime prompts equal PEFT's for task_ids {task_ids.tolist()}: {equal}; "
         f"task 2 exported as a PROMPT_TUNING adapter to {pt_dir}"

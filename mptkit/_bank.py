@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from ._tensor import Array
 from ._text import plural
@@ -198,6 +199,8 @@ def _remember(entry: str, digest: str) -> None:
 
 @dataclass
 class PromptBank:
+    #: what the output plan calls this kind of object (:func:`mptkit.save`)
+    output_kind: ClassVar[str] = "bank"
     tensors: dict[str, Array]
     task_names: list[str] | None = None
     #: adapter_config.json fields known for this bank (from a folder, or from a bare file's
@@ -254,6 +257,26 @@ class PromptBank:
     @property
     def num_virtual_tokens(self) -> int | None:
         return (self.config or {}).get("num_virtual_tokens")
+
+    def source_paths(self) -> list[str]:
+        """Every local file or folder this bank was read from, or still reads bytes from: where no
+        output may land."""
+        segments = [s.path for a in (*self.tensors.values(), *self.extras.values()) for s in a.segments if s.path]
+        return [*input_paths(self), *sorted(set(segments))]
+
+    def require_tasks(self, purpose: str) -> None:
+        """A :class:`UsageError` when the bank holds only the shared prompt: ``purpose`` says what
+        the tasks were needed for ("to export", "to compare", ...)."""
+        if self.shared_only:
+            raise UsageError(f"{self.where} holds only the shared prompt: there are no tasks {purpose}")
+
+    def task_rows(self, idx: Sequence[int]) -> dict[str, Array]:
+        """The shared prompt and the factors of the tasks ``idx`` (lazy handles, in that order)."""
+        return {
+            "prompt_embeddings": self.tensors["prompt_embeddings"],
+            "prefix_task_cols": self.tensors["prefix_task_cols"].rows(idx),
+            "prefix_task_rows": self.tensors["prefix_task_rows"].rows(idx),
+        }
 
     def names(self) -> list[str]:
         """Task names, or their indices as strings where the bank names none."""
@@ -316,8 +339,7 @@ def select_tasks(
     """Task indices from ``"0,3,5-7"``, names (``"sst2,mnli"``), or a list of indices/names, in the
     order given. Unknown or out-of-range entries are a :class:`UsageError` that lists the tasks;
     with ``unique``, so is a task selected twice."""
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks) to select from")
+    bank.require_tasks("to select from")
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     if not items or any(i == "" for i in items):
         raise UsageError(f"empty task selection {spec!r}; give indices (0,3,5-7) or names")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from . import _fit as fit, _numerics as numerics
 from ._bank import PromptBank
-from ._options import storage_dtype
+from ._dtypes import storage_dtype, torch_dtype
 from ._tensor import Array
 from .errors import IncompatibleBanks, UsageError
 
@@ -134,8 +134,7 @@ def labeller(banks: Sequence[PromptBank]):
 
 
 def need_tasks(bank: PromptBank) -> None:
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to edit)")
+    bank.require_tasks("to edit")
 
 
 # -- the combined tensors ---------------------------------------------------------------------
@@ -208,7 +207,7 @@ def convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
     t = dict(bank.tensors)
     if bank.dtype == dtype and bank.rank == rank:
         return t
-    tdtype = numerics.torch_dtype(dtype)
+    tdtype = torch_dtype(dtype)
     cols, rows = numerics.pad_rank(
         t["prefix_task_cols"].to_torch(dtype=tdtype), t["prefix_task_rows"].to_torch(dtype=tdtype), rank
     )

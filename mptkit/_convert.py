@@ -6,8 +6,8 @@ a pickle, a named adapter, an adapter folder or a bare file) to a PEFT adapter f
 from __future__ import annotations
 
 from ._bank import PromptBank
+from ._dtypes import storage_dtype
 from ._numerics import cast
-from ._options import storage_dtype
 
 
 def convert(bank: PromptBank, *, dtype: str | None = None, config: dict | None = None) -> PromptBank:

@@ -19,9 +19,9 @@ source:
 
 from __future__ import annotations
 
-from ._bank import KEYS, PromptBank, select_tasks
+from ._bank import PromptBank, select_tasks
+from ._dtypes import storage_dtype
 from ._numerics import cast, draw_seed, fresh_factors, mean_over_tasks
-from ._options import storage_dtype
 from .errors import UsageError
 
 MODES = ("average", "exact", "shared")
@@ -41,7 +41,7 @@ def derive(
     """A new bank from ``bank`` by ``mode`` ("average", "exact" or "shared"); see the module doc.
 
     ``task`` (exact only) is a 0-based index or a task name. ``num_tasks``/``num_ranks``/``seed``
-    (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit._options.DTYPES`) casts the output;
+    (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit._dtypes.USER_NAMES`) casts the output;
     by default it keeps the source's dtype. ``config`` holds adapter_config.json fields to set on
     the output (task_type, num_virtual_tokens, ...), for sources that carry none.
     """
@@ -76,21 +76,19 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
     dtype = dtype or bank.dtype
     tensors = {
         "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype),
-        "prefix_task_cols": cast(bank.tensors["prefix_task_cols"].rows([k]), dtype),
-        "prefix_task_rows": cast(bank.tensors["prefix_task_rows"].rows([k]), dtype),
+        **{key: cast(a, dtype) for key, a in bank.task_rows([k]).items() if key != "prompt_embeddings"},
     }
     args = {"mode": "exact", "task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     names = [bank.task_names[k]] if bank.task_names else None
-    reads = [bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
+    reads = list(bank.task_rows([k]).values())
     return _result(bank, tensors, names, args, reads)
 
 
 def average(bank: PromptBank, dtype: str | None = None) -> PromptBank:
     """The mean of each factor over all tasks (a one-task bank, unnamed)."""
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no task factors to average")
+    bank.require_tasks("whose factors to average")
     dtype = dtype or bank.dtype
     tensors = {
         "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype),

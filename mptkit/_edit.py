@@ -79,7 +79,7 @@ def slice_tasks(bank: PromptBank, tasks) -> PromptBank:
     idx = select_tasks(bank, tasks, unique=True)
     names = [bank.task_names[i] for i in idx] if bank.task_names else None
     args = {"tasks": idx, **({"names": names} if names else {})}
-    taken = _take(bank, idx)
+    taken = bank.task_rows(idx)
     return _result(bank, taken, names, "slice", args, [bank], reads=taken.values())
 
 
@@ -91,7 +91,7 @@ def remove_tasks(bank: PromptBank, tasks) -> PromptBank:
         raise UsageError(f"removing {_spec(tasks)} would leave no tasks in {bank.where} (it has {bank.num_tasks})")
     names = [bank.task_names[i] for i in keep] if bank.task_names else None
     args = {"tasks": sorted(drop), **({"names": [bank.task_names[i] for i in sorted(drop)]} if names else {})}
-    return _result(bank, _take(bank, keep), names, "remove", args, [bank])
+    return _result(bank, bank.task_rows(keep), names, "remove", args, [bank])
 
 
 # -- rank ----------------------------------------------------------------------------------------
@@ -131,14 +131,6 @@ def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = 
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _take(bank: PromptBank, idx: list[int]) -> dict[str, Array]:
-    return {
-        "prompt_embeddings": bank.tensors["prompt_embeddings"],
-        "prefix_task_cols": bank.tensors["prefix_task_cols"].rows(idx),
-        "prefix_task_rows": bank.tensors["prefix_task_rows"].rows(idx),
-    }
-
-
 def _result(
     bank: PromptBank,
     tensors,

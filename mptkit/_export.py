@@ -1,5 +1,6 @@
 """Export tasks' full prompts: one task as a plain PEFT ``PROMPT_TUNING`` adapter, several as a
-prompt table for serving engines (:mod:`mptkit._tables`) or as a folder of such adapters.
+prompt table for serving engines or as a folder of such adapters (:class:`~mptkit.formats.PromptTable`;
+the formats in :mod:`mptkit.formats` write them).
 
 Task K's full prompt ``prompt_embeddings * (prefix_task_cols[K] @ prefix_task_rows[K])`` is
 computed as PEFT's ``MultitaskPromptEmbedding`` computes it (matmul of the task's factors, then the
@@ -18,32 +19,16 @@ holds the encoder half by default (what ``generate`` uses), or the decoder half,
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from . import _numerics as numerics
-from ._bank import KEYS, PromptBank, select_tasks
-from ._options import storage_dtype
-from ._schema import META_PROVENANCE
+from ._bank import PromptBank, select_tasks
+from ._dtypes import storage_dtype, torch_dtype
 from ._tensor import Array
 from .errors import UsageError
-from .formats import _atomic as atomic, _peft as peft, _safetensors as st, _targets as targets
+from .formats import PromptTable, PromptTuningAdapter, _peft as peft
+from .formats._objects import bank_paths
 
 #: adapter_config.json fields of MULTITASK_PROMPT_TUNING that PROMPT_TUNING does not have
 MPT_ONLY_FIELDS = ("num_ranks", "num_tasks", "prompt_tuning_init_state_dict_path", "prompt_tuning_init_task")
-
-
-@dataclass
-class PromptTuningAdapter:
-    """A PEFT PROMPT_TUNING adapter in memory: the (N, d) prompt and its adapter_config.json."""
-
-    prompt: Array
-    config: dict
-    provenance: list[dict] = field(default_factory=list)
-    #: a task head PEFT saved beside the bank (modules_to_save), written back unchanged
-    extras: dict[str, Array] = field(default_factory=dict)
 
 
 def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
@@ -54,9 +39,7 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     if dtype is None:
         dtype = torch.float64 if bank.dtype == "F64" else torch.float32
-    pe = bank.tensors["prompt_embeddings"].to_torch(device, dtype)
-    cols = bank.tensors["prefix_task_cols"].rows([k]).to_torch(device, dtype)
-    rows = bank.tensors["prefix_task_rows"].rows([k]).to_torch(device, dtype)
+    pe, cols, rows = (a.to_torch(device, dtype) for a in bank.task_rows([k]).values())
     return numerics.task_prompts(pe.unsqueeze(0), cols, rows)[0]  # pe (1, N, d): PEFT's embedding(indices)
 
 
@@ -64,14 +47,28 @@ def export(
     bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None
 ) -> PromptTuningAdapter:
     """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
-    :data:`mptkit._options.DTYPES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
+    :data:`mptkit._dtypes.USER_NAMES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
     fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there is no task to export")
+    bank.require_tasks("to export")
     stored = storage_dtype(dtype, "F32")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     bank = bank.with_config(config)
+    full = adapter_config(bank)
+    prompt = task_prompt(bank, k).to(torch_dtype(stored))
+    args = {"task": k}
+    if bank.task_names:
+        args["task_name"] = bank.task_names[k]
+    if dtype:
+        args["dtype"] = dtype
+    entry = bank.provenance_entry("export", args, reads=list(bank.task_rows([k]).values()))
+    return PromptTuningAdapter(
+        Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras), bank_paths(bank)
+    )
+
+
+def adapter_config(bank: PromptBank) -> dict:
+    """The adapter_config.json of a PROMPT_TUNING adapter holding one of ``bank``'s tasks."""
     full = peft.complete_config(
         bank.config,
         num_tokens=bank.num_tokens,
@@ -84,44 +81,7 @@ def export(
         full.pop(key, None)
     full["peft_type"] = "PROMPT_TUNING"
     full.setdefault("prompt_tuning_init_text", None)
-    prompt = task_prompt(bank, k).to(numerics.torch_dtype(stored))
-    args = {"task": k}
-    if bank.task_names:
-        args["task_name"] = bank.task_names[k]
-    if dtype:
-        args["dtype"] = dtype
-    entry = bank.provenance_entry(
-        "export", args, reads=[bank.tensors["prompt_embeddings"], *(bank.tensors[key].rows([k]) for key in KEYS[1:])]
-    )
-    return PromptTuningAdapter(Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras))
-
-
-def save_adapter(
-    adapter: PromptTuningAdapter, path: str | os.PathLike, *, force: bool = False, inputs: tuple = ()
-) -> Path:
-    """Write ``adapter`` as a PEFT adapter folder at ``path``, atomically."""
-    target = folder_target(path, force, inputs)
-    with atomic.atomic_dir(target, replace=force) as tmp:
-        _write_adapter(adapter, tmp)
-    return target
-
-
-def folder_target(path, force: bool, inputs=()) -> Path:
-    """``path`` as an adapter-folder output, refused before any work if it cannot be one (a Hub
-    reference, a file suffix, an existing output without ``force``, an input, ...)."""
-    targets.output_kind(path, files={})
-    target = Path(path)
-    atomic.check_target(target, folder=True, force=force, inputs=[os.fspath(p) for p in inputs])
-    return target
-
-
-def _write_adapter(adapter: PromptTuningAdapter, folder: Path) -> None:
-    meta = {"format": "pt"}
-    if adapter.provenance:
-        meta[META_PROVENANCE] = json.dumps(adapter.provenance, ensure_ascii=False, sort_keys=True)
-    with open(folder / peft.SAFETENSORS_NAME, "xb") as f:
-        st.write(f, {"prompt_embeddings": adapter.prompt, **adapter.extras}, meta)
-    (folder / peft.CONFIG_NAME).write_text(peft.config_text(adapter.config), encoding="utf-8")
+    return full
 
 
 # -- several tasks: prompt tables and folders of adapters ----------------------------------------
@@ -146,18 +106,17 @@ def table_rows(bank: PromptBank, half: str | None) -> tuple[slice, str | None]:
 
 
 def export_table(
-    bank: PromptBank, tasks, path, *, half: str | None = None, dtype: str | None = None, force: bool = False, inputs=()
-) -> dict:
-    """Write the tasks ``tasks`` (indices, ranges, names, or "all") of ``bank`` as a prompt table at
-    ``path`` (``.npy`` + sidecar, or ``.safetensors``): each task's prompt computed as PEFT's MPT
-    module computes it (float32), the rows of ``half``, stored in ``dtype`` (default float32).
-    Returns what was written (paths, shape, names, the provenance entry)."""
+    bank: PromptBank, tasks="all", *, half: str | None = None, dtype: str | None = None, config: dict | None = None
+) -> PromptTable:
+    """The tasks ``tasks`` (indices, ranges, names, or "all") of ``bank`` as a
+    :class:`~mptkit.formats.PromptTable`: each task's prompt computed as PEFT's MPT module computes
+    it (float32), the rows of ``half`` (seq2seq banks: "encoder" by default, "decoder", "both"),
+    stored in ``dtype`` (default float32). Nothing is computed until it is written:
+    ``mptkit.save(table, "table.npy")`` (+ ``table.tasks.json``), ``"table.safetensors"``, or a
+    folder (one PROMPT_TUNING adapter per task, whole prompts, with ``config``'s fields)."""
     import torch
 
-    from ._tables import output_kind, write_table
-
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
+    bank.require_tasks("to export")
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     stored = storage_dtype(dtype, "F32")
     rows, which = table_rows(bank, half)
@@ -170,10 +129,7 @@ def export_table(
         **({"dtype": dtype} if dtype else {}),
     }
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
-    entry = bank.provenance_entry(
-        "export", args, reads=[bank.tensors["prompt_embeddings"], cols_a.rows(idx), rows_a.rows(idx)]
-    )
-    provenance = [*bank.provenance, entry]
+    entry = bank.provenance_entry("export", args, reads=list(bank.task_rows(idx).values()))
     whole = which in (None, "both")
     info = {
         "shape": [len(idx), N, d],
@@ -181,13 +137,11 @@ def export_table(
         "half": which,
         "num_transformer_submodules": bank.num_submodules,
         "source": entry["sources"][0]["name"] if entry["sources"] else None,
-        **({"config": _prompt_config(bank)} if whole and bank.config else {}),
+        **({"config": peft.config_hints(bank.config)} if whole and bank.config else {}),
     }
     compute = torch.float64 if bank.dtype == "F64" else torch.float32
-    tdtype = numerics.torch_dtype(stored)
+    tdtype = torch_dtype(stored)
     step = max(1, TABLE_CHUNK_BYTES // (4 * bank.num_tokens * d))
-    if output_kind(path) == "folder":
-        raise UsageError(f"{path}: a prompt table is a .npy or .safetensors file (a folder gets one adapter per task)")
 
     def chunks():
         from . import _progress as progress
@@ -201,62 +155,18 @@ def export_table(
                 yield full.to(tdtype).contiguous().view(torch.uint8).numpy().tobytes()
                 bar.update(len(ks))
 
-    written = write_table(
-        path,
-        chunks(),
+    with_config = bank.with_config(config)
+    return PromptTable(
+        names=names,
         shape=(len(idx), N, d),
         dtype=stored,
         info=info,
-        names=names,
-        provenance=provenance,
-        force=force,
-        inputs=inputs,
+        provenance=[*bank.provenance, entry],
+        chunks=chunks,
+        adapter=lambda i: export(bank, idx[i], dtype=dtype, config=config),
+        adapter_config=lambda: adapter_config(with_config),
+        sources=bank_paths(bank),
+        bank=bank,
+        rows=rows,
+        half_given=half is not None,
     )
-    return {
-        "written": [str(p) for p in written],
-        "shape": [len(idx), N, d],
-        "dtype": stored,
-        "half": which,
-        "tasks": names,
-        "provenance": entry,
-    }
-
-
-def export_adapters(
-    bank: PromptBank,
-    tasks,
-    path,
-    *,
-    dtype: str | None = None,
-    config: dict | None = None,
-    force: bool = False,
-    inputs=(),
-) -> dict:
-    """One PEFT PROMPT_TUNING adapter per task of ``tasks``, in subfolders of ``path`` named by
-    task (``task<i>`` for an unnamed bank), with a ``tasks.json`` listing their order."""
-    from ._tables import MANIFEST
-
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt: there are no tasks to export")
-    idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
-    names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
-    target = folder_target(path, force, inputs)
-    adapters = [export(bank, k, dtype=dtype, config=config) for k in idx]  # checks every task before writing
-    with atomic.atomic_dir(target, replace=force) as tmp:
-        for name, adapter in zip(names, adapters):
-            (tmp / name).mkdir()
-            _write_adapter(adapter, tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps({"tasks": names}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return {"written": [str(target)], "tasks": names, "provenance": adapters[0].provenance[-1] if adapters else None}
-
-
-def _prompt_config(bank: PromptBank) -> dict:
-    keep = (
-        "task_type",
-        "num_virtual_tokens",
-        "num_transformer_submodules",
-        "base_model_name_or_path",
-        "num_layers",
-        "num_attention_heads",
-    )
-    return {k: bank.config[k] for k in keep if bank.config.get(k) is not None}

@@ -18,7 +18,8 @@ down the same valley, in a third of the sweeps.
 from __future__ import annotations
 
 from . import _als as als
-from ._numerics import SMALL_RANK, torch_dtype
+from ._dtypes import torch_dtype
+from ._numerics import SMALL_RANK
 from .errors import IncompatibleBanks, UsageError
 
 

@@ -24,7 +24,7 @@ def summary(bank: PromptBank) -> dict:
         "num_virtual_tokens": bank.num_virtual_tokens,
         "num_transformer_submodules": bank.num_submodules,
         "N": N,
-        "r": r,
+        "rank": r,
         "d": d,
         "task_type": cfg.get("task_type"),
         "base_model": cfg.get("base_model_name_or_path"),

@@ -1,6 +1,7 @@
 """Where banks come from and go to: :func:`load` reads a local path (:mod:`mptkit.formats`) or an
-``hf://`` reference (:mod:`mptkit.hub`), :func:`save` writes a local path, :func:`validate` says
-whether a path holds a valid bank without raising."""
+``hf://`` reference (:mod:`mptkit.hub`), :func:`save` writes any output (a bank, an adapter, a
+prompt table, an image) through the one output plan, :func:`validate` says whether a path holds a
+valid bank without raising."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import re
 from ._bank import PromptBank
 from ._info import summary, value_stats
 from .errors import MptkitError
-from .formats import read, save
+from .formats import plan, read_bank, save
 
-__all__ = ["load", "save", "validate"]
+__all__ = ["load", "save", "plan", "validate"]
 
 
 def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | None = None) -> PromptBank:
@@ -33,7 +34,7 @@ def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | Non
             raise InvalidBank(
                 f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, write hf://{name}"
             )
-        bank = read(name, kind=kind, adapter=adapter)
+        bank = read_bank(name, kind=kind, adapter=adapter)
     if adapter and bank.source is not None:
         bank.source.adapter = adapter  # provenance records it, to read the same adapter again (verify)
     return bank

@@ -19,7 +19,7 @@ from ._combine import (
     need_tasks as _need_tasks,
     output_rank,
 )
-from ._edit import _result, _take, check_names, default_names
+from ._edit import _result, check_names, default_names
 from ._tensor import Array
 from .errors import IncompatibleBanks, UsageError
 
@@ -166,7 +166,7 @@ def add_task(
                 raise UsageError(f"{source.where} has {source.num_tasks} tasks; name one: --from {source.where}:TASK")
             source_task = 0
         k = source.task_index(source_task)
-        single = replace(source, tensors=_take(source, [k]), task_names=None)
+        single = replace(source, tensors=source.task_rows([k]), task_names=None)
         _check_compatible([bank, single], bank.dtype, allow_mismatch)
         parts, found = _combine([bank, single], bank.dtype, refit, max_error, rank)
         results.update(found)
@@ -194,7 +194,7 @@ def add_task(
     kind, _, ref = init.partition(":")
     if kind == "exact" and ref:
         k = bank.task_index(ref)
-        one = _take(bank, [k])
+        one = bank.task_rows([k])
         tensors = {
             "prompt_embeddings": one["prompt_embeddings"],
             "prefix_task_cols": Array.cat([bank.tensors["prefix_task_cols"], one["prefix_task_cols"]]),

@@ -1,5 +1,5 @@
 """Options shared by the Python API and the CLI, defined once (as mergekit defines its merge options
-once for both): output dtypes, PEFT task types, and the adapter_config.json fields a user can supply
+once for both): PEFT task types, and the adapter_config.json fields a user can supply
 for a source that carries no config. The API checks values with these definitions; the CLI builds
 its ``click`` options from them (:mod:`mptkit.cli._app`), so a choice or a rule never exists twice.
 """
@@ -11,28 +11,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from ._tensor import DTYPE_BY_NAME
 from .errors import UsageError
 
 #: Hub transfers (``--timeout``, ``--deadline``; :mod:`mptkit.hub._http`): seconds a server may send
 #: less than 1 kB before it is given up, and seconds all of one command's transfers may take
 HUB_TIMEOUT = 30.0
 HUB_DEADLINE = 3600.0
-
-#: the ``dtype`` names every command takes (``--dtype``), as torch names them
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
-
-
-def storage_dtype(name: str | None, default: str | None = None) -> str | None:
-    """The safetensors dtype ("F32", ...) for a user's ``dtype`` name ("float32", ...); ``default``
-    when ``name`` is None. An unknown name is a :class:`UsageError` listing the choices."""
-    if name is None:
-        return default
-    if name in DTYPE_BY_NAME:
-        return DTYPE_BY_NAME[name]
-    if name in DTYPE_BY_NAME.values():  # already a safetensors name
-        return name
-    raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
 
 
 @cache

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._bank import KEYS, PromptBank, input_paths
-from ._recipefile import LOCK_HEADER, Recipe, lock_text, pinned, unpinned
+from ._recipefile import Recipe, lock_text, pinned, unpinned
 from ._sources import (
     Part,
     check_names,
@@ -50,6 +50,8 @@ class Plan:
     rank: object  # None, an int, or ("auto", max_error)
     output: str | None
     steps: list[dict] = field(default_factory=list)  # {"step": text, "reads": bytes}
+    #: the planned local output (mptkit.plan, checked before the work); None for hf:// or none
+    target: object = None
 
     @property
     def names(self) -> list[str]:
@@ -91,7 +93,7 @@ def plan(recipe: Recipe, *, output: str | None = None, force: bool = False, writ
     p = Plan(recipe, sources, shared, refit, dtype, rank, out)
     p.steps = _steps(p)
     if p.output is not None:
-        check_output(p, force)
+        p.target = check_output(p, force)
     return p
 
 
@@ -149,8 +151,9 @@ def run(p: Plan) -> PromptBank:
     return replace(out, provenance=[*out.provenance, entry])
 
 
-def check_output(p: Plan, force: bool) -> None:
-    """Refuse, before any work, an output the save (or push) would refuse."""
+def check_output(p: Plan, force: bool):
+    """Refuse, before any work, an output the write (or push) would refuse; the planned output
+    (:func:`mptkit.plan`) for a local path, None for ``hf://``."""
     kept = p.sources[p.shared].bank
     first = next(s.bank for s in p.sources if s.kind == "bank")
     config = next((s.bank.config for s in p.sources if s.bank is not None and s.bank.config), None)
@@ -167,10 +170,10 @@ def check_output(p: Plan, force: bool) -> None:
             parse_ref(p.output, allow_path=False)
             peft.complete_config(config, num_tokens=kept.num_tokens, token_dim=kept.token_dim, num_tasks=T,
                                  num_ranks=r, where=p.recipe.path)  # fmt: skip
-        else:
-            from .formats import check_output as check
+            return None
+        from .formats import plan as plan_output
 
-            check(stand_in, p.output, force=force, inputs=tuple(p.inputs()))
+        return plan_output(p.output, "bank", force=force, inputs=p.inputs(), like=stand_in)
     except MptkitError as e:
         raise (p.recipe.error(("output",), e.message) if "output" in p.recipe.data else e) from None
 
@@ -252,55 +255,38 @@ def build(
         r = read_recipe(recipe)
     p = plan(r, output=output, force=force, write=write)
     lock = lock and write
-    if lock:
-        if isinstance(recipe, dict):
-            from .errors import UsageError
+    if lock and isinstance(recipe, dict):
+        from .errors import UsageError
 
-            raise UsageError("lock=True writes RECIPE.lock.yaml beside a recipe file; this recipe is a dict")
-        check_lock(p, lock_path(os.fspath(recipe)))
+        raise UsageError("lock=True writes RECIPE.lock.yaml beside a recipe file; this recipe is a dict")
+    planned = check_lock(p, lock_path(os.fspath(recipe))) if lock else None
     bank = run(p)
     if p.output is not None:
-        write_output(p, bank, force=force)
-    if lock:
-        write_lock(p, lock_path(os.fspath(recipe)))
+        write_output(p, bank)
+    if planned is not None:
+        write_lock(p, planned)
     return bank
 
 
-def write_output(p: Plan, bank: PromptBank, *, force: bool = False) -> dict:
+def write_output(p: Plan, bank: PromptBank) -> dict:
     """Write the built bank where the plan says (``mptkit.save``), or push it (``mptkit.hub.push``)."""
     if p.output.startswith("hf://"):
         from .hub import push
 
         return {"pushed": push(bank, p.output.removeprefix("hf://"))}
-    from ._io import save
-
-    return {"written": str(save(bank, p.output, force=force, inputs=tuple(p.inputs())))}
+    return {"written": str(p.target.write(bank))}
 
 
-def write_lock(p: Plan, path: str | os.PathLike) -> Path:
-    """Write the plan's lock (the recipe with every source pinned) at ``path``, atomically; an
-    existing file is replaced only if it is a lock mptkit wrote."""
-    from .formats import _atomic as atomic
+def check_lock(p: Plan, path: str | os.PathLike):
+    """The planned lock output (:func:`mptkit.plan`), refused before any work if it cannot be
+    written; an existing file there is replaced only if it is a lock mptkit wrote."""
+    from .formats import plan as plan_output
 
-    target = check_lock(p, path)
-    with atomic.atomic_file(target) as f:
-        f.write(lock_text(p.lock(), p.recipe.path).encode("utf-8"))
-    return target
+    return plan_output(path, "lock", force=True, inputs=[p.recipe.path])
 
 
-def check_lock(p: Plan, path: str | os.PathLike) -> Path:
-    """Refuse, before any work, a lock path :func:`write_lock` could not write."""
-    from .formats import _atomic as atomic
+def write_lock(p: Plan, planned) -> Path:
+    """Write the plan's lock (the recipe with every source pinned) where :func:`check_lock` planned it."""
+    from .formats._objects import RecipeLock
 
-    target = Path(path)
-    atomic.check_target(target, folder=False, force=True, inputs=[p.recipe.path], replaceable=_lock_replaceable)
-    return target
-
-
-def _lock_replaceable(target: Path, folder: bool) -> str | None:
-    try:
-        with open(target, encoding="utf-8", errors="replace") as f:
-            first = f.readline(200).rstrip("\n")
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    return None if first == LOCK_HEADER else "is not a lock mptkit wrote (its first line is not the lock header)"
+    return planned.write(RecipeLock(lock_text(p.lock(), p.recipe.path), p.recipe.path))

@@ -36,7 +36,7 @@ def summary_text(s: dict) -> str:
     row("hidden size d", s["d"])
     if s["kind"] != "shared-only":
         row("tasks T", s["num_tasks"])
-        row("rank r", s["r"])
+        row("rank r", s["rank"])
         names = s["task_names"]
         if names:
             shown = ", ".join(f"{i}:{n}" for i, n in enumerate(names[:12]))
@@ -115,8 +115,8 @@ def one_line(s: dict) -> str:
         n += f" ({s['num_virtual_tokens']}x{s['num_transformer_submodules']})"
     parts.append(n)
     parts.append(f"d={s['d']}")
-    if s.get("r"):
-        parts.append(f"r={s['r']}")
+    if s.get("rank"):
+        parts.append(f"r={s['rank']}")
     parts.append(s["dtype"])
     parts.append(f"{s['parameters']['total']:,} parameters")
     if s.get("base_model"):
@@ -259,7 +259,7 @@ def _origin(args, src, labels) -> str:
 
 def similarity_table(result: dict) -> list[str]:
     """The cosine matrix as a table, with each task's nearest other task."""
-    names = [n if len(n) <= 10 else n[:9] + "~" for n in result["tasks"]]
+    names = [n if len(n) <= 10 else n[:9] + "~" for n in result["task_names"]]
     width = max(6, *(len(n) for n in names))
     lines = [" " * width + "".join(f" {n:>{max(6, len(n))}}" for n in names) + "   nearest"]
     for i, n in enumerate(names):
@@ -274,9 +274,9 @@ def similarity_table(result: dict) -> list[str]:
 
 def similarity_top(result: dict) -> list[str]:
     """Each task's nearest tasks, for banks too large for a T x T table."""
-    width = min(24, max(4, *(len(n) for n in result["tasks"])))
+    width = min(24, max(4, *(len(n) for n in result["task_names"])))
     lines = [f"{'task':<{width}}  nearest (cosine)"]
-    for name, row in zip(result["tasks"], result["top"]):
+    for name, row in zip(result["task_names"], result["top"]):
         shown = name if len(name) <= width else name[: width - 1] + "~"
         lines.append(f"{shown:<{width}}  " + (", ".join(f"{t['task']} {t['cosine']:.3f}" for t in row) or "-"))
     return [printable(x) for x in lines]
@@ -309,13 +309,20 @@ def export_report(adapter, path, src) -> str:
 
 def table_report(report: dict, src) -> str:
     """What ``export --tasks/--all`` says it wrote."""
-    names = report["tasks"]
+    names = report["task_names"]
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    if "shape" not in report:
-        return printable(
-            f"wrote {report['written'][0]}: {plural(len(names), 'PROMPT_TUNING adapter')} of {src} ({shown})"
-        )
-    T, N, d = report["shape"]
+    if report["format"] == "adapters":
+        line = f"wrote {report['output']}: {plural(len(names), 'PROMPT_TUNING adapter')} of {src} ({shown})"
+        renamed = report.get("folders") or {}
+        if renamed:
+            pairs = ", ".join(f"{n!r} -> {f}" for n, f in list(renamed.items())[:5])
+            line += (
+                f"\n  {plural(len(renamed), 'task name')} cannot be a folder name, so tasks.json maps "
+                f"{'it' if len(renamed) == 1 else 'them'} to a folder: {pairs}"
+                + (f", ... ({len(renamed)} in all)" if len(renamed) > 5 else "")
+            )
+        return printable(line) if not renamed else "\n".join(printable(x) for x in line.split("\n"))
+    T, N, d = report["num_tasks"], report["N"], report["d"]
     half = f", {report['half']} half" if report.get("half") in ("encoder", "decoder") else ""
     files = " + ".join(report["written"])
     return printable(f"wrote {files}: prompt table ({T}, {N}, {d}) {report['dtype']}{half} of {src} ({shown})")

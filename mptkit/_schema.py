@@ -20,6 +20,7 @@ SCHEMA_FILES = {
     "shared": "shared.schema.json",
     "adapter_config": "adapter_config.schema.json",
     "metadata": "metadata.schema.json",
+    "output": "output.schema.json",
     "recipe": "recipe.schema.json",
 }
 _BASE = "https://mptkit.invalid/schemas/"

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
 from . import _progress as progress
 from ._bank import PromptBank, select_tasks
 from .errors import UsageError
@@ -17,7 +15,7 @@ INNER = 1 << 16
 
 
 def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
-    """``{"tasks": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...],
+    """``{"task_names": [names], "indices": [...], "matrix": [[cosine or None]], "nearest": [...],
     "top": [[{"task", "cosine"}, ...]]}`` for the selected tasks (all by default): the cosine
     similarity of the full prompts, each task's nearest other task, and its ``top`` nearest (3
     by default). A task whose prompt is all zeros has no cosine (None).
@@ -28,8 +26,7 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
     summed in float64, and the norms are float64 sums."""
     import torch
 
-    if bank.shared_only:
-        raise UsageError(f"{bank.where} holds only the shared prompt (no tasks to compare)")
+    bank.require_tasks("to compare")
     idx = select_tasks(bank, tasks, unique=True) if tasks is not None else list(range(bank.num_tasks))
     gram = gram_matrix(bank, idx)
     norms = gram.diagonal().clamp_min(0).sqrt()
@@ -52,7 +49,13 @@ def similarity(bank: PromptBank, tasks=None, *, top: int | None = None) -> dict:
                 row.append({"task": names[idx[int(best.indices[i, j])]], "cosine": v})
         top_lists.append(row)
     nearest = [row[0] if row else None for row in top_lists]
-    return {"tasks": [names[t] for t in idx], "indices": idx, "matrix": matrix, "nearest": nearest, "top": top_lists}
+    return {
+        "task_names": [names[t] for t in idx],
+        "indices": idx,
+        "matrix": matrix,
+        "nearest": nearest,
+        "top": top_lists,
+    }
 
 
 def gram_matrix(bank: PromptBank, idx: list[int]):
@@ -105,58 +108,67 @@ def _products(A, B):
     return out
 
 
-def plot_heatmap(
-    result: dict, path: str | os.PathLike, *, force: bool = False, title: str | None = None, inputs: tuple = ()
-) -> None:
-    """Write ``result`` (from :func:`similarity`) as a heatmap image (the format follows the
-    suffix, e.g. ``.png``); needs matplotlib (``pip install 'mptkit[plot]'``)."""
-    from pathlib import Path
+def heatmap(result: dict, *, title: str | None = None):
+    """``result`` (from :func:`similarity`) as a heatmap :class:`~mptkit.formats.Image`, drawn by
+    matplotlib when it is written (``mptkit.save(image, "heat.png")``; the format follows the
+    suffix). Needs matplotlib (``pip install 'mptkit[plot]'``)."""
+    from .formats import Image
 
-    from .formats import _atomic as atomic
+    require_matplotlib()
+    return Image(lambda fmt: _draw(result, title, fmt))
 
+
+def require_matplotlib() -> None:
+    """A :class:`UsageError` saying how to install matplotlib, where it is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError(
             "--plot needs matplotlib, which is not installed; install it with "
             "pip install 'mptkit[plot]' (or pip install matplotlib)"
         ) from None
-    target = Path(path)
-    atomic.check_target(target, folder=False, force=force, inputs=inputs)
-    fmt = target.suffix.lstrip(".").lower() or "png"
+
+
+def _draw(result: dict, title: str | None, fmt: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
     if fmt not in plt.gcf().canvas.get_supported_filetypes():
         plt.close("all")
-        raise UsageError(f"{target}: matplotlib cannot write .{fmt} images; use .png, .svg or .pdf")
+        raise UsageError(f"matplotlib cannot write .{fmt} images; use .png, .svg or .pdf")
     plt.close("all")
-    names = result["tasks"]
+    names = result["task_names"]
     n = len(names)
     values = [[float("nan") if v is None else v for v in row] for row in result["matrix"]]
     size = min(2 + 0.45 * n, 30)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(values, cmap="viridis", vmin=-1, vmax=1)
-    ax.set_xticks(range(n), names, rotation=90)
-    ax.set_yticks(range(n), names)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if values[i][j] == values[i][j]:
-                    ax.text(
-                        j,
-                        i,
-                        f"{values[i][j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if values[i][j] < 0.5 else "black",
-                    )
-    fig.colorbar(im, ax=ax, label="cosine similarity of full prompts")
-    ax.set_title(title or "task similarity")
-    fig.tight_layout()
     try:
-        with atomic.atomic_file(target, replace=force) as f:
-            fig.savefig(f, format=fmt)
+        im = ax.imshow(values, cmap="viridis", vmin=-1, vmax=1)
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if values[i][j] == values[i][j]:
+                        ax.text(
+                            j,
+                            i,
+                            f"{values[i][j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if values[i][j] < 0.5 else "black",
+                        )
+        fig.colorbar(im, ax=ax, label="cosine similarity of full prompts")
+        ax.set_title(title or "task similarity")
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format=fmt)
+        return out.getvalue()
     finally:
         plt.close(fig)

@@ -121,7 +121,7 @@ def open_part(recipe: Recipe, i: int, spec: dict) -> Part:
 
 
 def open_prompts(recipe: Recipe, i: int, spec: dict) -> Part:
-    from ._tables import read_prompts
+    from .formats import read_prompts
 
     at = ("sources", i, "prompts")
     paths = [spec["prompts"]] if isinstance(spec["prompts"], str) else list(spec["prompts"])
@@ -165,7 +165,7 @@ def _check_file_pins(recipe: Recipe, i: int, pins: list, now: list) -> None:
 
 
 def output_dtype(recipe: Recipe, banks: list[Part]) -> str | None:
-    from ._options import storage_dtype
+    from ._dtypes import storage_dtype
 
     if "dtype" in recipe.data:
         return storage_dtype(recipe.data["dtype"])

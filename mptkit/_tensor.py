@@ -15,58 +15,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._dtypes import code_of_torch, itemsize, torch_dtype
 from .errors import InvalidBank
-
-#: safetensors dtype name -> (bytes per element, torch dtype name)
-DTYPES: dict[str, tuple[int, str]] = {
-    "F64": (8, "float64"),
-    "F32": (4, "float32"),
-    "BF16": (2, "bfloat16"),
-    "F16": (2, "float16"),
-    "I64": (8, "int64"),
-    "I32": (4, "int32"),
-    "I16": (2, "int16"),
-    "I8": (1, "int8"),
-    "U8": (1, "uint8"),
-    "BOOL": (1, "bool"),
-}
-#: dtypes a prompt bank may hold
-FLOAT_DTYPES = ("F64", "F32", "BF16", "F16")
-#: the names users type (``--dtype bfloat16``) -> safetensors dtype
-DTYPE_BY_NAME = {"float64": "F64", "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-#: order in which safetensors lays tensors out: larger dtype rank first, then by name
-_SAFETENSORS_DTYPE_RANK = {
-    "BOOL": 0,
-    "U8": 4,
-    "I8": 5,
-    "I16": 9,
-    "U16": 10,
-    "F16": 11,
-    "BF16": 12,
-    "I32": 13,
-    "U32": 14,
-    "F32": 15,
-    "F64": 16,
-    "I64": 17,
-    "U64": 18,
-}
 
 CHUNK_BYTES = 8 << 20
 #: bytes asked of a segment's reader at once when writing (a range request each, for a remote file)
 READER_CHUNK_BYTES = 64 << 20
-
-
-def itemsize(dtype: str) -> int:
-    return DTYPES[dtype][0]
-
-
-def torch_dtype_name(dtype: str) -> str:
-    return DTYPES[dtype][1]
-
-
-def safetensors_layout_key(name: str, dtype: str) -> tuple[int, str]:
-    """Sort key reproducing the order in which safetensors writes tensors."""
-    return (-_SAFETENSORS_DTYPE_RANK.get(dtype, -1), name)
 
 
 @dataclass(frozen=True)
@@ -113,8 +67,7 @@ class Array:
         """Wrap a torch tensor's bytes (moved to the CPU, made contiguous)."""
         import torch
 
-        name = str(tensor.dtype).removeprefix("torch.")
-        dtype = {v[1]: k for k, v in DTYPES.items()}.get(name)
+        dtype = code_of_torch(tensor.dtype)
         if dtype is None:
             raise ValueError(f"unsupported torch dtype {tensor.dtype}")
         t = tensor.detach().to("cpu").contiguous()
@@ -259,7 +212,7 @@ class Array:
         """A torch tensor holding a copy of the data (torch is imported here)."""
         import torch
 
-        tdtype = getattr(torch, torch_dtype_name(self.dtype))
+        tdtype = torch_dtype(self.dtype)
         if self.numel == 0:
             t = torch.empty(self.shape, dtype=tdtype)
         else:

@@ -15,7 +15,6 @@ rebuilt, and the sources' own history is checked only by verifying them in turn.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from ._bank import KEYS, PromptBank, ranges_sha256
@@ -128,8 +127,9 @@ class _Context:
 # -- the target ----------------------------------------------------------------------------------
 def _target(shown: str) -> dict:
     """What verify compares: a bank, a PROMPT_TUNING adapter, a prompt table, or a folder of adapters."""
-    from ._tables import MANIFEST, TABLE_KEY, sidecar_path
     from .formats import _peft as peft, _safetensors as st
+    from .formats._peftdir import MANIFEST
+    from .formats._tables import TABLE_KEY, sidecar_path
 
     p = Path(shown)
     if not shown.startswith("hf://"):
@@ -240,7 +240,7 @@ def _add(ctx, args, target):
 
 def _decompose(ctx, args, target):
     from ._decompose import decompose
-    from ._tables import read_prompts
+    from .formats import read_prompts
 
     rank, seed = _need(ctx, args, "rank", "seed")
     srcs = ctx.sources(1)
@@ -267,10 +267,7 @@ def _export(ctx, args, target):
     from ._export import export_table
 
     tasks, half = _need(ctx, args, "tasks", "half")
-    with tempfile.TemporaryDirectory(prefix="mptkit-verify-") as tmp:
-        out = Path(tmp) / ("table" + Path(target["file"]).suffix)
-        export_table(bank, tasks, out, half=half, dtype=args.get("dtype"))
-        return _table_bytes(str(out))
+    return b"".join(export_table(bank, tasks, half=half, dtype=args.get("dtype")).chunks())
 
 
 def _build(ctx, args, target):
@@ -314,7 +311,7 @@ _REPLAY = {"derive": _derive, "slice": _edit("slice"), "remove": _edit("remove")
 
 # -- comparing -----------------------------------------------------------------------------------
 def _table_bytes(path: str) -> bytes:
-    from ._tables import read_prompts
+    from .formats import read_prompts
 
     prompts = read_prompts([path])
     return b"".join(bytes(a.read()) for a in prompts.arrays)

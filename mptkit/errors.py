@@ -7,6 +7,8 @@ callers catch :class:`MptkitError`.
 
 from __future__ import annotations
 
+__all__ = ["MptkitError", "InvalidBank", "UnsafeFile", "UsageError", "IncompatibleBanks", "OutputError", "HubError"]
+
 
 class MptkitError(Exception):
     """Base class: a problem with the user's input, arguments or environment (exit status 2)."""

@@ -17,16 +17,15 @@ os.environ.pop("HF_TOKEN", None)
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from bankutil import save_peft_bank  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+from tests.support import EXAMPLE_BANK  # noqa: E402
+from tests.support.banks import save_peft_bank  # noqa: E402
 
 # Property tests are deterministic: the same examples on every run and machine, no example database.
 settings.register_profile("mptkit", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.load_profile("mptkit")
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_BANK = ROOT / "examples" / "bank"
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +63,9 @@ def cli():
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A loopback Hub (tests/hubserver.py) that the client and mptkit talk to (``HF_ENDPOINT``), with
+    """A loopback Hub (:mod:`tests.fakehub`) that the client and mptkit talk to (``HF_ENDPOINT``), with
     a fresh HF cache (``HF_HOME``) and no token or offline setting from the environment."""
-    from hubserver import HubServer
+    from tests.fakehub import HubServer
 
     server = HubServer().start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import (
-    adapter_option,
-    config_options,
-    dtype_option,
-    echo_repairs,
-    emit_json,
-    json_option,
-    main,
-    output_options,
-    say,
-)
+from ._app import bank_json, echo_repairs, emit_json, main, say
+from ._opts import adapter_option, config_options, dtype_option, json_option, output_options
 
 
 @main.command()
@@ -37,29 +28,16 @@ def convert(src, dtype, config, adapter, output, force, as_json):
       mptkit convert mp_rank_00_model_states.pt --adapter default -o bank.safetensors
     """
     from .._convert import convert as run
-    from .._io import load, save
-    from ..formats import check_output
+    from .._io import load, plan
 
     bank = load(src, adapter=adapter)
+    target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the work
     out = run(bank, dtype=dtype, config=config)
-    check_output(out, output, force=force)
-    path = save(out, output, force=force)
+    path = target.write(out)
     if as_json:
-        emit_json(
-            {
-                "output": str(path),
-                "from": bank.source.format,
-                "dtype": out.dtype,
-                "N": out.num_tokens,
-                "d": out.token_dim,
-                "num_tasks": out.num_tasks,
-                "r": out.rank,
-                "task_names": out.task_names,
-                "provenance": out.provenance[-1],
-            }
-        )
+        emit_json(bank_json(out, path))
         return
     shape = f"N={out.num_tokens}, d={out.token_dim}" + ("" if out.shared_only else f", T={out.num_tasks}, r={out.rank}")
-    what = "a bare .safetensors bank" if str(path).lower().endswith(".safetensors") else "a PEFT adapter folder"
+    what = "a PEFT adapter folder" if target.folder else "a bare .safetensors bank"
     say(f"wrote {path}: {src} ({bank.source.format}) as {what} ({shape}, {out.dtype})")
-    echo_repairs(out, path)
+    echo_repairs(out, target)

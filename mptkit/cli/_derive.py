@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import (
-    adapter_option,
-    config_options,
-    dtype_option,
-    echo_lines,
-    echo_repairs,
-    emit_json,
-    force_option,
-    json_option,
-    main,
-    output_options,
-    quiet_option,
-    say,
-)
+from ._app import bank_json, echo_lines, echo_repairs, emit_json, main, say
+from ._opts import adapter_option, config_options, dtype_option, force_option, json_option, output_options, quiet_option
 
 
 @main.command()
@@ -48,33 +36,18 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
       mptkit derive examples/bank --mode shared --num-tasks 3 --seed 0 -o fresh/
     """
     from .._derive import derive as run
-    from .._io import load, save
+    from .._io import load, plan
     from .._render import derive_report
-    from ..formats import check_output
 
     bank = load(src, adapter=adapter)
-    check_output(bank.with_config(config), output, force=force)  # before the arithmetic
+    target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the arithmetic
     out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
-    path = save(out, output, force=force)  # out keeps the source: save protects it
-    entry = out.provenance[-1]
+    path = target.write(out)  # out keeps the source: the plan protects it
     if as_json:
-        emit_json(
-            {
-                "output": str(path),
-                "mode": mode,
-                "arguments": entry["arguments"],
-                "dtype": out.dtype,
-                "N": out.num_tokens,
-                "d": out.token_dim,
-                "num_tasks": out.num_tasks,
-                "r": out.rank,
-                "task_names": out.task_names,
-                "provenance": entry,
-            }
-        )
+        emit_json(bank_json(out, path))
         return
     say(derive_report(out, path, src))
-    echo_repairs(bank.with_config(config), path)
+    echo_repairs(bank.with_config(config), target)
 
 
 @main.command()
@@ -114,33 +87,34 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
       mptkit export examples/bank --all -o prompts/          # prompts/<task>/ per task
     """
     from .._bank import input_paths
-    from .._export import export as run, export_adapters, export_table, folder_target, save_adapter
-    from .._io import load
+    from .._export import export as run, export_table
+    from .._io import load, plan
     from .._render import export_report, table_report
-    from .._tables import output_kind
     from ..errors import UsageError
 
     if sum(map(bool, (task is not None, tasks is not None, all_))) != 1:
         raise UsageError("give one of --task K (one adapter), --tasks SEL or --all (a table or a folder of adapters)")
-    kind = "folder" if task is not None else output_kind(output)  # --task: an adapter folder (folder_target checks)
-    if half and kind == "folder":
+    if task is not None and half:
         raise UsageError(
             "--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt"
         )
     bank = load(src, adapter=adapter)
     if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
-        folder_target(output, force, input_paths(bank))  # before the arithmetic
+        target = plan(output, "adapter", force=force, inputs=input_paths(bank))  # before the arithmetic
         result = run(bank, task, dtype=dtype, config=config)
-        path = save_adapter(result, output, force=force, inputs=input_paths(bank))
+        path = target.write(result)
         entry = result.provenance[-1]
         if as_json:
             emit_json(
                 {
                     "output": str(path),
-                    "arguments": entry["arguments"],
-                    "dtype": result.prompt.dtype,
                     "N": result.prompt.shape[0],
                     "d": result.prompt.shape[1],
+                    "num_tasks": 1,
+                    "dtype": result.prompt.dtype,
+                    "task_names": [entry["arguments"]["task_name"]] if "task_name" in entry["arguments"] else None,
+                    "operation": entry["operation"],
+                    "arguments": entry["arguments"],
                     "config": result.config,
                     "provenance": entry,
                 }
@@ -149,14 +123,10 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
         say(export_report(result, path, src))
         return
     sel = "all" if all_ else tasks
-    if kind == "folder":
-        report = export_adapters(
-            bank.with_config(config), sel, output, dtype=dtype, force=force, inputs=input_paths(bank)
-        )
-    else:
-        report = export_table(
-            bank.with_config(config), sel, output, half=half, dtype=dtype, force=force, inputs=input_paths(bank)
-        )
+    table = export_table(bank.with_config(config), sel, half=half, dtype=dtype, config=config)  # computed when written
+    target = plan(output, "prompts", force=force, like=table)  # before the arithmetic
+    target.write(table)
+    report = _table_result(table, target)
     if as_json:
         emit_json(report)
         return
@@ -194,32 +164,48 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
       mptkit decompose new-task/ --shared bank/ --rank 2 -o more.safetensors
     """
     from .._bank import input_paths
-    from .._decompose import check_output, decompose as run
+    from .._decompose import decompose as run, stand_in
     from .._fit import check_rank
-    from .._io import load, save
+    from .._io import load, plan
     from .._render import edit_report
-    from .._tables import read_prompts
+    from ..formats import read_prompts
 
     rank_ = check_rank(rank_, max_error)
     source = read_prompts(prompts)
     base = load(shared) if shared else None
     inputs = [*prompts, *(input_paths(base) if base else [])]
-    check_output(source, output, rank_, shared=base, config=config, force=force, inputs=inputs)  # before the work
+    like = stand_in(source, rank_, shared=base, config=config)
+    target = plan(output, "bank", force=force, inputs=inputs, like=like)  # before the work
     bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
-    save(bank, output, force=force, inputs=inputs)
-    results = bank.provenance[-1]["results"]
+    target.write(bank)
     if as_json:
-        emit_json(
-            {
-                "output": str(output),
-                "num_tasks": bank.num_tasks,
-                "task_names": bank.task_names,
-                "rank": bank.rank,
-                "dtype": bank.dtype,
-                "N": bank.num_tokens,
-                "d": bank.token_dim,
-                **results,
-            }
-        )
+        emit_json(bank_json(bank, output))
         return
     echo_lines(edit_report(bank, output))
+
+
+def _table_result(table, target) -> dict:
+    """What ``export --tasks/--all`` reports: the files written, the table's shape and names (and,
+    for a folder of adapters, the folders names could not be, and the first adapter's provenance)."""
+    from ..formats._targets import safe_names
+
+    T, N, d = table.shape
+    entry = table.provenance[-1]
+    out = {
+        "output": str(target.path),
+        "written": [str(p) for p in target.written],
+        "format": target.format.name,
+        "N": N,
+        "d": d,
+        "num_tasks": T,
+        "dtype": table.dtype,
+        "task_names": table.names,
+        "half": table.info["half"],
+        "operation": entry["operation"],
+        "arguments": entry["arguments"],
+    }
+    if target.format.name == "adapters":
+        renamed = {n: f for n, f in zip(table.names, safe_names(table.names)) if n != f}
+        out["folders"] = renamed
+        entry = table.adapter(0).provenance[-1] if table.names else None
+    return {**out, "provenance": entry}

@@ -6,19 +6,15 @@ import os
 
 import click
 
-from ._app import (
+from ._app import bank_json, echo_lines, echo_repairs, emit_json, main, say
+from ._opts import (
     adapter_option,
     config_options,
     dtype_option,
-    echo_lines,
-    echo_repairs,
-    emit_json,
     force_option,
     json_option,
-    main,
     output_options,
     quiet_option,
-    say,
     tasks_option,
 )
 
@@ -36,13 +32,13 @@ _MISMATCH_HELP = (
 )
 
 
-def _check_out(bank, output, force, sources, config) -> None:
-    """Refuse the output before any work (existing, not a bank, the input, unwritable, a folder whose
-    config is incomplete)."""
+def _check_out(bank, output, force, sources, config):
+    """The planned output, refused before any work if it cannot be written (existing, not a bank,
+    an input, unwritable, a folder whose config is incomplete)."""
     from .._bank import input_paths
-    from ..formats import check_output
+    from .._io import plan
 
-    check_output(bank.with_config(config), output, force=force, inputs=tuple(input_paths(*sources)))
+    return plan(output, "bank", force=force, inputs=input_paths(*sources), like=bank.with_config(config))
 
 
 def _edit_one(src, adapter, output, force, as_json, config, operation) -> None:
@@ -51,37 +47,24 @@ def _edit_one(src, adapter, output, force, as_json, config, operation) -> None:
     from .._io import load
 
     bank = load(src, adapter=adapter)
-    _check_out(bank, output, force, [bank], config)
-    _save_edit(operation(bank), output, force, [bank], as_json, config, [src])
+    target = _check_out(bank, output, force, [bank], config)
+    _save_edit(operation(bank), target, as_json, config, [src])
 
 
-def _save_edit(bank, output, force, sources, as_json, config, labels=()) -> None:
-    """Write an edited bank (with the --task-type/... ``config`` fields, for a folder output from a
-    bare file) and say what was written and what the operation found, naming the sources by
-    ``labels`` (what the user typed)."""
-    from .._bank import input_paths
-    from .._io import save
+def _save_edit(bank, target, as_json, config, labels=()) -> None:
+    """Write an edited bank to the planned output ``target`` (with the --task-type/... ``config``
+    fields, for a folder output from a bare file) and say what was written and what the operation
+    found, naming the sources by ``labels`` (what the user typed)."""
     from .._render import edit_report
 
     bank = bank.with_config(config)
-    save(bank, output, force=force, inputs=input_paths(*sources))
+    output = target.path
+    target.write(bank)
     if as_json:
-        entry = bank.provenance[-1] if bank.provenance else {}
-        emit_json(
-            {
-                "output": str(output),
-                "num_tasks": bank.num_tasks,
-                "task_names": bank.task_names,
-                "rank": bank.rank,
-                "dtype": bank.dtype,
-                "operation": entry.get("operation"),
-                "arguments": entry.get("arguments", {}),
-                **(entry.get("results") or {}),
-            }
-        )
+        emit_json(bank_json(bank, output))
         return
     echo_lines(edit_report(bank, output, labels))
-    echo_repairs(bank, output)
+    echo_repairs(bank, target)
 
 
 @main.command()
@@ -173,7 +156,7 @@ def merge(
 
     _merge.check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank_)  # before loading anything
     loaded = [load(b, adapter=adapter) for b in banks]
-    _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)  # merge's config
+    target = _check_out(next((b for b in loaded if b.config), loaded[0]), output, force, loaded, config)
     out = _merge.merge(
         loaded,
         dtype=dtype,
@@ -183,7 +166,7 @@ def merge(
         rank=rank_,
         allow_mismatch=allow_mismatch,
     )
-    _save_edit(out, output, force, loaded, as_json, config, banks)
+    _save_edit(out, target, as_json, config, banks)
 
 
 @main.command()
@@ -222,7 +205,7 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         other_path, task = split_task_ref(from_)
         other = load(other_path, adapter=adapter)
     sources = [b for b in (bank, other) if b is not None]
-    _check_out(bank, output, force, sources, config)
+    target = _check_out(bank, output, force, sources, config)
     out = _merge.add_task(
         bank,
         name,
@@ -235,7 +218,7 @@ def add(src, name, init, seed, from_, refit, max_error, rank_, allow_mismatch, c
         rank=rank_,
         allow_mismatch=allow_mismatch,
     )
-    _save_edit(out, output, force, sources, as_json, config, [src] + ([other_path] if other_path else []))
+    _save_edit(out, target, as_json, config, [src] + ([other_path] if other_path else []))
 
 
 def split_task_ref(ref: str):
@@ -293,23 +276,20 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
     JSON output (--json) and the heatmap (--plot) always hold the whole matrix.
     """
     from .._bank import input_paths
-    from .._io import load
+    from .._io import load, plan
     from .._render import similarity_table, similarity_top
-    from .._similarity import plot_heatmap, similarity as run
+    from .._similarity import heatmap, require_matplotlib, similarity as run
 
     bank = load(src, adapter=adapter)
-    if plot:  # before the work: an existing image without --force, an unwritable folder
-        from pathlib import Path
-
-        from ..formats import _atomic as atomic
-
-        atomic.check_target(Path(plot), folder=False, force=force, inputs=input_paths(bank))
+    if plot:  # before the work: matplotlib, an existing image without --force, an unwritable folder
+        require_matplotlib()
+        target = plan(plot, "image", force=force, inputs=input_paths(bank))
     result = run(bank, tasks, top=top)
     if plot:
-        plot_heatmap(result, plot, force=force, title=f"task similarity: {src}", inputs=input_paths(bank))
+        target.write(heatmap(result, title=f"task similarity: {src}"))
     if as_json:
         emit_json(result)
         return
-    echo_lines(similarity_top(result) if top or len(result["tasks"]) > 20 else similarity_table(result))
+    echo_lines(similarity_top(result) if top or len(result["task_names"]) > 20 else similarity_table(result))
     if plot:
         say(f"wrote {plot}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import adapter_option, config_options, emit_json, json_option, limit_options, main, say
+from ._app import emit_json, main, say
+from ._opts import adapter_option, config_options, json_option, limit_options
 
 
 def hub_options(f):
@@ -78,7 +79,7 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
                 "path": local,
                 "files": got.files,
                 "from_cache_only": got.cached_only,
-                "tasks": bank.names() if tasks is not None else None,
+                "task_names": bank.names() if tasks is not None else None,
                 "summary": s,
             }
         )
@@ -99,15 +100,37 @@ def pull(repo, output, force, revision, tasks, allow_unverified, token, quiet, t
 @click.option("--revision", help="Branch to commit to (created from main if missing).")
 @click.option("-m", "--message", help="Commit message.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option(
+    "--no-images",
+    is_flag=True,
+    help="Leave out the card's pictures (the similarity heatmap and the rank-use chart, images/*.png).",
+)
 @config_options
 @adapter_option
 @hub_options
 @json_option
-def push(src, repo, private, revision, message, create_pr, config, adapter, token, quiet, timeout, deadline, as_json):
+def push(
+    src,
+    repo,
+    private,
+    revision,
+    message,
+    create_pr,
+    no_images,
+    config,
+    adapter,
+    token,
+    quiet,
+    timeout,
+    deadline,
+    as_json,
+):
     """Upload SRC to the model repo REPO (owner/repo) as a PEFT adapter folder with a model card.
 
     The bank is validated first. An adapter folder is uploaded byte for byte; a bare .safetensors file
     is written as an adapter folder first (its config must be known: --task-type, --num-virtual-tokens).
+    The card shows two pictures uploaded in the same commit, images/similarity.png (the tasks'
+    similarity heatmap) and images/rank-use.png; --no-images leaves them out.
 
     \b
       mptkit push bank/ owner/my-bank
@@ -117,6 +140,11 @@ def push(src, repo, private, revision, message, create_pr, config, adapter, toke
     from ..hub import push as run
 
     bank = load(src, adapter=adapter).with_config(config)
+    images = None
+    if not no_images:
+        from .._pictures import card_images
+
+        images = card_images(bank)
     out = run(
         bank,
         repo,
@@ -128,6 +156,7 @@ def push(src, repo, private, revision, message, create_pr, config, adapter, toke
         quiet=quiet,
         timeout=timeout,
         deadline=deadline,
+        images=images,
     )
     if as_json:
         emit_json(out)

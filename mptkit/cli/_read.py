@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from ._app import adapter_option, emit_json, fail, json_option, limit_options, main, say
+from ._app import emit_json, fail, main, say
+from ._opts import adapter_option, json_option, limit_options
 
 
 @main.command()
@@ -81,9 +82,7 @@ def _values(bank, tasks, value_stats) -> dict:
     from .._bank import select_tasks
 
     idx = select_tasks(bank, tasks, unique=True)
-    t = dict(bank.tensors)
-    t["prefix_task_cols"] = t["prefix_task_cols"].rows(idx)
-    t["prefix_task_rows"] = t["prefix_task_rows"].rows(idx)
+    t = bank.task_rows(idx)
     names = bank.names()
     sub = bank.with_tensors(t, [names[i] for i in idx] if bank.task_names else None)
     stats = value_stats(sub)

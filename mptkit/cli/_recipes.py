@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._app import adapter_option, emit_json, force_option, json_option, main, quiet_option, say
+from ._app import bank_json, emit_json, main, say
+from ._opts import adapter_option, force_option, json_option, quiet_option
 
 
 @main.command()
@@ -50,7 +51,7 @@ def build(recipe, output, force, plan_only, lock, as_json):
     if plan_only:
         if as_json:
             emit_json({"recipe": recipe, "output": p.output, "steps": p.steps,
-                       "reads": sum(s["reads"] for s in p.steps), "tasks": p.names})  # fmt: skip
+                       "reads": sum(s["reads"] for s in p.steps), "task_names": p.names or None})  # fmt: skip
             return
         say(f"plan for {recipe} (nothing computed or written; the sources' headers were read):")
         for i, s in enumerate(p.steps, 1):
@@ -59,17 +60,15 @@ def build(recipe, output, force, plan_only, lock, as_json):
         return
     if p.output is None:
         raise UsageError(f"{recipe}: no output: give -o OUT, or output: in the recipe")
-    if lock:
-        check_lock(p, locked)  # before the work
+    planned = check_lock(p, locked) if lock else None  # before the work
     bank = run(p)
-    done = write_output(p, bank, force=force)
+    done = write_output(p, bank)
     pushed = done.get("pushed")
     where = f"{pushed['repo']}@{pushed['revision']} (commit {str(pushed['commit'])[:12]})" if pushed else p.output
-    wrote_lock = str(write_lock(p, locked)) if lock else None
+    wrote_lock = str(write_lock(p, planned)) if planned else None
     entry = bank.provenance[-1]
     if as_json:
-        emit_json({"output": p.output, "num_tasks": bank.num_tasks, "task_names": bank.task_names, "rank": bank.rank,
-                   "dtype": bank.dtype, "lock": wrote_lock, "sources": entry["sources"]})  # fmt: skip
+        emit_json(bank_json(bank, p.output, pushed=pushed, lock=wrote_lock))
         return
     names = ", ".join(bank.task_names or []) or "unnamed"
     say(f"built {where} from {recipe}: {bank.num_tasks} tasks ({names}), rank {bank.rank}, {bank.dtype}")

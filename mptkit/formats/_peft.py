@@ -53,7 +53,8 @@ CLEAN_INIT = {
     "tokenizer_kwargs": None,
 }
 
-#: the config fields a bare file keeps in its ``mptkit.config`` metadata
+#: the config fields a bare file keeps in its ``mptkit.config`` metadata (and a prompt table in its
+#: sidecar): what says which model and task a prompt is for and how its N rows split
 HINT_FIELDS = (
     "task_type",
     "num_virtual_tokens",
@@ -62,6 +63,8 @@ HINT_FIELDS = (
     "num_layers",
     "num_attention_heads",
 )
+#: the config fields a PROMPT_TUNING adapter's prompt carries into decompose (what the inputs agree on)
+PROMPT_FIELDS = (*HINT_FIELDS, "token_dim")
 
 
 def peft_version() -> str | None:

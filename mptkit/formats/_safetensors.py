@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .._dtypes import BY_CODE, HEADER_BITS, itemsize, layout_key
 from .._strictjson import MAX_JSON_VALUES, JsonProblem, count_json_values, parse_json
-from .._tensor import DTYPES, Array, safetensors_layout_key
+from .._tensor import Array
 from ..errors import InvalidBank
 
 #: safetensors' own limit on the header size
@@ -33,32 +34,6 @@ MAX_TENSORS = 200_000
 MAX_METADATA_KEYS = 10_000
 #: most dimensions a tensor may have here (a bank's have 2 or 3; whole models' up to 5)
 MAX_DIMS = 8
-#: bits per element of every dtype safetensors reads (a whole-model file holds other tensors, in
-#: any of these; a bank's are F32, BF16, F16 or F64)
-HEADER_DTYPE_BITS = {
-    "BOOL": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8,
-    "F8_E5M2FNUZ": 8,
-    "I16": 16,
-    "U16": 16,
-    "I32": 32,
-    "U32": 32,
-    "I64": 64,
-    "U64": 64,
-    "F16": 16,
-    "BF16": 16,
-    "F32": 32,
-    "F64": 64,
-    "C64": 64,
-}
 _U64_MAX = (1 << 64) - 1
 #: most problems listed for one header (a hostile header can hold millions of entries)
 MAX_PROBLEMS = 20
@@ -212,7 +187,7 @@ def _nbits(shape: list, dtype: str) -> int | None:
         n *= s
         if n > _U64_MAX:
             return None
-    n *= HEADER_DTYPE_BITS[dtype]
+    n *= HEADER_BITS[dtype]
     return None if n > _U64_MAX else n
 
 
@@ -230,9 +205,9 @@ def layout_problems(header: Header) -> list[str]:
             )
             continue
         dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in HEADER_DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in HEADER_BITS:
             problems.append(
-                f"tensor {_nm(name)}: unknown dtype {_short(dtype, 40)} (expected one of {', '.join(DTYPES)}, "
+                f"tensor {_nm(name)}: unknown dtype {_short(dtype, 40)} (expected one of {', '.join(BY_CODE)}, "
                 "or another safetensors dtype)"
             )
             continue
@@ -320,7 +295,7 @@ def header_bytes(
     entries: Mapping[str, tuple[str, tuple]], metadata: Mapping[str, str] | None
 ) -> tuple[bytes, list[str]]:
     """The header safetensors writes for ``{name: (dtype, shape)}`` and the tensors' order."""
-    order = sorted(entries, key=lambda k: safetensors_layout_key(k, entries[k][0]))
+    order = sorted(entries, key=lambda k: layout_key(k, entries[k][0]))
     obj: dict = {}
     if metadata:
         keys = sorted(metadata, key=lambda k: (k != "format", k))
@@ -328,7 +303,7 @@ def header_bytes(
     pos = 0
     for name in order:
         dtype, shape = entries[name]
-        n = math.prod(shape) * DTYPES[dtype][0]
+        n = math.prod(shape) * itemsize(dtype)
         obj[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
         pos += n
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -51,14 +52,21 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_mo
 Replaceable = Callable[[Path, bool], "str | None"]
 
 
-def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILES, folders: bool = True) -> str:
+def output_kind(
+    path: str | os.PathLike,
+    *,
+    files: Mapping[str, str] = BANK_FILES,
+    folders: bool = True,
+    labels: Mapping[str, str] | None = None,
+) -> str:
     """``"folder"``, or the kind ``files`` gives the path's suffix; an :class:`OutputError` with a
-    suggestion for anything else (another suffix, ``-``, a near miss of ``.safetensors``)."""
+    suggestion for anything else (another suffix, ``-``, a near miss of ``.safetensors``).
+    ``labels`` says what each kind (and ``"folder"``) is, for the message."""
     text = os.fspath(path)
     shown = os.fsdecode(text)
     if text.startswith("hf://"):
         raise OutputError(f"{shown}: outputs are local paths; use `mptkit push` to upload to the Hub")
-    wanted = _wanted(files, folders)
+    wanted = _wanted(files, folders, labels)
     if text in ("-", ""):
         raise OutputError(f"{shown or repr(text)}: mptkit writes to a path, not to standard output; name {wanted}")
     name = Path(text).name
@@ -92,11 +100,20 @@ def output_kind(path: str | os.PathLike, *, files: Mapping[str, str] = BANK_FILE
     raise OutputError(f"{shown}: mptkit does not write {suffix} files here; name {wanted}{hint}")
 
 
-def _wanted(files: Mapping[str, str], folders: bool) -> str:
+def _wanted(files: Mapping[str, str], folders: bool, labels: Mapping[str, str] | None = None) -> str:
     if not files:
         return "a folder (a path with no suffix): this command writes an adapter folder"
-    kinds = [f"a file ending in {s}" + (" (a bare state dict)" if s == BANK_SUFFIX else "") for s in files]
-    return " or ".join(kinds + (["a folder with no suffix (a PEFT adapter folder)"] if folders else []))
+    if labels is None:  # a bank: a .safetensors file or an adapter folder
+        labels = {files.get(BANK_SUFFIX): "a bare state dict", "folder": "a PEFT adapter folder"}
+    by_kind: dict[str, list[str]] = {}
+    for suffix, kind in files.items():
+        by_kind.setdefault(kind, []).append(suffix)
+    kinds = []
+    for kind, suffixes in by_kind.items():
+        shown = suffixes[0] if len(suffixes) == 1 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+        kinds.append(f"a file ending in {shown}" + (f" ({labels[kind]})" if labels.get(kind) else ""))
+    folder = f"a folder with no suffix ({labels['folder']})" if labels.get("folder") else "a folder with no suffix"
+    return " or ".join(kinds + ([folder] if folders else []))
 
 
 def _near_miss(name: str, files: Mapping[str, str]) -> str | None:
@@ -153,6 +170,69 @@ def _lstat(target: Path):
         raise OutputError(f"{target}: cannot write the output: {os_error_reason(e)}; nothing was written") from None
 
 
+# -- identity: what the file system says, not what the path strings say ----------------------------
+def _identity(path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (links followed), None when nothing is there. Two paths
+    that name one file or folder (a bind mount, a hard link, a symbolic link, another case of a name
+    on a case-insensitive file system) have one identity."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _ancestors(path, cache: dict | None = None) -> tuple:
+    """The identities of every existing folder above ``path``, nearest first."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if cache is not None and parent in cache:
+        return cache[parent]
+    out = []
+    p = parent
+    while True:
+        ident = _identity(p)
+        if ident is not None:
+            out.append(ident)
+        up = os.path.dirname(p)
+        if up == p:
+            break
+        p = up
+    if cache is not None:
+        cache[parent] = tuple(out)
+    return tuple(out)
+
+
+def _relation(target: Path, me, above: tuple, src: str, cache: dict) -> str | None:
+    """How an output (identity ``me``, None if it does not exist; ``above``: the identities of the
+    folders above it) relates to the input ``src``: "is", "is inside", "contains", or None. An
+    input that does not exist (yet) is compared by its resolved path."""
+    real, rs = os.path.realpath(target), os.path.realpath(src)
+    if real == rs:
+        return "is"
+    if real.startswith(rs.rstrip(os.sep) + os.sep):
+        return "is inside"
+    if rs.startswith(real.rstrip(os.sep) + os.sep):
+        return "contains"
+    theirs = _identity(src)
+    if theirs is None:
+        return None
+    if me is not None and me == theirs and (os.path.isdir(src) or _same_entry(target, src)):
+        return "is"  # one folder, or one folder entry, by another path (a bind mount, another case)
+    if theirs in above:
+        return "is inside"
+    if me is not None and me in _ancestors(src, cache):
+        return "contains"
+    return None
+
+
+def _same_entry(a, b) -> bool:
+    """Whether two paths that name one file name it by one entry of one folder (seen through a bind
+    mount, or by another case of its name on a case-insensitive file system), not by two hard links:
+    replacing one hard link leaves the other, and the input, as it was."""
+    same_folder = _identity(os.path.dirname(os.path.abspath(a))) == _identity(os.path.dirname(os.path.abspath(b)))
+    return same_folder and os.path.basename(a).casefold() == os.path.basename(b).casefold()
+
+
 def _existing_ancestor(p: Path) -> Path:
     p = Path(os.path.abspath(p))
     while not os.path.lexists(p) and p != p.parent:
@@ -166,10 +246,9 @@ def check_target(
     """Refuse outputs that would lose data or cannot be written (see the module docstring).
     ``replaceable`` decides what ``force`` may replace (default :func:`replaceable_output`)."""
     target = Path(target)
-    real = os.path.realpath(target)
-    here = os.path.realpath(os.getcwd()) if os.path.isdir(".") else None
-    if here is not None and (here == real or here.startswith(real.rstrip(os.sep) + os.sep)):
-        what = "the working directory" if here == real else "a parent of the working directory"
+    me, above, here = _identity(target), _ancestors(target), _identity(".")
+    if me is not None and here is not None and (me == here or me in _ancestors(Path("."))):
+        what = "the working directory" if me == here else "a parent of the working directory"
         raise OutputError(f"{target}: is {what}; mptkit never replaces it (name a new folder or file for the output)")
     if target.name in ("", ".", ".."):
         raise OutputError(f"{target}: name the output itself, not a folder by '.' or '..'")
@@ -179,21 +258,13 @@ def check_target(
             f"{target}: the output's name is {size} bytes long; this file system allows at most "
             f"{limit} bytes per name; nothing was written"
         )
-    for src in inputs:
-        rs = os.path.realpath(src)
-        how = (
-            "is"
-            if real == rs
-            else "is inside"
-            if real.startswith(rs + os.sep)
-            else "contains"
-            if rs.startswith(real + os.sep)
-            else None
+    chains: dict[str, tuple] = {}
+    found = [(how, src) for src in inputs if (how := _relation(target, me, above, src, chains))]
+    if found:  # the plainest relation first: "is" the folder, rather than "contains" the file inside it
+        how, src = min(found, key=lambda x: ("is", "is inside", "contains").index(x[0]))
+        raise OutputError(
+            f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)"
         )
-        if how:
-            raise OutputError(
-                f"{target}: the output {how} the input {src}; write to another path (inputs are never modified)"
-            )
     st = _lstat(target)
     if st is not None:
         _check_existing(target, st, folder=folder, force=force, replaceable=replaceable or replaceable_output)
@@ -282,3 +353,43 @@ def _check_writable(target: Path) -> None:
             ro = False
         reason = "the file system is read-only" if ro else f"permission denied (cannot create files in {anc})"
         raise OutputError(f"{target}: cannot write the output: {reason}; nothing was written")
+
+
+# -- names that become paths ---------------------------------------------------------------------
+#: what a file or folder name made from a task name may hold (anything else is replaced)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@,-]*")
+#: the longest folder name made from a task name, in bytes (file systems allow 255)
+SAFE_NAME_BYTES = 128
+
+
+def safe_names(names: list[str], fallback: str = "task{}") -> list[str]:
+    """A file or folder name for each of ``names`` that can only ever name one entry inside the
+    output: a name is kept when it is already such a name (letters, digits and ``._+=@,-``, not
+    starting with a dot, at most :data:`SAFE_NAME_BYTES` bytes, no other name equal to it ignoring
+    case); any other name (``../x``, ``/etc``, ``a/b``, an empty one, a control character) gets
+    ``fallback.format(index)``, so no task name ever chooses a path."""
+    lower: dict[str, int] = {}
+    for n in names:
+        lower[n.lower()] = lower.get(n.lower(), 0) + 1
+
+    def kept(n: str) -> bool:
+        return (
+            _SAFE_NAME.fullmatch(n) is not None
+            and len(n.encode("utf-8")) <= SAFE_NAME_BYTES
+            and lower[n.lower()] == 1
+            and n.lower() != "tasks.json"
+        )
+
+    keep = [kept(n) for n in names]
+    taken = {n.lower() for n, k in zip(names, keep) if k}
+    out = []
+    for i, n in enumerate(names):
+        if keep[i]:
+            out.append(n)
+            continue
+        name, j = fallback.format(i), 2
+        while name.lower() in taken:
+            name, j = f"{fallback.format(i)}-{j}", j + 1
+        taken.add(name.lower())
+        out.append(name)
+    return out

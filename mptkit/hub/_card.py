@@ -21,9 +21,23 @@ def _cell(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
-def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> str:
+#: what the card says under each picture it may show (paths as :mod:`mptkit._pictures` names them)
+PICTURES = {
+    "images/similarity.png": (
+        "task similarity",
+        "Cosine similarity of the tasks' full prompts, tasks in clustered order (blue -1, red +1).",
+    ),
+    "images/rank-use.png": (
+        "rank use",
+        "How much of its rank each task uses: the effective rank of `prefix_task_cols[k] @ prefix_task_rows[k]`.",
+    ),
+}
+
+
+def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, images=()) -> str:
     """README.md for a bank repo: YAML front matter as PEFT writes it (``library_name: peft``,
-    ``base_model``, tags) and a body with the tasks, shapes, parameter counts, provenance and usage.
+    ``base_model``, tags) and a body with the tasks, shapes, parameter counts, provenance and usage;
+    ``images``, paths in the repo (uploaded in the same commit), are shown by relative links.
     The text depends on the bank only, so pushing the same bank twice changes nothing."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -42,7 +56,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> s
         tags=sorted(tags),
         pipeline_tag="text-generation" if task_type == "CAUSAL_LM" else None,
     )
-    T, N, d, r = s["num_tasks"], s["N"], s["d"], s["r"]
+    T, N, d, r = s["num_tasks"], s["N"], s["d"], s["rank"]
     p = s["parameters"]
     names = bank.names()
     rev_arg = f', revision="{revision}"' if revision and revision != "main" else ""
@@ -58,6 +72,14 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None) -> s
         f"- Task type: {task_type or 'not recorded'}",
         f"- Uploaded with mptkit {__version__}",
         "",
+    ]
+    shown_images = [p for p in images if p in PICTURES]
+    if shown_images:
+        lines += ["## Pictures", ""]
+        for path in shown_images:
+            alt, caption = PICTURES[path]
+            lines += [f"![{alt}]({path})", "", caption, ""]
+    lines += [
         "## Tasks",
         "",
         "| task_ids | name |",

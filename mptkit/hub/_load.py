@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 from pathlib import Path
 
 from .._bank import PromptBank, Source, select_tasks
@@ -44,10 +43,10 @@ def _read_local(
 ) -> PromptBank:
     """Read a bank from the cache; messages name its files as ``hf://`` references (``root``
     stands for the ``snapshot`` folder)."""
-    from ..formats import read
+    from ..formats import read_bank
 
     try:
-        bank = read(path, kind=kind, adapter=adapter)
+        bank = read_bank(path, kind=kind, adapter=adapter)
     except InvalidBank as e:
         if snapshot is None:
             raise
@@ -138,7 +137,7 @@ def open_bank(
     where = Where(r, commit, weights.name, weights.size, weights.sha256, token)
     reader = RemoteFile(where, lim)
     header = reader.header()
-    from ..formats import from_header
+    from ..formats._bankfile import from_header
 
     bank = from_header(
         header,
@@ -184,7 +183,7 @@ def pull(
     names) only those tasks are read, by range requests, and written to ``output`` (a folder or a
     ``.safetensors`` file) as a bank of their own whose provenance names the repo, the commit and
     the tasks. Returns the bank (read from where it now is) and what was fetched."""
-    from ..formats import _atomic as atomic, read, save
+    from ..formats import FileCopy, plan, read_bank
 
     ref = parse_ref(repo)
     if revision:
@@ -200,15 +199,14 @@ def pull(
             )
         with client.progress(quiet):
             whole = open_bank(ref, token=token, unverified=unverified, limits=lim)
-            save(partial(whole, tasks), output, force=force)
+            part = partial(whole, tasks)
+            plan(output, "bank", force=force, like=part).write(part)
         facts = whole.source.remote or {}
         got = Fetched(ref, facts.get("commit", ""), os.fspath(output), [facts.get("file", "")], cached_only=offline())
-        return read(output), got
-    if output is not None:
-        target = Path(output)
-        atomic.check_target(target, folder=True, force=force)
+        return read_bank(output), got
+    target = plan(output, "files", force=force) if output is not None else None  # before the download
     got = fetch(ref, token=token, quiet=quiet, unverified=unverified, limits=lim)
-    bank = read(got.path)  # validates; an invalid bank is reported before anything is written
+    bank = read_bank(got.path)  # validates; an invalid bank is reported before anything is written
     if output is None:
         bank.source.path = str(ref)
         return bank, got
@@ -216,10 +214,8 @@ def pull(
         sources = [got.path]
     else:
         sources = [os.path.join(got.path, posixpath.basename(f)) for f in got.files]
-    with atomic.atomic_dir(target, replace=force) as tmp:
-        for src in sources:
-            shutil.copyfile(src, tmp / os.path.basename(src))
-    bank = read(target / os.path.basename(got.path) if os.path.isfile(got.path) else target)
+    target.write(FileCopy([Path(s) for s in sources]))
+    bank = read_bank(target.path / os.path.basename(got.path) if os.path.isfile(got.path) else target.path)
     return bank, got
 
 
@@ -227,9 +223,7 @@ def partial(bank: PromptBank, tasks) -> PromptBank:
     """The tasks ``tasks`` of a bank opened from the Hub, as a bank of their own (lazy: nothing is
     read until it is saved), with provenance naming the repo, commit and tasks."""
     idx = select_tasks(bank, tasks, unique=True)
-    t = dict(bank.tensors)
-    t["prefix_task_cols"] = t["prefix_task_cols"].rows(idx)
-    t["prefix_task_rows"] = t["prefix_task_rows"].rows(idx)
+    t = bank.task_rows(idx)
     names = [bank.task_names[i] for i in idx] if bank.task_names else None
     facts = bank.source.remote or {}
     args = {

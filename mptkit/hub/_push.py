@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,14 +19,14 @@ from ._transfer import BANK_FILES, listing, resolve_commit
 def _pristine(bank: PromptBank) -> Path | None:
     """The adapter folder ``bank`` was read from, when the bank is still exactly what it holds
     (then its files are uploaded byte for byte); None otherwise."""
-    from ..formats import read
+    from ..formats import read_bank
 
     src = bank.source
     if src is None or not src.format.startswith("peft-adapter"):
         return None
     folder = Path(src.data_file).parent
     try:
-        fresh = read(folder)
+        fresh = read_bank(folder)
     except MptkitError:
         return None
     same = (
@@ -46,7 +47,7 @@ def _pristine(bank: PromptBank) -> Path | None:
 
 def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
     """An adapter folder holding ``bank``: its own folder when unchanged, else one written to ``tmp``."""
-    from ..formats import read, save
+    from ..formats import read_bank, save
 
     folder = _pristine(bank)
     if folder is None:
@@ -57,7 +58,21 @@ def _stage(bank: PromptBank, tmp: Path) -> tuple[Path, PromptBank]:
                 "(push a full bank, or add tasks with `mptkit derive --mode shared --num-tasks`)"
             )
         folder = save(bank, tmp / "adapter")  # says which config fields a bare file lacks
-    return folder, read(folder)
+    return folder, read_bank(folder)
+
+
+#: the repo paths ``push`` accepts for images: a PNG under images/
+_IMAGE_PATH = re.compile(r"^images/[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.png$")
+
+
+def _checked_images(images) -> dict[str, bytes]:
+    out = dict(images or {})
+    for name, data in out.items():
+        if not isinstance(name, str) or not _IMAGE_PATH.match(name) or ".." in name:
+            raise UsageError(f"push: image path {name!r} must be images/NAME.png (letters, digits, . _ -)")
+        if not isinstance(data, (bytes, bytearray)) or not bytes(data[:8]) == b"\x89PNG\r\n\x1a\n":
+            raise UsageError(f"push: image {name} must be the bytes of a PNG file")
+    return out
 
 
 def push(
@@ -72,12 +87,14 @@ def push(
     quiet: bool | None = None,
     timeout: float | None = None,
     deadline: float | None = None,
+    images: dict[str, bytes] | None = None,
 ) -> dict:
     """Upload ``bank`` as a PEFT adapter folder plus a generated model card to the model repo
     ``repo`` (created if missing; ``revision``, a branch, is created from main if missing). A bank
     read from an adapter folder and left unchanged is uploaded byte for byte; any other bank is
     written as an adapter folder first (a bare file needs task_type and num_virtual_tokens in its
-    config). Pushing the same bank again makes no commit."""
+    config). ``images`` (``{path in the repo: bytes}``, e.g. :func:`mptkit.card_images`) are uploaded
+    in the same commit and shown by the card. Pushing the same bank again makes no commit."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import RevisionNotFoundError
 
@@ -91,13 +108,15 @@ def push(
     with tempfile.TemporaryDirectory(prefix="mptkit-push-") as tmp:
         folder, staged = _stage(bank, Path(tmp))
         weights = Path(staged.source.data_file)
-        card = model_card(staged, ref.repo_id, revision)
+        images = _checked_images(images)
+        card = model_card(staged, ref.repo_id, revision, images=list(images))
         message = message or f"Upload prompt bank ({staged.num_tasks} tasks) with mptkit"
         ops = [
             CommitOperationAdd(path_in_repo=peft.CONFIG_NAME, path_or_fileobj=str(folder / peft.CONFIG_NAME)),
             CommitOperationAdd(path_in_repo=weights.name, path_or_fileobj=str(weights)),
             CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
         ]
+        ops += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in images.items()]
         api = client.api(token)
         with http.limited(http.limits(timeout, deadline)), client.progress(quiet):
             with client.errors(ref, "create the repo", token):
@@ -132,5 +151,5 @@ def push(
         "url": client.said(info.commit_url),
         "pr_url": client.said(pr_url) if pr_url else None,
         "changed": commit != before,
-        "files": [peft.CONFIG_NAME, weights.name, CARD_NAME],
+        "files": [peft.CONFIG_NAME, weights.name, CARD_NAME, *images],
     }

@@ -94,16 +94,13 @@ class TaskPrompts(nn.Module):
             from .._io import load
 
             bank = load(bank)
-        if bank.shared_only:
-            where = bank.where
-            raise UsageError(f"{where} holds only the shared prompt; serving prompts needs task factors")
+        bank.require_tasks("to serve prompts for")
         arrays, names, config = dict(bank.tensors), bank.task_names, bank.config
         if tasks is not None:
             from .._bank import select_tasks
 
             idx = select_tasks(bank, tasks, unique=True)
-            arrays["prefix_task_cols"] = arrays["prefix_task_cols"].rows(idx)
-            arrays["prefix_task_rows"] = arrays["prefix_task_rows"].rows(idx)
+            arrays = bank.task_rows(idx)
             names = [bank.names()[i] for i in idx]
             config = {**config, "num_tasks": len(idx)} if config else None
         dtype = dtype or torch.get_default_dtype()

@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bankutil import one_error
+
+from tests.support.commands import one_error
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from recipeutil import GLUE, D, N, R, make_bank
+
+from tests.recipes.recipeutil import GLUE, D, N, R, make_bank
 
 
 @pytest.fixture

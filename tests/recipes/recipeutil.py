@@ -26,7 +26,7 @@ def make_bank(pe, T, r, names, seed):
 
 
 def tensors_of(path) -> dict:
-    from bankutil import load_tensors
+    from tests.support.banks import load_tensors
 
     path = Path(path)
     return load_tensors(path / "adapter_model.safetensors" if path.is_dir() else path)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from bankutil import one_error
-from measured import killed_for_cpu, run_measured
-from recipeutil import write
+
+from tests.recipes.recipeutil import write
+from tests.support.commands import one_error
+from tests.support.measured import killed_for_cpu, run_measured
 
 #: (name, recipe text, words the one sentence holds); the sources are conftest's world
 CASES = [

@@ -10,8 +10,10 @@ import hashlib
 import json
 
 import torch
-from bankutil import one_error
-from recipeutil import D, N, R, flip_byte, tensors_of, write
+
+from mptkit._schema import check
+from tests.recipes.recipeutil import D, N, R, flip_byte, tensors_of, write
+from tests.support.commands import one_error
 
 RECIPE = """\
 # two tasks of the Hub bank, renamed; a local bank; two single-task prompts fitted onto the shared prompt
@@ -69,8 +71,13 @@ def test_the_build_records_the_recipe_and_every_source_resolved(world, glue_on_h
     import mptkit
 
     write("recipe.yaml", RECIPE)
-    assert cli("build", "recipe.yaml").exit_code == 0
+    r = cli("build", "recipe.yaml", "--lock", "--json")
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    assert check("output", printed, pointer="/$defs/build") == []
+    assert printed["lock"] == "recipe.lock.yaml" and printed["pushed"] is None and printed["output"] == "built"
     entry = mptkit.load("built").provenance[-1]
+    assert printed["provenance"] == entry
     assert entry["operation"] == "build"
     assert entry["arguments"]["recipe"]["sources"][0] == {
         "bank": "hf://owner/glue@v1", "tasks": ["sst2", "mnli"], "rename": {"mnli": "mnli-m"},
@@ -100,7 +107,8 @@ def test_plan_prints_each_step_and_its_bytes_and_writes_nothing(world, glue_on_h
     assert plan["steps"][1] == {"step": "rename mnli -> mnli-m", "reads": 0}
     assert plan["steps"][3]["reads"] == 2 * N * D * 4  # the two prompts
     assert steps[-1] == "write built"
-    assert plan["tasks"] == ["sst2", "mnli-m", "squad", "boolq2", "nq", "boolq", "copa"]
+    assert plan["task_names"] == ["sst2", "mnli-m", "squad", "boolq2", "nq", "boolq", "copa"]
+    assert check("output", plan, pointer="/$defs/build_plan") == []
     text = cli("build", "recipe.yaml", "--plan").output
     assert "  1. read hf://owner/glue@v1 (commit " in text and ": reads 786.6 kB" in text
     assert not (world / "built").exists()

@@ -9,9 +9,9 @@ import shlex
 
 import pytest
 import torch
-from recipeutil import make_bank, tensors_of, write
 
 import mptkit
+from tests.recipes.recipeutil import make_bank, tensors_of, write
 
 
 def by_hand(cli, *lines):

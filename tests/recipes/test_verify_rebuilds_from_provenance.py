@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bankutil import one_error
-from recipeutil import flip_byte, write
+
+from tests.recipes.recipeutil import flip_byte, write
+from tests.support.commands import one_error
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
