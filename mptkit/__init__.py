@@ -11,7 +11,16 @@ from __future__ import annotations
 import importlib
 
 from ._version import __version__
-from .errors import HubError, IncompatibleBanks, InvalidBank, MptkitError, OutputError, UnsafeFile, UsageError
+from .errors import (
+    HubError,
+    IncompatibleBanks,
+    InvalidBank,
+    InvalidModel,
+    MptkitError,
+    OutputError,
+    UnsafeFile,
+    UsageError,
+)
 
 #: public name -> the internal module that defines it (imported on first use)
 _LAZY = {
@@ -23,6 +32,7 @@ _LAZY = {
     "save": "_io",
     "plan": "_io",
     "validate": "_io",
+    "load_embeddings": "_io",
     "summary": "_info",
     "value_stats": "_info",
     # operations: banks in, banks (or prompts, tables) out
@@ -37,6 +47,7 @@ _LAZY = {
     "change_rank": "_edit",
     "similarity": "_similarity",
     "heatmap": "_similarity",
+    "explain": "_explain",
     "report": "_report",
     "card_images": "_pictures",
     "export": "_export",
@@ -59,6 +70,7 @@ _LAZY = {
     # serving (torch)
     "TaskPrompts": "serve._runtime",
     "prepend": "serve._runtime",
+    "PromptEmbedder": "serve._embedder",
     # progress bars
     "disable_progress": "_progress",
 }
@@ -75,6 +87,7 @@ __all__ = [
     "IncompatibleBanks",
     "OutputError",
     "HubError",
+    "InvalidModel",
     *_LAZY,
 ]
 

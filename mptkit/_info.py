@@ -41,7 +41,43 @@ def summary(bank: PromptBank) -> dict:
         "provenance": bank.provenance,
         "notes": bank.notes,
     }
+    serving = serving_warning(bank)
+    if serving:
+        out["serving"] = serving
     return out
+
+
+def serving_warning(bank: PromptBank) -> dict | None:
+    """For an MPT adapter folder: engines that take a PEFT folder read its ``prompt_embeddings``,
+    which in an MPT folder is the shared prompt, so they would serve every task the wrong prompt
+    without a word. The field says so and names the exports that give real per-task prompts."""
+    fmt = bank.source.format if bank.source else ""
+    if not fmt.startswith("peft-adapter") or bank.shared_only:
+        return None
+    import shlex
+
+    path = shlex.quote(bank.source.path)
+    return {
+        "prompt_embeddings_is": "the shared prompt",
+        "engines_reading_it": ["TGIS (PEFT prefix folders)", "TensorRT-LLM prompt adapters", "vLLM before 0.10"],
+        "per_task": {
+            "tgis": f"mptkit export {path} --all --format tgis -o DIR",
+            "prompt_tuning": f"mptkit export {path} --all -o DIR",
+            "prompt_table": f"mptkit export {path} --all -o TABLE.npy",
+            "vllm": "mptkit.serve.PromptEmbedder",
+        },
+    }
+
+
+def serving_sentence(serving: dict) -> str:
+    """The warning :func:`serving_warning` describes, as one sentence."""
+    per = serving["per_task"]
+    return (
+        "engines that load a PEFT folder's prompt_embeddings (TGIS, TensorRT-LLM, vLLM before 0.10) would serve "
+        "this MPT folder's shared prompt to every task, silently; give them real per-task prompts with "
+        f"`{per['tgis']}` (TGIS), `{per['prompt_tuning']}` (a PROMPT_TUNING folder per task) or "
+        f"{per['vllm']} (vLLM)"
+    )
 
 
 #: bytes of factors read at a time, and of float64 prompt rows computed at a time, by value_stats

@@ -9,11 +9,11 @@ import os
 import re
 
 from ._bank import PromptBank
-from ._info import summary, value_stats
+from ._info import serving_warning, summary, value_stats
 from .errors import MptkitError
 from .formats import plan, read_bank, save
 
-__all__ = ["load", "save", "plan", "validate"]
+__all__ = ["load", "save", "plan", "validate", "load_embeddings"]
 
 
 def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | None = None) -> PromptBank:
@@ -40,6 +40,21 @@ def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | Non
     return bank
 
 
+def load_embeddings(base_model: str | os.PathLike, *, embedding_key: str | None = None):
+    """The input-embedding matrix of ``base_model`` (a model folder, a ``model.safetensors``, a
+    sharded index or ``hf://owner/model[@revision][/path]``), found by its config and the usual
+    names and read lazily: only that tensor, by byte range from the Hub
+    (:class:`mptkit.formats._embeddings.InputEmbeddings`)."""
+    name = os.fspath(base_model)
+    if name.startswith("hf://"):
+        from .hub._basemodel import open_embeddings
+
+        return open_embeddings(name, key=embedding_key)
+    from .formats._embeddings import open_local
+
+    return open_local(name, key=embedding_key)
+
+
 #: what a Hub repo id looks like (``owner/repo`` or ``owner/repo@rev``), for the hint above
 _REPO_SHAPE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./%-]+)?$")
 
@@ -58,6 +73,9 @@ def validate(path: str | os.PathLike, values: bool = False, adapter: str | None 
         "kind": summary(bank)["kind"],
         "warnings": [n.removeprefix("warning: ") for n in bank.notes if n.startswith("warning: ")],
     }
+    serving = serving_warning(bank)
+    if serving:
+        report["serving"] = serving
     if values:
         stats = value_stats(bank)
         for name, n in stats["nonfinite"].items():

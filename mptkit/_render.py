@@ -73,6 +73,10 @@ def summary_text(s: dict) -> str:
         )
     for n in s["notes"]:
         row("note", n)
+    if s.get("serving"):
+        from ._info import serving_sentence
+
+        row("warning", serving_sentence(s["serving"]))
     if "values" in s:
         v = s["values"]
         bad = ", ".join(f"{k} {n}" for k, n in v["nonfinite"].items())
@@ -311,6 +315,13 @@ def table_report(report: dict, src) -> str:
     """What ``export --tasks/--all`` says it wrote."""
     names = report["task_names"]
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    if report["format"] == "tgis":
+        files = " and ".join(f"{f} (rows {a}-{b - 1})" for f, (a, b) in report["files"].items())
+        return printable(
+            f"wrote {report['output']}: a TGIS prefix store of {plural(len(names), 'prefix', 'prefixes')} from {src} "
+            f"({shown}), each a folder holding {files}, {report['dtype']}; serve it with PREFIX_STORE_PATH="
+            f"{report['output']} and prefix_id=<task name>"
+        )
     if report["format"] == "adapters":
         line = f"wrote {report['output']}: {plural(len(names), 'PROMPT_TUNING adapter')} of {src} ({shown})"
         renamed = report.get("folders") or {}
@@ -326,3 +337,31 @@ def table_report(report: dict, src) -> str:
     half = f", {report['half']} half" if report.get("half") in ("encoder", "decoder") else ""
     files = " + ".join(report["written"])
     return printable(f"wrote {files}: prompt table ({T}, {N}, {d}) {report['dtype']}{half} of {src} ({shown})")
+
+
+def explain_text(r: dict) -> list[str]:
+    """What ``explain`` prints: per virtual token, the nearest tokens (their decoded text) and cosines."""
+    e = r["embedding"]
+    lines = [
+        f"{r['bank']}: nearest tokens of {r['base_model']}'s input embedding ({e['key']}, "
+        f"{e['shape'][0]:,} x {e['shape'][1]}, {e['dtype']}) by cosine, top {r['top']}"
+    ]
+    parts = []
+    if "positions" in r:
+        name = f" ({r['name']})" if r.get("name") not in (None, str(r.get("task"))) else ""
+        parts.append((f"task {r['task']}{name}", r["positions"]))
+    if "shared" in r:
+        parts.append(("shared prompt", r["shared"]["positions"]))
+    for title, positions in parts:
+        lines.append(f"{title}:")
+        for p in positions:
+            label = f"{p['position']}" + (f" ({p['half']})" if p.get("half") else "")
+            cells = ", ".join(f"{_token(n)} {n['cosine']:.3f}" for n in p["nearest"])
+            lines.append(f"  {label:<13} {cells}")
+    return [printable(x) for x in lines]
+
+
+def _token(n: dict) -> str:
+    """A token as its decoded text, quoted so that spaces show (its vocabulary entry when it decodes to nothing)."""
+    text = n.get("text") or n.get("token")
+    return repr(text) if text else f"<id {n['id']}>"

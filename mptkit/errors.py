@@ -7,7 +7,16 @@ callers catch :class:`MptkitError`.
 
 from __future__ import annotations
 
-__all__ = ["MptkitError", "InvalidBank", "UnsafeFile", "UsageError", "IncompatibleBanks", "OutputError", "HubError"]
+__all__ = [
+    "MptkitError",
+    "InvalidBank",
+    "UnsafeFile",
+    "UsageError",
+    "IncompatibleBanks",
+    "OutputError",
+    "InvalidModel",
+    "HubError",
+]
 
 
 class MptkitError(Exception):
@@ -40,6 +49,11 @@ class IncompatibleBanks(MptkitError):
 
 class OutputError(MptkitError):
     """The output cannot be written: it exists without --force, is the input, or the disk refused."""
+
+
+class InvalidModel(MptkitError):
+    """A base model's files cannot give what was asked: no input-embedding tensor, no tokenizer.json,
+    a hidden size that does not fit the bank."""
 
 
 class HubError(MptkitError):

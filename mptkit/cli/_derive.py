@@ -64,6 +64,16 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     help=("Tables of seq2seq banks: which half of each prompt (default encoder, what generate uses)."),
 )
 @dtype_option("Stored dtype (default float32, as PEFT computes; .npy tables: float32 or float16).")
+@click.option(
+    "--format",
+    "fmt",
+    metavar="NAME",
+    help=(
+        "Write the tasks in this registered format rather than by the output's suffix; tgis: a TGIS prefix "
+        "store (PREFIX_STORE_PATH), a folder per task holding decoder.pt (causal) or encoder.pt/decoder.pt "
+        "(seq2seq, by --half)."
+    ),
+)
 @config_options
 @adapter_option
 @force_option
@@ -72,11 +82,14 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
     "--output",
     required=True,
     type=click.Path(),
-    help=("A folder (PEFT adapter, or one per task), OUT.npy (+ OUT.tasks.json) or OUT.safetensors (prompt_table)."),
+    help=(
+        "A folder (PEFT adapter, one per task, or a TGIS store with --format tgis), OUT.npy (+ OUT.tasks.json) "
+        "or OUT.safetensors (prompt_table)."
+    ),
 )
 @quiet_option
 @json_option
-def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, as_json):
+def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, output, force, as_json):
     """Write tasks' full prompts: one task as a plain PEFT PROMPT_TUNING adapter folder; several as a
     prompt table for serving engines, one row per task, or a folder of adapters.
 
@@ -85,6 +98,7 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
       mptkit export examples/bank --all -o table.npy        # (tasks, N, d) float32 + table.tasks.json
       mptkit export examples/bank --tasks 0,2 -o table.safetensors
       mptkit export examples/bank --all -o prompts/          # prompts/<task>/ per task
+      mptkit export examples/bank --all --format tgis -o prefixes/   # PREFIX_STORE_PATH for TGIS
     """
     from .._bank import input_paths
     from .._export import export as run, export_table
@@ -94,12 +108,12 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
 
     if sum(map(bool, (task is not None, tasks is not None, all_))) != 1:
         raise UsageError("give one of --task K (one adapter), --tasks SEL or --all (a table or a folder of adapters)")
-    if task is not None and half:
+    if task is not None and half and fmt is None:
         raise UsageError(
             "--half applies to prompt tables (.npy, .safetensors); an adapter folder holds the whole prompt"
         )
     bank = load(src, adapter=adapter)
-    if task is not None:  # one task: a PROMPT_TUNING adapter folder, as it always was (a table takes --tasks)
+    if task is not None and fmt is None:  # one task: a PROMPT_TUNING adapter folder (a table takes --tasks)
         target = plan(output, "adapter", force=force, inputs=input_paths(bank))  # before the arithmetic
         result = run(bank, task, dtype=dtype, config=config)
         path = target.write(result)
@@ -122,11 +136,17 @@ def export(src, task, tasks, all_, half, dtype, config, adapter, output, force, 
             return
         say(export_report(result, path, src))
         return
-    sel = "all" if all_ else tasks
+    sel = "all" if all_ else (tasks if tasks is not None else [task])  # --format with --task: a table of one
     table = export_table(bank.with_config(config), sel, half=half, dtype=dtype, config=config)  # computed when written
-    target = plan(output, "prompts", force=force, like=table)  # before the arithmetic
+    target = plan(output, "prompts", format=fmt, force=force, like=table)  # before the arithmetic
+    warned = [] if target.format.warnings is None else target.format.warnings(table)
+    for line in warned:
+        if not as_json:
+            say(f"mptkit: warning: {line}", err=True)
     target.write(table)
     report = _table_result(table, target)
+    if warned:
+        report["warnings"] = warned
     if as_json:
         emit_json(report)
         return
@@ -204,6 +224,10 @@ def _table_result(table, target) -> dict:
         "operation": entry["operation"],
         "arguments": entry["arguments"],
     }
+    if target.format.name == "tgis":
+        from ..formats._tgis import files_of
+
+        out["files"] = {f: [r.start, r.stop] for f, r in files_of(table).items()}
     if target.format.name == "adapters":
         renamed = {n: f for n, f in zip(table.names, safe_names(table.names)) if n != f}
         out["folders"] = renamed

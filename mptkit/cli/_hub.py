@@ -13,8 +13,21 @@ def hub_options(f):
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bars (they are off anyway without a terminal).")(
         f
     )
-    f = click.option("--token", metavar="TOKEN", help="Hugging Face token (default: HF_TOKEN or the login cache).")(f)
+    f = click.option(
+        "--token",
+        metavar="TOKEN",
+        callback=_secret,
+        help="Hugging Face token (default: HF_TOKEN or the login cache).",
+    )(f)
     return f
+
+
+def _secret(ctx, param, value):
+    """A token is redacted from everything printed from the moment it is read (in every form)."""
+    from .._text import remember_secret
+
+    remember_secret(value)
+    return value
 
 
 @main.command()

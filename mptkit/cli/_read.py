@@ -26,6 +26,10 @@ def validate(paths, values, adapter, as_json):
         for r in reports:
             for line in r.get("warnings", []):
                 say(f"mptkit: warning: {line}", err=True)
+            if r.get("serving"):
+                from .._info import serving_sentence
+
+                say(f"mptkit: warning: {serving_sentence(r['serving'])}", err=True)
             if r["valid"]:
                 say(f"{r['path']}: valid ({r['kind']})")
             else:

@@ -10,7 +10,7 @@ package knows only local files: ``hf://`` references are resolved above it (:mod
 
 from __future__ import annotations
 
-from . import _bankfile, _checkpointdir, _files, _peftdir, _tables, _torchpickle
+from . import _bankfile, _checkpointdir, _files, _peftdir, _tables, _tgis, _torchpickle
 from ._objects import FileCopy, Image, Prompts, PromptTable, PromptTuningAdapter, Report
 from ._plan import Output, plan, save
 from ._registry import Format, formats, get, read_bank, read_prompts, register, unregister
@@ -43,6 +43,7 @@ register(_tables.NPY)  # prompt tables: .npy + .tasks.json
 register(_tables.SAFETENSORS_TABLE)  # prompt tables: .safetensors holding prompt_table
 register(_peftdir.PROMPT_TUNING)  # one task's prompt as a PROMPT_TUNING adapter folder
 register(_peftdir.ADAPTERS)  # several tasks' prompts as a folder of PROMPT_TUNING adapters
+register(_tgis.FORMAT)  # several tasks' prompts as a TGIS prefix store (--format tgis)
 register(_files.IMAGE)  # pictures (.png, .svg, .pdf, ...)
 register(_files.HTML)  # web pages (a report)
 register(_files.LOCK)  # recipe locks (mptkit build --lock)

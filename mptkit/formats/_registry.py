@@ -29,9 +29,10 @@ class Format:
     into ``out``, the open temporary file (or the temporary folder) that the output plan installs
     atomically at ``target``; ``sidecar(obj, path)`` gives another small file written beside the output
     (``(path, bytes)``) or None; ``check(obj, path)`` refuses, before any work, an object (or a
-    stand-in of it) that this format cannot hold; ``replaceable(path, folder)`` says what
-    ``--force`` may replace (None: it may). A format with ``by_suffix=False`` is only written when
-    asked for by name (``format=``/``--format``)."""
+    stand-in of it) that this format cannot hold; ``warnings(obj)`` lists what the format will write
+    but a reader of it may refuse (said before the work, not refused); ``replaceable(path, folder)``
+    says what ``--force`` may replace (None: it may). A format with ``by_suffix=False`` is only
+    written when asked for by name (``format=``/``--format``)."""
 
     name: str
     description: str
@@ -49,6 +50,7 @@ class Format:
     write: Callable[[Any, Any], None] | None = None
     sidecar: Callable[[Any, Path], tuple[Path, bytes] | None] | None = None
     check: Callable[[Any, Path], None] | None = None
+    warnings: Callable[[Any], list[str]] | None = None
     replaceable: Callable[[Path, bool], str | None] | None = None
 
 

@@ -15,6 +15,7 @@ folder (``adapter_config.json`` + ``adapter_model.safetensors`` or ``.bin``) or 
 ``.safetensors`` file. Only the bytes a command needs are transferred (:mod:`mptkit.hub._load`).
 
     refs      references and settings         http      limits on every request
+    wire      sockets, decoding, credentials
     client    the client, its errors          cache     the HF cache, written safely
     remote    range reads of a file           transfer  listings, whole-file downloads
     load      open, pull, remote inspect      card      the model card

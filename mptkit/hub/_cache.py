@@ -45,6 +45,7 @@ def unwritable(e: OSError) -> OutputError:
         errno.EPERM: "permission denied",
         errno.ENOSPC: "the disk is full",
         errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file is larger than this process may write (ulimit -f)",
     }.get(e.errno, e.strerror or str(e))
     return OutputError(
         f"cannot write to the HF cache at {cache_dir()}: {reason}; nothing was kept (set HF_HUB_CACHE "
@@ -108,10 +109,8 @@ def download(repo_id: str):
         raise unwritable(e) from None
     try:
         yield d
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
-            raise unwritable(e) from None
-        raise
+    except OSError as e:  # writing the blob: the network's errors reach here as HubError
+        raise unwritable(e) from None
     finally:
         d.discard()
 

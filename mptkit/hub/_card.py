@@ -21,6 +21,32 @@ def _cell(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
+# Every value put into code is quoted for the language of its block, so that no value (a base model
+# id, a revision, a tensor name: all come from the bank or the user) can end a string, a line or the
+# block itself and become code that a reader of the card copies and runs.
+def _py(value: str) -> str:
+    """``value`` as a Python string literal: only printable ASCII appears as itself; quotes,
+    backslashes, backticks (which would end the Markdown block) and everything else are escapes."""
+    out = []
+    for c in str(value):
+        n = ord(c)
+        if c in '"\\`' or not (32 <= n < 127):
+            out.append(f"\\x{n:02x}" if n < 256 else f"\\u{n:04x}" if n < 65536 else f"\\U{n:08x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _code(value) -> str:
+    """``value`` as Markdown inline code on one line, fenced by more backticks than it holds."""
+    import re
+
+    text = " ".join(str(value).split()) or " "
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 #: what the card says under each picture it may show (paths as :mod:`mptkit._pictures` names them)
 PICTURES = {
     "images/similarity.png": (
@@ -39,6 +65,9 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
     ``base_model``, tags) and a body with the tasks, shapes, parameter counts, provenance and usage;
     ``images``, paths in the repo (uploaded in the same commit), are shown by relative links.
     The text depends on the bank only, so pushing the same bank twice changes nothing."""
+    from ._refs import endpoint
+
+    endpoint()  # a malformed HF_ENDPOINT: said before the client fails to import over it
     from huggingface_hub import ModelCard, ModelCardData
 
     from .._info import summary
@@ -59,8 +88,14 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
     T, N, d, r = s["num_tasks"], s["N"], s["d"], s["rank"]
     p = s["parameters"]
     names = bank.names()
-    rev_arg = f', revision="{revision}"' if revision and revision != "main" else ""
-    at = f"@{revision}" if revision and revision != "main" else ""
+    import shlex
+
+    from ._refs import HubRef
+
+    rev_arg = f", revision={_py(revision)}" if revision and revision != "main" else ""
+    # the reference as mptkit reads it, its revision URL-quoted (so all ASCII), then shell-quoted
+    ref = str(HubRef(repo_id, revision if revision and revision != "main" else None))
+    hf_ref, plain_ref = shlex.quote(ref), shlex.quote(ref.removeprefix("hf://"))
     lines = [
         f"# {repo_id}",
         "",
@@ -68,7 +103,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
         "shared soft prompt and a rank-r factor pair per task; task k's prompt is "
         "`prompt_embeddings * (prefix_task_cols[k] @ prefix_task_rows[k])`.",
         "",
-        f"- Base model: {f'`{base}`' if base else 'not recorded'}",
+        f"- Base model: {_code(base) if base else 'not recorded'}",
         f"- Task type: {task_type or 'not recorded'}",
         f"- Uploaded with mptkit {__version__}",
         "",
@@ -88,7 +123,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
     shown = 200
     lines += [f"| {i} | {_cell(n) if bank.task_names else '(unnamed)'} |" for i, n in enumerate(names[:shown])]
     if shown < T:
-        lines.append(f"| ... | {T - shown} more (see `mptkit inspect hf://{repo_id}`) |")
+        lines.append(f"| ... | {T - shown} more (see {_code(f'mptkit inspect hf://{repo_id}')}) |")
     v, sub = s["num_virtual_tokens"], s["num_transformer_submodules"]
     lines += [
         "",
@@ -97,7 +132,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
         "| tensor | shape | dtype |",
         "| --- | --- | --- |",
     ]
-    lines += [f"| `{k}` | {list(t['shape'])} | {t['dtype']} |" for k, t in s["tensors"].items()]
+    lines += [f"| {_cell(_code(k))} | {list(t['shape'])} | {_cell(t['dtype'])} |" for k, t in s["tensors"].items()]
     lines += [
         "",
         f"N = {N} prompt rows"
@@ -122,7 +157,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
             )
             ver = f" [mptkit {e['mptkit_version']}]" if e.get("mptkit_version") else ""
             lines.append(
-                f"{i}. `{_cell(e.get('operation', '?'))}`"
+                f"{i}. {_code(e.get('operation', '?'))}"
                 + (f" {_cell(args)}" if args else "")
                 + (f" from {_cell(srcs)}" if srcs else "")
                 + ver
@@ -142,22 +177,22 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
         f"from transformers import {auto}",
         "from peft import PeftModel",
         "",
-        f'base = {auto}.from_pretrained("{base or "<the base model>"}")',
-        f'model = PeftModel.from_pretrained(base, "{repo_id}"{rev_arg})',
+        f"base = {auto}.from_pretrained({_py(base or '<the base model>')})",
+        f"model = PeftModel.from_pretrained(base, {_py(repo_id)}{rev_arg})",
         "outputs = model(**inputs, task_ids=torch.tensor([0]))  # one task index per example",
         "```",
         "",
         "With [mptkit](https://pypi.org/project/mptkit/):",
         "",
         "```bash",
-        f"mptkit inspect hf://{repo_id}{at}",
-        f"mptkit pull {repo_id}{at} -o bank/",
-        f"mptkit derive hf://{repo_id}{at} --mode exact --task 0 -o task0-init.safetensors",
+        f"mptkit inspect {hf_ref}",
+        f"mptkit pull {plain_ref} -o bank/",
+        f"mptkit derive {hf_ref} --mode exact --task 0 -o task0-init.safetensors",
         "```",
         "",
         "```python",
         "import mptkit",
-        f'bank = mptkit.load("hf://{repo_id}{at}")',
+        f"bank = mptkit.load({_py(ref)})",
         "```",
         "",
     ]

@@ -9,23 +9,27 @@ import contextlib
 import os
 import sys
 
-from .._text import clean
+from .._text import clean, redact
 from .._version import __version__
 from ..errors import HubError, MptkitError
 from ._http import Refused
-from ._refs import HubRef, cache_dir, endpoint
+from ._refs import HubRef, cache_dir, endpoint, shown_endpoint
+from ._wire import credential
 
 
 def where() -> str:
+    """The endpoint, as it may be printed (without a user:password it holds)."""
+    ep = endpoint()
     from huggingface_hub import constants
 
-    return endpoint() or constants.ENDPOINT
+    return shown_endpoint(ep or constants.ENDPOINT)
 
 
 def api(token: str | None):
+    ep, token = endpoint(), credential(token)
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=endpoint(), token=token, library_name="mptkit", library_version=__version__)
+    return HfApi(endpoint=ep, token=token, library_name="mptkit", library_version=__version__)
 
 
 @contextlib.contextmanager
@@ -65,8 +69,8 @@ def said(text, token: str | None = None, limit: int | None = 160) -> str:
     (and anything shaped like one) redacted, control characters escaped."""
     from huggingface_hub.utils import get_token
 
-    lines = str(text or "").strip().splitlines()
     secrets = tuple(s for s in (token, _quiet_token(get_token)) if s)
+    lines = redact(str(text or ""), secrets).strip().splitlines()  # redacted before it is cut short
     return clean(lines[0][:limit] if lines else "", secrets)
 
 
@@ -94,7 +98,7 @@ def errors(ref: HubRef | str, doing: str, token: str | None = None):
     except MptkitError:
         raise
     except Refused as e:
-        raise HubError(f"{ref}: cannot {doing}: {said(e.reason, token)}") from None
+        raise HubError(f"{ref}: cannot {doing}: {said(e.reason, token, limit=400)}") from None
     except he.OfflineModeIsEnabled as e:
         raise HubError(f"{ref}: cannot {doing}: HF_HUB_OFFLINE is set, so the Hub is not asked") from e
     except he.RevisionNotFoundError as e:
@@ -129,6 +133,8 @@ def errors(ref: HubRef | str, doing: str, token: str | None = None):
             ) from e
         raise HubError(f"{ref}: the Hub at {where()} answered HTTP {code} when asked to {doing}{detail}") from e
     except Exception as e:  # transport failures and answers the client could not parse
+        if _local(e):  # the local disk's (the HF cache, an output), said by the code that writes there
+            raise
         module = type(e).__module__ or ""
         text = said(e, token) or type(e).__name__
         transport = module.startswith(("httpx", "httpcore", "requests", "urllib3"))
@@ -140,3 +146,10 @@ def errors(ref: HubRef | str, doing: str, token: str | None = None):
             f"{ref}: cannot {doing}: the Hub at {where()} sent an answer that could not be used "
             f"({type(e).__name__}: {text})"
         ) from e
+
+
+def _local(e: Exception) -> bool:
+    """Whether ``e`` is an error of this machine's files (a full disk, a read-only folder), not of the
+    network (sockets, name lookups and TLS raise their own classes) or of the client."""
+    network = isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, OSError) and type(e).__module__ == "builtins" and not network

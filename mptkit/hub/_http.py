@@ -1,5 +1,5 @@
-"""Every byte from the Hub under limits: an overall deadline, a no-progress timeout and a cap on
-what one answer may hold.
+"""Every byte from the Hub under limits: an overall deadline, a no-progress timeout, a cap on what
+one answer may hold, and credentials sent to the endpoint alone.
 
 mptkit talks to the Hub through the client's own HTTP session (``huggingface_hub.utils
 .get_session()``, so proxies and certificates set up for the client apply) and its helpers
@@ -7,12 +7,21 @@ mptkit talks to the Hub through the client's own HTTP session (``huggingface_hub
 :func:`limited` block runs, two event hooks on that session put every request under
 :class:`Limits`, whether mptkit or the client (``HfApi``) sends it:
 
-- the deadline: no request starts after it, and no read waits past it;
-- the no-progress timeout: a connection that sends nothing, or less than :data:`MIN_PROGRESS`
-  bytes, for that many seconds is abandoned (a server dripping a byte every few seconds too);
-- a cap on the body of every answer that is not a file download (:data:`API_CAP`: a page of a
-  tree listing from the Hub is about 300 kB; :data:`ERROR_CAP` for error answers); downloads are
-  capped by the size the listing gave, by the code that reads them.
+- the deadline: no request starts after it, no read or write on a connection waits past it (status
+  line, headers, interim ``100 Continue`` answers and body alike: :func:`mptkit.hub._wire.watch`),
+  and no wait a server asks for (``Retry-After``, ``RateLimit``) may end past it: such an answer is
+  refused at once, saying what the server asked;
+- the no-progress timeout: a connection that moves less than :data:`MIN_PROGRESS` bytes in that
+  many seconds is abandoned (a server dripping a byte every few seconds too, in any part of the
+  exchange);
+- a cap on the decoded body of every answer that is not a file download (:data:`API_CAP`: a page of
+  a tree listing from the Hub is about 300 kB; :data:`ERROR_CAP` for error answers), counted as it
+  is decoded (:class:`mptkit.hub._wire.Decoded`); downloads are capped by the size the listing
+  gave, by the code that reads them, and must come unencoded;
+- credentials: a request to any origin other than the endpoint's (a listing's ``Link: rel=next``,
+  a redirect) is sent without ``Authorization``, and every credential sent is remembered for
+  redaction (:func:`mptkit._text.remember_secret`);
+- :func:`pages`: a block that may make at most so many requests (the pages of one listing).
 
 Defaults: :data:`DEFAULT_TIMEOUT` and :data:`DEFAULT_DEADLINE`; ``MPTKIT_HUB_TIMEOUT`` and
 ``MPTKIT_HUB_DEADLINE`` (seconds) change them, and so do ``--timeout``/``--deadline``.
@@ -31,6 +40,11 @@ from dataclasses import dataclass
 
 from .._options import HUB_DEADLINE as DEFAULT_DEADLINE, HUB_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import UsageError
+from . import _wire as wire
+from ._refs import endpoint
+from ._wire import Refused
+
+__all__ = ["Refused", "Limits", "limits", "limited", "pages", "session", "stream", "get_bytes", "headers"]
 
 #: fewer bytes than this in a whole no-progress timeout counts as no progress
 MIN_PROGRESS = 1024
@@ -42,15 +56,6 @@ DOWNLOAD = "mptkit_download"
 TRIES = 3
 #: what a retry waits (tests replace it)
 pause = time.sleep
-
-
-class Refused(Exception):
-    """A transfer ran out of time, sent too much, or broke the protocol; :func:`mptkit.hub._client.errors`
-    says ``reason`` in one sentence, naming the reference and what was being done."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(eq=False)  # told apart by identity (the stack of active limits)
@@ -68,9 +73,10 @@ class Limits:
             "--deadline or MPTKIT_HUB_DEADLINE)"
         )
 
-    def stalled(self) -> Refused:
+    def stalled(self, sending: bool = False) -> Refused:
+        what = "took" if sending else "sent"
         return Refused(
-            f"the server sent less than {MIN_PROGRESS} bytes in {self.timeout:g} s (no progress; "
+            f"the server {what} less than {MIN_PROGRESS} bytes in {self.timeout:g} s (no progress; "
             "wait longer with --timeout or MPTKIT_HUB_TIMEOUT)"
         )
 
@@ -105,12 +111,14 @@ def limits(timeout: float | None = None, deadline: float | None = None) -> Limit
 
 # -- the hooks ---------------------------------------------------------------------------------
 _active: list[Limits] = []
+_budgets: list[list] = []  # [requests made, most allowed, what they are], innermost last
 _lock = threading.Lock()
 
 
 def session():
     """The client's shared session, with mptkit's hooks on it (they act only inside :func:`limited`).
     The client may replace its session (after a failed connection), so this is asked each time."""
+    endpoint()  # a malformed HF_ENDPOINT: one sentence, before the client fails to import over it
     from huggingface_hub.utils import get_session
 
     s = get_session()
@@ -134,6 +142,20 @@ def limited(lim: Limits):
             _active.remove(lim)
 
 
+@contextlib.contextmanager
+def pages(most: int, what: str):
+    """At most ``most`` requests inside this block, which reads ``what`` page by page (each page
+    naming the next, ``Link: rel=next``): one more is :class:`Refused`."""
+    box = [0, most, what]
+    with _lock:
+        _budgets.append(box)
+    try:
+        yield
+    finally:
+        with _lock:
+            _budgets.remove(box)
+
+
 def _current() -> Limits | None:
     return _active[-1] if _active else None
 
@@ -145,18 +167,52 @@ def _on_request(request) -> None:
     left = lim.left()
     if left <= 0:
         raise lim.expired()
+    for box in list(_budgets):
+        box[0] += 1
+        if box[0] > box[1]:
+            raise Refused(
+                f"the server's {box[2]} goes on past {box[1]:,} pages (each names the next with "
+                'Link: rel="next"); refused'
+            )
     t = max(0.001, min(lim.timeout, left))
     request.extensions["timeout"] = {"connect": t, "read": t, "write": t, "pool": t}
-    request.headers["Accept-Encoding"] = "identity"  # a cap on the bytes read is a cap on the answer
+    request.headers["Accept-Encoding"] = "identity"  # answers come plain (those that do not are decoded here, capped)
+    wire.credentials(request)
+    traced = request.extensions.get("trace")
+    request.extensions["trace"] = lambda name, info: _trace(name, info, traced)
+    wire.restart()
+
+
+_WATCHED = (".connect_tcp.complete", ".start_tls.complete", ".connect_unix_socket.complete")
+
+
+def _trace(name: str, info: dict, chained) -> None:
+    """httpcore's trace extension: each new connection's stream is watched from its first byte."""
+    if name.endswith(_WATCHED):
+        wire.watch(info.get("return_value"), _current, MIN_PROGRESS)
+    if chained is not None:
+        chained(name, info)
 
 
 def _on_response(response) -> None:
     lim = _current()
     if lim is None:
         return
+    # a connection opened outside mptkit's limits (kept alive in the client's pool): watched from now
+    wire.watch(response.extensions.get("network_stream"), _current, MIN_PROGRESS)
+    asked = wire.asked_wait(response.status_code, response.headers)
+    if asked is not None:
+        wire.refuse_long_wait(lim, response.status_code, *asked)
     download = response.request.extensions.get(DOWNLOAD) and response.status_code < 400
-    cap = None if download else (ERROR_CAP if response.status_code >= 400 else API_CAP)
-    response.stream = _guard_type(response)(response.stream, lim, cap)
+    if download:  # read raw by get_bytes, which refuses an encoded file
+        response.stream = _guard_type(response)(response.stream, lim, None, [])
+        return
+    bodiless = response.request.method == "HEAD" or response.status_code in (204, 304)
+    layers = [] if bodiless else wire.codings(response.headers.get_list("content-encoding", split_commas=True))
+    if layers:  # decoded here, piece by piece and counted; the library sees a plain answer
+        del response.headers["content-encoding"]
+    cap = ERROR_CAP if response.status_code >= 400 else API_CAP
+    response.stream = _guard_type(response)(response.stream, lim, cap, layers)
 
 
 _GUARDS: dict[str, type] = {}
@@ -170,41 +226,30 @@ def _guard_type(response) -> type:
         base = importlib.import_module(lib).SyncByteStream
 
         class Guarded(base):
-            def __init__(self, inner, lim: Limits, cap: int | None):
-                self.inner, self.lim, self.cap = inner, lim, cap
+            def __init__(self, inner, lim: Limits, cap: int | None, layers: list[str]):
+                self.inner, self.lim, self.cap, self.layers = inner, lim, cap, layers
 
             @property
             def elapsed(self):
                 return getattr(self.inner, "elapsed", None)
 
-            def __iter__(self):
-                lim, total = self.lim, 0
-                since, got = time.monotonic(), 0
-                it = iter(self.inner)
+            def _raw(self):
+                it, lim = iter(self.inner), self.lim
                 while True:
                     try:
                         chunk = next(it)
                     except StopIteration:
                         return
-                    except Exception as e:
-                        if any(c.__name__ == "TimeoutException" for c in type(e).__mro__):
+                    except Exception as e:  # a connection not watched (see _on_response): its own timeout
+                        if wire._timed_out(e):
                             raise (lim.expired() if lim.left() <= 0.01 else lim.stalled()) from None
                         raise
-                    now = time.monotonic()
-                    total += len(chunk)
-                    got += len(chunk)
-                    if self.cap is not None and total > self.cap:
-                        raise Refused(
-                            f"the server's answer is larger than {self.cap:,} bytes (an answer of "
-                            "the Hub's is much smaller); refused"
-                        )
-                    if now > lim.end:
+                    if lim.left() <= 0:
                         raise lim.expired()
-                    if now - since >= lim.timeout:
-                        if got < MIN_PROGRESS:
-                            raise lim.stalled()
-                        since, got = now, 0
                     yield chunk
+
+            def __iter__(self):
+                yield from wire.Decoded(self._raw(), self.layers, self.cap)
 
             def close(self):
                 self.inner.close()
@@ -219,7 +264,7 @@ def headers(token: str | None, extra: dict | None = None) -> dict:
 
     from .._version import __version__
 
-    h = build_hf_headers(token=token, library_name="mptkit", library_version=__version__)
+    h = build_hf_headers(token=wire.credential(token), library_name="mptkit", library_version=__version__)
     h.update(extra or {})
     return h
 
@@ -255,6 +300,7 @@ def get_bytes(
     pos, end, tries = start, start + length, 0
     while True:
         tries += 1
+        response = None
         try:
             _one_try(url, token, commit, pos, end, total, whole=(start == 0 and length == total), sink=sink)
             return
@@ -266,8 +312,11 @@ def get_bytes(
         except Exception as e:
             if not _transient(e) or tries >= TRIES:
                 raise
+            response = getattr(e, "response", None)
         lim = _current()
         wait = min(0.25 * 2 ** (tries - 1), 2.0)
+        asked = wire.asked_wait(response.status_code, response.headers) if response is not None else None
+        wait = max(wait, asked[0] if asked else 0.0)  # what the server asked (past the deadline: refused already)
         if lim is not None and lim.left() <= wait:
             raise lim.expired()
         pause(wait)

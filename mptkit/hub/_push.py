@@ -11,7 +11,7 @@ from ..errors import HubError, MptkitError, UsageError
 from ..formats import _peft as peft
 from . import _client as client, _http as http
 from ._card import CARD_NAME, model_card
-from ._refs import COMMIT, HubRef, offline, parse_ref
+from ._refs import COMMIT, HubRef, endpoint, offline, parse_ref
 from ._transfer import BANK_FILES, listing, resolve_commit
 
 
@@ -95,6 +95,7 @@ def push(
     written as an adapter folder first (a bare file needs task_type and num_virtual_tokens in its
     config). ``images`` (``{path in the repo: bytes}``, e.g. :func:`mptkit.card_images`) are uploaded
     in the same commit and shown by the card. Pushing the same bank again makes no commit."""
+    endpoint()  # a malformed HF_ENDPOINT: said before the client fails to import over it
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import RevisionNotFoundError
 
@@ -137,12 +138,13 @@ def push(
                 info = api.create_commit(
                     ref.repo_id, operations=ops, revision=revision, create_pr=create_pr, commit_message=message
                 )
-    commit = getattr(info, "oid", None)
-    if not isinstance(commit, str) or not COMMIT.match(commit):
-        raise HubError(
-            f"{ref}: the Hub at {client.where()} answered the commit with an unusable commit id "
-            f"{client.said(repr(commit)[:60])}; check the repo before pushing again"
-        )
+            commit = getattr(info, "oid", None)
+            if not isinstance(commit, str) or not COMMIT.match(commit):
+                raise HubError(
+                    f"{ref}: the Hub at {client.where()} answered the commit with an unusable commit id "
+                    f"{client.said(repr(commit)[:60])}; check the repo before pushing again"
+                )
+            _check_commit(ref, commit, ops, token)
     pr_url = info.pr_url if isinstance(info.pr_url, str) else None
     return {
         "repo": ref.repo_id,
@@ -153,3 +155,61 @@ def push(
         "changed": commit != before,
         "files": [peft.CONFIG_NAME, weights.name, CARD_NAME, *images],
     }
+
+
+def _check_commit(ref: HubRef, commit: str, ops, token: str | None) -> None:
+    """The commit the server answered with holds what was pushed: each uploaded file with its size
+    and checksum (the LFS sha256 the listing gives, else the git blob id), each deleted file gone.
+    A server's word that it committed is not taken for it (one that stored nothing answered 200)."""
+    import posixpath
+
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        files: dict = {}
+        for folder in sorted({posixpath.dirname(op.path_in_repo) for op in ops}):  # the root, images/
+            try:
+                files.update(listing(ref, commit, folder, token)[0])
+            except HubError as e:
+                if not (folder and isinstance(e.__cause__, EntryNotFoundError)):
+                    raise  # a folder the commit lacks: its files are missing, as said below
+        why = next((w for w in (_mismatch(files, op) for op in ops) if w), None)
+    except HubError as e:
+        why = f"listing that commit failed ({e.message})"
+    if why:
+        raise HubError(
+            f"{ref}: the Hub at {client.where()} answered that commit {commit[:12]} holds the push, but "
+            f"{client.said(why, token, limit=300)}; the push did not take effect as asked (check the repo "
+            "before pushing again)"
+        )
+
+
+def _mismatch(files: dict, op) -> str | None:
+    """How the listed commit differs from the operation ``op`` (None: it holds what ``op`` did)."""
+    import hashlib
+
+    from huggingface_hub import CommitOperationAdd
+
+    from .._bank import file_sha256
+    from ._cache import git_blob_sha1
+
+    name = op.path_in_repo
+    if not isinstance(op, CommitOperationAdd):
+        return f"it still holds {name}, which the commit deletes" if name in files else None
+    if name not in files:
+        return f"it does not hold {name}"
+    f, data = files[name], op.path_or_fileobj
+    data = bytes(data) if isinstance(data, bytearray) else data
+    size = len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+    if f.size != size:
+        return f"it holds {name} with {f.size:,} bytes, not the {size:,} pushed"
+    if f.sha256 is not None:
+        got = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else file_sha256(str(data))
+        return None if got == f.sha256 else f"its {name} has another sha256 than the file pushed"
+    if f.blob_id is not None:
+        if isinstance(data, bytes):
+            got = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        else:
+            got = git_blob_sha1(data)
+        return None if got == f.blob_id else f"its {name} has another git blob id than the file pushed"
+    return f"it lists {name} without a checksum to check it by"

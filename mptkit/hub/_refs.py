@@ -74,8 +74,61 @@ def safe_name(name: str) -> bool:
 
 
 def endpoint() -> str | None:
-    """``HF_ENDPOINT`` now (None: the client's default)."""
-    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+    """``HF_ENDPOINT`` now (None: the client's default), checked: a value that is not an
+    ``http(s)://host[:port][/path]`` URL is a :class:`UsageError` (the client itself fails to import
+    with one, so this is asked before the client is). A user:password in it is remembered as a
+    secret (never printed) and left out of :func:`shown_endpoint`."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    if not value:
+        return None
+    origin(value, "HF_ENDPOINT")
+    return value
+
+
+def origin(url: str, name: str = "the URL") -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL (the port the scheme implies when none is given); a
+    URL that has none is a :class:`UsageError` naming ``name``."""
+    from urllib.parse import urlsplit
+
+    from .._text import clean, remember_secret
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+        reason = None
+        if parts.scheme not in ("http", "https"):
+            reason = "it must start with http:// or https://"
+        elif not host:
+            reason = "it names no host"
+        elif port == 0:
+            reason = "port 0 is not a port"
+    except ValueError as e:  # an unclosed [IPv6 bracket, a port that is not 0-65535
+        reason = str(e)
+    userinfo = _userinfo(url)
+    if userinfo:
+        remember_secret(userinfo)
+        remember_secret(userinfo.partition(":")[2])
+    if reason is not None:
+        raise UsageError(
+            f"{name} is not a usable URL: '{clean(url[:200])}' ({reason}); expected http(s)://host[:port][/path], "
+            "as in https://huggingface.co"
+        )
+    return parts.scheme, host.lower(), port or {"http": 80, "https": 443}[parts.scheme]
+
+
+def _userinfo(url: str) -> str:
+    """The user:password (or token) part of a URL ("" if none): a secret, never printed."""
+    return url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+
+
+def shown_endpoint(value: str) -> str:
+    """An endpoint as it may be printed: without its user:password."""
+    head, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    host, slash, path = rest.partition("/")
+    return f"{head}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def cache_dir() -> str:
@@ -89,6 +142,7 @@ def cache_dir() -> str:
 
 
 def offline() -> bool:
+    endpoint()  # every Hub operation asks this first: a broken HF_ENDPOINT is said before the client fails on it
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""

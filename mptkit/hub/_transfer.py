@@ -2,8 +2,8 @@
 
 A revision is resolved to a commit id once (``HfApi.model_info(expand=["sha"])``) and every later
 request names that commit. The bank's folder is listed (``HfApi.list_repo_tree``, one folder, not
-the repo: a listing is capped at :data:`MAX_LISTING` entries and each answer at
-:data:`mptkit.hub._http.API_CAP` bytes); every name the server lists is checked before use. Each
+the repo: a listing is capped at :data:`MAX_LISTING` entries, :data:`MAX_PAGES` pages and each
+answer at :data:`mptkit.hub._http.API_CAP` decoded bytes); every name the server lists is checked before use. Each
 downloaded file is verified against the checksum the listing gives for it (the LFS sha256, else the
 git blob id) whatever the server's ``ETag`` says, then stored in the cache under that checksum
 (:mod:`mptkit.hub._cache`). A file listed without a usable checksum is refused unless the user opts
@@ -26,6 +26,9 @@ from ._refs import COMMIT, HubRef, cache_dir, endpoint, offline, safe_name
 BANK_FILES = (peft.SAFETENSORS_NAME, peft.BIN_NAME)
 #: most entries read from one folder's listing (a bank folder holds a handful)
 MAX_LISTING = 100_000
+#: most pages of one folder's listing: the Hub lists 1,000 entries a page (:data:`MAX_LISTING` in
+#: 100), and a server can send pages of one entry, or none, each naming the next
+MAX_PAGES = 200
 #: an adapter_config.json larger than this is refused before it is downloaded (PEFT writes ~1 kB)
 MAX_CONFIG_BYTES = 1 << 20
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -85,7 +88,7 @@ def listing(ref: HubRef, commit: str, folder: str, token: str | None) -> tuple[d
     files: dict[str, Listed] = {}
     folders: set[str] = set()
     where = f"list {folder or 'the repo root'}"
-    with client.errors(ref, where, token):
+    with client.errors(ref, where, token), http.pages(MAX_PAGES, f"listing of {folder or 'the repo root'}"):
         for i, e in enumerate(api.list_repo_tree(ref.repo_id, folder or None, revision=commit, recursive=False)):
             if i >= MAX_LISTING:
                 raise HubError(

@@ -44,6 +44,11 @@ CASES: list[tuple[str, list[str]]] = [
     ("export-table-st-decoder", ["export bank --tasks 0,2 --half decoder -o table.safetensors"]),
     ("export-table-both-json", ["export bank --tasks 3,1 --half both -o table.npy --json"]),
     ("export-adapters", ["export bank --all -o prompts"]),
+    ("export-tgis", ["export bank --all --format tgis -o prefixes"]),
+    (
+        "export-tgis-both-json",
+        ["export bank --tasks 3,1 --format tgis --half both --dtype bfloat16 -o prefixes --json"],
+    ),
     ("decompose", ["export bank --all -o prompts", "decompose prompts --rank 2 -o out"]),
     (
         "decompose-auto-json",

@@ -46,7 +46,8 @@ def test_validate_and_inspect_warn(stale, tmp_path):
     r = run_mptkit("validate", stale)
     assert r.returncode == 0 and r.stdout.strip().endswith("valid (bank)"), r.stderr
     warnings = r.stderr.strip().splitlines()
-    assert len(warnings) == 2 and all(w.startswith("mptkit: warning: ") for w in warnings), r.stderr
+    assert len(warnings) == 3 and all(w.startswith("mptkit: warning: ") for w in warnings), r.stderr
+    assert "shared prompt to every task" in warnings[2]  # any MPT adapter folder says this last
     assert "PEFT re-reads prompt_tuning_init_state_dict_path '/nonexistent/init.safetensors' every time" in r.stderr
     assert "that file does not exist from here, so loading fails" in r.stderr
     assert "tokenizer_kwargs is set but prompt_tuning_init is EXACT_SOURCE_TASK: PEFT refuses to load" in r.stderr
@@ -109,7 +110,8 @@ def test_every_folder_written_loads_in_peft_and_says_what_was_repaired(stale, tm
 
     enc = PeftModel.from_pretrained(tiny_base_model("seq2seq"), str(out)).prompt_encoder["default"]
     assert torch.equal(enc.prefix_task_cols, load_file(str(out / "adapter_model.safetensors"))["prefix_task_cols"])
-    assert run_mptkit("validate", out).stderr == ""  # nothing left to warn about
+    after = run_mptkit("validate", out).stderr.splitlines()  # nothing left to warn about but serving
+    assert len(after) == 1 and "shared prompt to every task" in after[0]
 
 
 def test_a_clean_config_needs_no_repair(peft_banks, tmp_path):

@@ -32,7 +32,16 @@ def _read_only(src: str, out_dir: Path) -> dict[str, list[str]]:
         "similarity": ["similarity", src],
         "similarity-json": ["similarity", "--json", "--tasks", "0,1", src],
         "diff-itself": ["diff", src, src],
+        "explain": ["explain", src, "--task", "0", "--shared", "--base-model", str(_base_model(src))],
     }
+
+
+def _base_model(src: str) -> Path:
+    """The base model beside the inputs (as wide as ``src``), which explain reads and must not change."""
+    import mptkit
+
+    p = Path(src)
+    return p.parent / f"base-model-d{mptkit.load(p).token_dim if p.exists() else 0}"
 
 
 def _refusals(src: str, out_dir: Path) -> dict[str, list[str]]:
@@ -78,6 +87,14 @@ def inputs(tmp_path_factory):
     paths["bare-safetensors"] = bare
     torch.save(load_tensors(bare), root / "weights.pt")
     paths["pickle-pt"] = root / "weights.pt"
+    for d in (8, 24):  # base models that explain reads: an input embedding and a tokenizer.json
+        from safetensors.torch import save_file
+
+        from tests.support.basemodels import tokenizer_json
+
+        (root / f"base-model-d{d}").mkdir()
+        save_file({"transformer.wte.weight": torch.randn(96, d)}, str(root / f"base-model-d{d}" / "model.safetensors"))
+        tokenizer_json(root / f"base-model-d{d}" / "tokenizer.json")
     # hash caches and the like live elsewhere; nothing is ever written under root
     return root, paths
 

@@ -153,6 +153,7 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         "derive-average": ("bank", ["derive", src, "--mode", "average", "-o", out]),
         "derive-shared": ("bank", ["derive", src, "--mode", "shared", "--num-tasks", "2", "--seed", "0", "-o", out]),
         "export": ("folder", ["export", src, "--task", "1", "-o", out]),
+        "export-tgis": ("folder", ["export", src, "--tasks", "1", "--format", "tgis", "-o", out]),
         "rename": ("bank", ["rename", src, "0=first", "-o", out]),
         "slice": ("bank", ["slice", src, "--tasks", "1,0", "-o", out]),
         "remove": ("bank", ["remove", src, "--tasks", "0", "-o", out]),
