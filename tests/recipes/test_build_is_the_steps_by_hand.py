@@ -161,3 +161,13 @@ def test_pushing_carries_the_recipe_and_the_lock_in_the_card(world, glue_on_hub,
     import mptkit
 
     assert mptkit.load("hf://owner/built").task_names[:2] == ["sst2", "mnli-m"]
+
+
+def test_a_pushed_bank_verifies_on_the_hub_at_its_sources_commit(world, glue_on_hub, hub, cli):
+    write("recipe.yaml", RECIPE.replace("output: built", "output: hf://owner/built"))
+    assert cli("build", "recipe.yaml").exit_code == 0
+    # the source's branch moves on: verify reads the commit the build recorded, not the branch
+    hub.commit("owner/glue", {"adapter_model.safetensors": b"not a bank"}, "moved", branch="v1")
+    r = cli("verify", "hf://owner/built")  # what the card tells its readers to run
+    assert r.exit_code == 0, r.output
+    assert "verified hf://owner/built: identical to what its build step gives from its 4 sources" in r.stdout
