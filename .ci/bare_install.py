@@ -201,10 +201,31 @@ def commands(bank: str, work: Path) -> list[tuple[list[str], int, str]]:
             )
         ),
     )
+    # serving and explaining: TGIS prefixes (torch.save), the nearest tokens of a tiny base model that
+    # TINY_MODEL writes with the runtime dependencies only (safetensors, numpy, tokenizers)
+    ok("export", bank, "--all", "--format", "tgis", "-o", o("tgis"), expect="TGIS")
+    ok("export", bank, "--tasks", "1", "--format", "tgis", "--dtype", "bfloat16", "-o", o("tgis-bf16"))
+    ok("explain", bank, "--task", "0", "--base-model", o("tiny-t5"), "--top", "3", expect="task 0")
+    ok("explain", bank, "--shared", "--base-model", o("tiny-t5"), "--json", expect='"nearest"')
     # the plot extra is not installed: one sentence, exit 2
     c.append((["similarity", bank, "--plot", o("heat.png")], 2, "pip install 'mptkit[plot]'"))
     return c
 
+
+TINY_MODEL = """
+import json, os, numpy as np
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+os.makedirs("tiny-t5", exist_ok=True)
+json.dump({{"model_type": "t5", "d_model": 32, "vocab_size": 100, "is_encoder_decoder": True}},
+          open("tiny-t5/config.json", "w"))
+rng = np.random.default_rng(0)
+save_file({{"shared.weight": rng.standard_normal((100, 32)).astype(np.float32)}}, "tiny-t5/model.safetensors")
+tok = Tokenizer(models.WordLevel({{f"w{{i}}": i for i in range(100)}}, unk_token="w0"))
+tok.pre_tokenizer = pre_tokenizers.Whitespace()
+tok.save("tiny-t5/tokenizer.json")
+print("tiny model ok")
+"""
 
 SERVING = """
 import torch, mptkit
@@ -304,6 +325,13 @@ def main() -> int:
         env["PATH"] = f"{venv_bin}{os.pathsep}{env['PATH']}"
         env["VIRTUAL_ENV"] = str(repo / ".venv")
         bank = str(repo / "examples" / "bank")
+        failures += run(
+            [str(venv_bin / "python"), "-c", TINY_MODEL.format()],
+            cwd=work,
+            env=env,
+            expect="tiny model ok",
+            label="python: a tiny base model for explain (safetensors, tokenizers)",
+        )
         print(f"every command that computes, from {work}:", flush=True)
         for argv, rc, expect in commands(bank, work):
             failures += run(

@@ -155,15 +155,30 @@ def _prompt_norm(pe, c, rw, tokens: int) -> tuple[float, int]:
     block of tokens at a time into one reused buffer."""
     import numpy as np
 
-    sq, bad, big = 0.0, 0, 0.0
+    norms, bad = [], 0
     buf = np.empty((min(tokens, len(c)), rw.shape[1]))
     for t0 in range(0, len(c), tokens):
         n = min(tokens, len(c) - t0)
         block = np.matmul(c[t0 : t0 + n], rw, out=buf[:n])
         np.multiply(block, pe[t0 : t0 + n], out=block)
         norm, nbad = _norm_and_nonfinite(block)
-        sq, bad, big = sq + norm * norm, bad + nbad, max(big, norm)
-    return (float(np.sqrt(sq)) if np.isfinite(sq) or not np.isfinite(big) else big), bad
+        norms.append(norm)
+        bad += nbad
+    # the blocks' norms combined (NaN when any block holds a NaN, Inf when one is infinite); scaled by
+    # the largest, so that finite norms whose squares overflow still give a finite norm
+    return _combine_norms(np.array(norms)), bad
+
+
+def _combine_norms(norms) -> float:
+    """The norm of a vector made of parts whose norms are ``norms`` (float64 array)."""
+    import numpy as np
+
+    if np.isnan(norms).any():
+        return float("nan")
+    top = float(norms.max(initial=0.0))
+    if top == 0.0 or not np.isfinite(top):
+        return top
+    return top * float(np.sqrt(np.dot(norms / top, norms / top)))
 
 
 def _norm_and_nonfinite(x) -> tuple[float, int]:

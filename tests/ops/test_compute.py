@@ -121,6 +121,38 @@ def test_values_match_float64_for_small_and_large_ranks(monkeypatch, rank):
     assert bad["nonfinite"]["prefix_task_cols"] == 1 and bad["tasks"][1]["nonfinite_prompt"] == 0
 
 
+@pytest.mark.parametrize("where", [0, 5])  # a NaN in the first token block, and in a later one
+def test_values_report_a_nan_prompt_norm_as_nan_not_zero(monkeypatch, where):
+    import math
+
+    import mptkit._info as info
+
+    bank = memory_bank(T=3, N=7, d=11, r=2, seed=4)
+    monkeypatch.setattr(info, "VALUES_CHUNK_BYTES", 200)  # several token blocks per prompt
+    cols = bank.tensors["prefix_task_cols"].to_torch().clone()
+    cols[1, where, 0] = float("nan")
+    bank.tensors["prefix_task_cols"] = mptkit._tensor.Array.from_torch(cols)
+    task = value_stats(bank)["tasks"][1]
+    assert math.isnan(task["prompt_norm"]) and task["nonfinite_prompt"] > 0
+
+
+def test_values_give_a_finite_norm_when_the_squares_overflow(monkeypatch):
+    import mptkit._info as info
+
+    bank = memory_bank(T=2, N=7, d=11, r=2, seed=5)
+    monkeypatch.setattr(info, "VALUES_CHUNK_BYTES", 200)
+    pe = bank.tensors["prompt_embeddings"].to_torch().double() * 1e160  # products near 1e160: squares overflow
+    bank.tensors["prompt_embeddings"] = mptkit._tensor.Array.from_torch(pe)
+    want = [
+        1e160 * float((pe / 1e160 * (c @ r)).norm())
+        for c, r in zip(
+            bank.tensors["prefix_task_cols"].to_torch().double(), bank.tensors["prefix_task_rows"].to_torch().double()
+        )
+    ]
+    for t, w in zip(value_stats(bank)["tasks"], want):
+        assert t["prompt_norm"] == pytest.approx(w, rel=1e-12) and t["nonfinite_prompt"] == 0
+
+
 # -- bounds --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args",
