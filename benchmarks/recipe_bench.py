@@ -68,9 +68,7 @@ def main() -> None:
         "  - bank: local\n"
     )
     with HubServer() as hub:
-        os.environ.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-                           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "NO_PROXY": "127.0.0.1,localhost",
-                           "MPTKIT_CACHE": str(tmp / "mptkit-cache")})  # fmt: skip
+        os.environ.update(hub.client_env(tmp))
         hub.commit("owner/big", {"adapter_config.json": (tmp / "hub/adapter_config.json").read_bytes(),
                                  "adapter_model.safetensors": blob})  # fmt: skip
         import mptkit
