@@ -61,6 +61,11 @@ _LAZY = {
     "Prompts": "formats",
     "Image": "formats",
     "Report": "formats",
+    # recipes: build, verify, diff
+    "read_recipe": "_recipefile",
+    "build": "_recipe",
+    "verify": "_verify",
+    "diff": "_diff",
     "weighted_lowrank_fit": "_fit",
     "fit_tasks": "_fit",
     # serving (torch)

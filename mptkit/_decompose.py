@@ -121,6 +121,7 @@ def _decompose(prompts, rank, max_error, seed, shared, dtype, config) -> PromptB
         "seed": seed,
         "num_prompts": K,
         **({"max_error": max_error} if max_error is not None else {}),
+        **({"dtype": dtype} if dtype else {}),
         **(
             {"shared": os.path.basename(os.path.normpath(shared.source.path))}
             if shared is not None and shared.source

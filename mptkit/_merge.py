@@ -189,6 +189,7 @@ def add_task(
             "task": source.names()[k],
             "source_task": k,
             "refit": refit,
+            **({"max_error": max_error} if max_error is not None else {}),
             **({"rank": rank} if rank is not None else {}),
             **({"clamp": True} if clamp else {}),
         }

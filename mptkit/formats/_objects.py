@@ -101,6 +101,19 @@ class Report:
 
 
 @dataclass
+class RecipeLock:
+    """A recipe with every source pinned (``mptkit build --lock``): its YAML text, and the recipe it
+    was made from (which it must not overwrite)."""
+
+    output_kind: ClassVar[str] = "lock"
+    text: str
+    recipe: str
+
+    def source_paths(self) -> list[str]:
+        return [self.recipe]
+
+
+@dataclass
 class FileCopy:
     """Files copied as they are into an output folder (a bank pulled from the Hub)."""
 

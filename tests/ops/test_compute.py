@@ -39,7 +39,9 @@ def test_one_task_of_a_big_bank_is_named_by_the_ranges_it_read(tmp_path, monkeyp
     # once the whole file's digest is known (an operation that reads everything computed it), it is used
     derive(mptkit.load(src), "average")
     again = derive(mptkit.load(src), "exact", task=7).provenance[-1]["sources"][0]
-    assert again == {"name": "big.safetensors", "sha256": hashlib.sha256(data).hexdigest(), "scheme": "file"}
+    assert again == {
+        "name": "big.safetensors", "sha256": hashlib.sha256(data).hexdigest(), "scheme": "file", "path": str(src),
+    }  # fmt: skip
 
 
 def test_a_known_digest_is_used_without_reading_the_file(tmp_path, monkeypatch):
@@ -48,7 +50,7 @@ def test_a_known_digest_is_used_without_reading_the_file(tmp_path, monkeypatch):
     bank = mptkit.load(src)
     bank.source.digest = "ab" * 32  # what a Hub download's verified LFS sha256 would give
     entry = derive(bank, "exact", task=3).provenance[-1]["sources"][0]
-    assert entry == {"name": "b.safetensors", "sha256": "ab" * 32, "scheme": "file"}
+    assert entry == {"name": "b.safetensors", "sha256": "ab" * 32, "scheme": "file", "path": str(src)}
     assert Source("p", "safetensors", str(src), 10, digest="cd" * 32).sha256 == "cd" * 32
 
 
