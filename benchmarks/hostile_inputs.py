@@ -11,7 +11,8 @@ tests/support/measured.py) and the first line it printed on stderr. Each run is 
 attacks are tests: tests/ops/test_similarity_memory.py, test_selection_is_linear.py,
 test_decompose_memory.py, test_nonfinite_inputs_are_refused.py, test_narrow_dtypes_keep_their_range.py,
 tests/formats/test_pickle_storages_are_checked.py, tests/reliability/test_input_truncated_while_read.py,
-test_environment_errors.py, tests/cli/test_output_streams.py, test_no_numpy_warnings.py. Two
+test_environment_errors.py, test_outputs_by_identity.py (task names), tests/cli/test_output_streams.py,
+test_no_numpy_warnings.py. Two
 attacks of the round are tests only, not rows here: a ``.bin`` truncated while read and an output
 link that vanishes while resolved need the process stopped at a known point
 (tests/reliability/test_input_truncated_while_read.py, test_environment_errors.py).
@@ -175,6 +176,28 @@ def attacks(tmp: Path):
         *(torch.randn(*s, generator=torch.Generator().manual_seed(3)) for s in _SHAPES.values()),
         ["日本語", "Ελληνικά", "русский"],
     )
+    # task names that would be paths: ../ climbs out of the output, / starts anywhere
+    escape = ["../../../escaped-by-name", str(tmp / "absolute-by-name"), "plain"]
+    paths = write_bank(
+        tmp / "paths.safetensors",
+        *(torch.randn(*s, generator=torch.Generator().manual_seed(4)) for s in _SHAPES.values()),
+        escape,
+    )
+    yield (
+        "export --all, task names ../ and /abs",
+        [
+            "export",
+            paths,
+            "--all",
+            "--task-type",
+            "CAUSAL_LM",
+            "--num-virtual-tokens",
+            "4",
+            "-o",
+            o("adapters/prompts"),
+        ],
+        {"escapes": [tmp / "escaped-by-name", out / "escaped-by-name", tmp / "absolute-by-name"]},
+    )
     yield "inspect | head -1 (reader gone)", ["inspect", names], {"stdout": "closed pipe"}
     yield "inspect --json > /dev/full", ["inspect", "--json", names], {"stdout": "/dev/full"}
     yield "inspect, latin-1 stdout, non-Latin", ["inspect", names], {"env": {"PYTHONIOENCODING": "latin-1"}}
@@ -186,6 +209,7 @@ def measure(src: Path | None, argv, limits, cpu: int, space: int, work: Path) ->
     limits = dict(limits)
     env = {**limits.pop("env", {}), **({"PYTHONPATH": str(src)} if src else {})}
     stdout = limits.pop("stdout", None)
+    escapes = limits.pop("escapes", [])  # paths outside the output that the attack aims at
     shutil.rmtree(work / "out", ignore_errors=True)
     (work / "out").mkdir()
     with contextlib.ExitStack() as stack:
@@ -198,6 +222,11 @@ def measure(src: Path | None, argv, limits, cpu: int, space: int, work: Path) ->
             stdout = stack.enter_context(open(stdout, "wb"))
         m = run_measured(*argv, env=env, cwd=work, cpu_limit_s=cpu, stdout=stdout, **{"address_space": space, **limits})
     said = next((x for x in m.stderr.splitlines() if x.strip()), "")
+    outside = [p for p in escapes if os.path.lexists(p)]
+    for p in outside:
+        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    if outside:
+        said = f"WROTE OUTSIDE THE OUTPUT: {', '.join(os.path.basename(p) for p in outside)}; {said}"
     if not said and m.returncode != 0:
         said = f"(killed by signal {-m.returncode})" if m.returncode < 0 else "(nothing)"
     return {
