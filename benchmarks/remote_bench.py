@@ -48,16 +48,7 @@ def main() -> None:
     _ = blob.sha256  # the listing's LFS sha256, computed once
     per_task = (N * r + r * d) * 4
     with HubServer() as hub:
-        os.environ.update(
-            {
-                "HF_ENDPOINT": hub.url,
-                "HF_HOME": str(tmp / "hf-home"),
-                "HF_HUB_DISABLE_TELEMETRY": "1",
-                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                "NO_PROXY": "127.0.0.1,localhost",
-                "MPTKIT_CACHE": str(tmp / "mptkit-cache"),
-            }
-        )
+        os.environ.update(hub.client_env(tmp))
         hub.commit("owner/bank", {"adapter_config.json": json.dumps(cfg).encode(), "adapter_model.safetensors": blob})
         import mptkit
         from mptkit._derive import derive

@@ -209,16 +209,7 @@ def bytes_table(tmp: Path, gb: float, V: int = 32_000, d: int = 4096) -> None:
         r2, t2 = rchar(), time.perf_counter()
         row(f"{form}, local", r1 - r0, r2 - r1, form, (t1 - t0, t2 - t1))
     with HubServer() as hub:
-        os.environ.update(
-            {
-                "HF_ENDPOINT": hub.url,
-                "HF_HOME": str(tmp / "hf-home"),
-                "HF_HUB_DISABLE_TELEMETRY": "1",
-                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                "NO_PROXY": "127.0.0.1,localhost",
-                "MPTKIT_CACHE": str(tmp / "mptkit-cache"),
-            }
-        )
+        os.environ.update(hub.client_env(tmp))
         for form in ("whole", "sharded"):
             folder = made[form][0]
             files = {}

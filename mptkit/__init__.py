@@ -17,6 +17,7 @@ from .errors import (
     InvalidBank,
     InvalidModel,
     MptkitError,
+    OutOfMemory,
     OutputError,
     UnsafeFile,
     UsageError,
@@ -60,6 +61,11 @@ _LAZY = {
     "Prompts": "formats",
     "Image": "formats",
     "Report": "formats",
+    # recipes: build, verify, diff
+    "read_recipe": "_recipefile",
+    "build": "_recipe",
+    "verify": "_verify",
+    "diff": "_diff",
     "weighted_lowrank_fit": "_fit",
     "fit_tasks": "_fit",
     # serving (torch)
@@ -83,6 +89,7 @@ __all__ = [
     "OutputError",
     "HubError",
     "InvalidModel",
+    "OutOfMemory",
     *_LAZY,
 ]
 

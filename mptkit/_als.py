@@ -37,15 +37,19 @@ from ._numerics import pairs, spd_solve
 
 #: the largest array of one pool, in bytes
 ARRAY_BYTES = 24 << 20
+#: most tasks in one pool, however small they are: a task in flight also holds a few tensors and
+#: tuples of its own (~3 kB), which for tiny prompts outweigh its arrays (100,000 tasks of N*d = 2
+#: once entered one pool: 630 MB)
+MAX_TASKS = 1024
 
 
 def capacity(N: int, d: int, rank: int, itemsize: int = 8) -> int:
     """How many tasks one pool holds: its largest array (a task's (N, d) or (P, d) block) stays
     under :data:`ARRAY_BYTES`, and so under glibc's mmap threshold, so that the temporaries of each
     sweep reuse memory instead of faulting fresh pages in (a fresh 100 MB array costs 20 ms of page
-    faults here, more than the arithmetic on it)."""
+    faults here, more than the arithmetic on it); and at most :data:`MAX_TASKS` tasks."""
     P = rank * (rank + 1) // 2
-    return max(1, ARRAY_BYTES // (itemsize * max(N, P, 1) * max(d, 1)))
+    return max(1, min(MAX_TASKS, ARRAY_BYTES // (itemsize * max(N, P, 1) * max(d, 1))))
 
 
 # -- one sweep's arithmetic ----------------------------------------------------------------------

@@ -38,6 +38,8 @@ class Source:
     #: for a bank on the Hub: repo, commit, file, its LFS sha256, and whether it was read by ranges
     #: ("partial": only the bytes an operation needed, not checked against the sha256)
     remote: dict | None = None
+    #: the adapter chosen among several (``load(..., adapter=)``), so that it can be read again
+    adapter: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -48,7 +50,9 @@ class Source:
         return self.digest
 
     def provenance(self, reads=None) -> dict:
-        """How provenance names this source: ``{"sha256", "scheme"[, "ranges"]}``. The whole file's
+        """How provenance names this source: ``{"sha256", "scheme"[, "ranges"], "path"}``, ``path``
+        being what the user named (a path as typed, or an hf:// reference), and ``adapter`` the one
+        chosen, so that ``mptkit verify`` can read it again. The whole file's
         sha256 when it costs nothing more (known, cached, or the operation read at least half of
         the file: ``reads`` None means all of it); otherwise the sha256 of the header and of the
         byte ranges the :class:`~mptkit._tensor.Array` handles in ``reads`` cover, so that taking one
@@ -56,6 +60,9 @@ class Source:
         adds ``"hub"``: repo, revision, commit, file, its LFS sha256, and whether it was read by
         ranges."""
         out = self._digest(reads)
+        out["path"] = self.path
+        if self.adapter:
+            out["adapter"] = self.adapter
         if self.remote:
             out["hub"] = dict(self.remote)
         return out
@@ -343,6 +350,7 @@ def select_tasks(
     if not items or any(i == "" for i in items):
         raise UsageError(f"empty task selection {spec!r}; give indices (0,3,5-7) or names")
     T, names = bank.num_tasks, bank.task_names or []
+    position: dict[str, int] | None = None  # name -> index, built on the first name: lookups stay O(1)
     out: list[int] = []
     for item in items:
         if isinstance(item, int) or (isinstance(item, str) and item.isascii() and item.isdigit()):  # not "²"
@@ -362,8 +370,12 @@ def select_tasks(
                 )
             out.extend(range(a, b + 1))
             continue
-        if item in names:
-            out.append(names.index(item))
+        if position is None:
+            position = {}
+            for i, n in enumerate(names):
+                position.setdefault(n, i)  # the first of a repeated name, as list.index found it
+        if item in position:
+            out.append(position[item])
             continue
         raise UsageError(
             f"unknown task {item!r}: {bank.where} has {plural(T, 'task')} ({_task_list(bank)})"

@@ -162,6 +162,11 @@ def combine(
         )
     top = rank  # the output rank; "auto" refits may need more than the inputs
     if differing:
+        from ._finite import require_finite
+
+        require_finite(banks[0], "the refit", tasks=[])  # the shared prompt the others are re-expressed under
+        for i in differing:
+            require_finite(banks[i], "the refit", prompts=True)
         errors = {}
         for i in differing:
             cols, rows, ranks, errs = _refit(pe0, converted[i], ("auto" if auto else rank, max_error))
@@ -208,11 +213,13 @@ def convert(bank: PromptBank, dtype: str, rank: int) -> dict[str, Array]:
     if bank.dtype == dtype and bank.rank == rank:
         return t
     tdtype = torch_dtype(dtype)
-    cols, rows = numerics.pad_rank(
-        t["prefix_task_cols"].to_torch(dtype=tdtype), t["prefix_task_rows"].to_torch(dtype=tdtype), rank
-    )
+
+    def cast(key):  # values beyond a narrower dtype's range: refused, or clamped (numerics.in_range)
+        return numerics.in_range(t[key].to_torch(), dtype, f"{bank.where}: tensor {key!r}").to(tdtype)
+
+    cols, rows = numerics.pad_rank(cast("prefix_task_cols"), cast("prefix_task_rows"), rank)
     return {
-        "prompt_embeddings": numerics.cast(t["prompt_embeddings"], dtype),
+        "prompt_embeddings": numerics.cast(t["prompt_embeddings"], dtype, f"{bank.where}: tensor 'prompt_embeddings'"),
         "prefix_task_cols": Array.from_torch(cols),
         "prefix_task_rows": Array.from_torch(rows),
     }

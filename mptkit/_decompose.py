@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import os
 
-from . import _fit as fit, _progress as progress
+from . import _fit as fit, _numerics as numerics, _progress as progress
 from ._bank import PromptBank
 from ._dtypes import storage_dtype, torch_dtype
+from ._finite import require_finite, require_finite_prompts
 from ._options import CONFIG_FIELDS
 from ._peftfields import MPT, as_type, common_dialect, has_dialect
 from ._tensor import Array
@@ -62,10 +63,18 @@ def decompose(
     shared: PromptBank | None = None,
     dtype: str | None = None,
     config: dict | None = None,
+    clamp: bool = False,
 ) -> PromptBank:
     """A bank from ``prompts`` (:func:`mptkit.read_prompts`): see the module doc. ``rank``
-    is an int or ``"auto"`` (with ``max_error``); ``dtype`` the stored dtype (default float32);
-    ``config`` adapter_config.json fields for the output (task_type, num_virtual_tokens, ...)."""
+    is an int or ``"auto"`` (with ``max_error``); ``dtype`` the stored dtype (default float32;
+    values beyond its range are refused, or with ``clamp`` stored as its largest value);
+    ``config`` adapter_config.json fields for the output (task_type, num_virtual_tokens, ...).
+    A prompt holding NaN/Inf is refused before any work (:mod:`mptkit._finite`)."""
+    with numerics.clamping(clamp):
+        return _decompose(prompts, rank, max_error, seed, shared, dtype, config)
+
+
+def _decompose(prompts, rank, max_error, seed, shared, dtype, config) -> PromptBank:
     from ._edit import check_names
 
     K, (N, d) = len(prompts.arrays), prompts.shape
@@ -79,29 +88,31 @@ def decompose(
     stored = storage_dtype(dtype, "F32")
     tdtype = torch_dtype(stored)
     data = _Data(prompts)
+    require_finite_prompts(data, prompts.names, prompts.where, "decompose")
     if shared is not None:
+        require_finite(shared, "decompose", tasks=[])
         if shared.num_tokens != N or shared.token_dim != d:
             raise IncompatibleBanks(
                 f"{shared.where}'s shared prompt is {shared.num_tokens} x {shared.token_dim} "
                 f"(N x d), the prompts are {N} x {d} ({prompts.where[0]})"
             )
-        P = shared.tensors["prompt_embeddings"].to_torch(dtype=tdtype).double()
+        P = _rounded(shared.tensors["prompt_embeddings"].to_torch(), tdtype)
     elif rank == "auto":
         r = 1
         while True:
-            P = find_shared(data, r, seed).to(tdtype).double()
+            P = _rounded(find_shared(data, r, seed), tdtype)
             errors = _factors(data, P, r, None, tdtype)[3]
             if max(errors) <= max_error or r >= min(N, d):
                 break
             r = min(2 * r, min(N, d))
     else:
-        P = find_shared(data, rank, seed).to(tdtype).double()
+        P = _rounded(find_shared(data, rank, seed), tdtype)
     cols, rows, ranks, errors = _factors(data, P, rank, max_error, tdtype, top=min(N, d))
     fit.check_errors(
         [(prompts.where[k], n, e) for k, (n, e) in enumerate(zip(prompts.names, errors))], max_error, "decompose"
     )
     tensors = {
-        "prompt_embeddings": Array.from_torch(P.to(tdtype)),
+        "prompt_embeddings": Array.from_torch(P.to(tdtype)),  # already rounded to tdtype (_rounded)
         "prefix_task_cols": Array.from_torch(cols),
         "prefix_task_rows": Array.from_torch(rows),
     }
@@ -110,6 +121,7 @@ def decompose(
         "seed": seed,
         "num_prompts": K,
         **({"max_error": max_error} if max_error is not None else {}),
+        **({"dtype": dtype} if dtype else {}),
         **(
             {"shared": os.path.basename(os.path.normpath(shared.source.path))}
             if shared is not None and shared.source
@@ -169,13 +181,18 @@ def stand_in(prompts: Prompts, rank, *, shared: PromptBank | None = None, config
     return PromptBank(shape, None, output_config(prompts, shared)).with_config(config)
 
 
+def _rounded(P, tdtype):
+    """The shared prompt as it will be stored (in ``tdtype``, within its range), in float64."""
+    return numerics.in_range(P, tdtype, "the shared prompt").to(tdtype).double()
+
+
 class _Data:
     """The prompts as float64 chunks of tasks, cached when small."""
 
     def __init__(self, prompts: Prompts):
         N, d = prompts.shape
         self.prompts, self.count = prompts, len(prompts.arrays)
-        self.step = max(1, CHUNK_BYTES // (8 * N * d))
+        self.step = max(1, min(fit.als.MAX_TASKS, CHUNK_BYTES // (8 * N * d)))  # a pool's tasks at most
         self.cache = None
         if self.count * N * d * 8 <= CACHE_BYTES:
             self.cache = [prompts.read(idx) for idx in self.chunks()]

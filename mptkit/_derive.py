@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ._bank import PromptBank, select_tasks
 from ._dtypes import storage_dtype
-from ._numerics import cast, draw_seed, fresh_factors, mean_over_tasks
+from ._numerics import cast, clamping, draw_seed, fresh_factors, mean_over_tasks
 from .errors import UsageError
 
 MODES = ("average", "exact", "shared")
@@ -37,13 +37,15 @@ def derive(
     seed: int | None = None,
     dtype: str | None = None,
     config: dict | None = None,
+    clamp: bool = False,
 ) -> PromptBank:
     """A new bank from ``bank`` by ``mode`` ("average", "exact" or "shared"); see the module doc.
 
     ``task`` (exact only) is a 0-based index or a task name. ``num_tasks``/``num_ranks``/``seed``
     (shared only) add fresh factors. ``dtype`` (one of :data:`mptkit._dtypes.USER_NAMES`) casts the output;
     by default it keeps the source's dtype. ``config`` holds adapter_config.json fields to set on
-    the output (task_type, num_virtual_tokens, ...), for sources that carry none.
+    the output (task_type, num_virtual_tokens, ...), for sources that carry none. Values beyond a
+    narrower ``dtype``'s range are refused, or with ``clamp`` stored as its largest value.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -54,14 +56,17 @@ def derive(
             if value is not None:
                 raise UsageError(f"{name} applies to mode shared only (mode {mode} gives one task)")
     out_dtype = storage_dtype(dtype, bank.dtype)
-    if mode == "exact":
-        out = exact(bank, task, out_dtype)
-    elif mode == "average":
-        out = average(bank, out_dtype)
-    else:
-        out = shared(bank, out_dtype, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed)
+    with clamping(clamp):
+        if mode == "exact":
+            out = exact(bank, task, out_dtype)
+        elif mode == "average":
+            out = average(bank, out_dtype)
+        else:
+            out = shared(bank, out_dtype, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed)
     if dtype is not None:
         out.provenance[-1]["arguments"]["dtype"] = dtype
+    if clamp and out_dtype != bank.dtype:
+        out.provenance[-1]["arguments"]["clamp"] = True
     return out.with_config(config)
 
 
@@ -75,8 +80,12 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     dtype = dtype or bank.dtype
     tensors = {
-        "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype),
-        **{key: cast(a, dtype) for key, a in bank.task_rows([k]).items() if key != "prompt_embeddings"},
+        "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype, _what(bank, "prompt_embeddings")),
+        **{
+            key: cast(a, dtype, _what(bank, key, k))
+            for key, a in bank.task_rows([k]).items()
+            if key != "prompt_embeddings"
+        },
     }
     args = {"mode": "exact", "task": k}
     if bank.task_names:
@@ -89,11 +98,18 @@ def exact(bank: PromptBank, task: int | str | None, dtype: str | None = None) ->
 def average(bank: PromptBank, dtype: str | None = None) -> PromptBank:
     """The mean of each factor over all tasks (a one-task bank, unnamed)."""
     bank.require_tasks("whose factors to average")
+    from ._finite import require_finite
+
+    require_finite(bank, "the average")
     dtype = dtype or bank.dtype
     tensors = {
-        "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype),
-        "prefix_task_cols": mean_over_tasks(bank.tensors["prefix_task_cols"], dtype),
-        "prefix_task_rows": mean_over_tasks(bank.tensors["prefix_task_rows"], dtype),
+        "prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype, _what(bank, "prompt_embeddings")),
+        "prefix_task_cols": mean_over_tasks(
+            bank.tensors["prefix_task_cols"], dtype, f"{bank.where}: the mean of 'prefix_task_cols'"
+        ),
+        "prefix_task_rows": mean_over_tasks(
+            bank.tensors["prefix_task_rows"], dtype, f"{bank.where}: the mean of 'prefix_task_rows'"
+        ),
     }
     return _result(bank, tensors, None, {"mode": "average", "num_source_tasks": bank.num_tasks})
 
@@ -109,7 +125,7 @@ def shared(
     """The shared prompt alone, or with ``num_tasks`` fresh N(0, 0.02) factor pairs of rank
     ``num_ranks`` (default: the source's rank, else 1, PEFT's default)."""
     dtype = dtype or bank.dtype
-    tensors = {"prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype)}
+    tensors = {"prompt_embeddings": cast(bank.tensors["prompt_embeddings"], dtype, _what(bank, "prompt_embeddings"))}
     args: dict = {"mode": "shared"}
     if num_tasks is None:
         if num_ranks is not None or seed is not None:
@@ -139,6 +155,12 @@ def shared(
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _what(bank: PromptBank, tensor: str, task: int | None = None) -> str:
+    """How a cast's message names a tensor (and the task it belongs to)."""
+    name = bank.task_names[task] if bank.task_names and task is not None else task
+    return f"{bank.where}: tensor {tensor!r}" + ("" if task is None else f" of task {name}")
+
+
 def _result(bank: PromptBank, tensors: dict, names, args: dict, reads=None) -> PromptBank:
     entry = bank.provenance_entry("derive", args, reads=reads)
     return bank.with_tensors(tensors, names, provenance=[*bank.provenance, entry])

@@ -19,6 +19,7 @@ from ._combine import (
     convert as convert_tensors,
     need_tasks as _need_tasks,
 )
+from ._finite import require_finite
 from ._schema import check
 from ._tensor import Array
 from .errors import UsageError
@@ -110,6 +111,7 @@ def change_rank(bank: PromptBank, rank: int | str, *, max_error: float | None = 
         tensors = convert_tensors(bank, bank.dtype, rank)
         results = {"relative_error": dict.fromkeys(names, 0.0)}
         return _result(bank, tensors, bank.task_names, "rank", args, [bank], results)
+    require_finite(bank, "rank", prompts=True)
     cols, rows, ranks, errors = fit.reduce_rank(
         bank.tensors["prompt_embeddings"],
         bank.tensors["prefix_task_cols"],

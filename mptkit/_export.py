@@ -22,6 +22,7 @@ from __future__ import annotations
 from . import _numerics as numerics
 from ._bank import PromptBank, select_tasks
 from ._dtypes import storage_dtype, torch_dtype
+from ._finite import require_finite
 from ._peftfields import PT
 from ._tensor import Array
 from .errors import UsageError
@@ -42,23 +43,30 @@ def task_prompt(bank: PromptBank, task: int | str, *, device=None, dtype=None):
 
 
 def export(
-    bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None
+    bank: PromptBank, task: int | str, *, dtype: str | None = None, config: dict | None = None, clamp: bool = False
 ) -> PromptTuningAdapter:
     """Task ``task`` (index or name) of ``bank`` as a PROMPT_TUNING adapter. ``dtype`` (one of
-    :data:`mptkit._dtypes.USER_NAMES`) is the stored dtype (default float32). ``config`` sets adapter_config.json
-    fields (task_type, num_virtual_tokens, ...) for a bank that carries none."""
+    :data:`mptkit._dtypes.USER_NAMES`) is the stored dtype (default float32); prompt values beyond
+    its range are refused, or with ``clamp`` stored as its largest value. ``config`` sets
+    adapter_config.json fields (task_type, num_virtual_tokens, ...) for a bank that carries none.
+    A NaN/Inf among the values the prompt is computed from is refused (:mod:`mptkit._finite`)."""
 
     bank.require_tasks("to export")
     stored = storage_dtype(dtype, "F32")
     k = select_tasks(bank, [task], allow_ranges=False)[0]
     bank = bank.with_config(config)
     full = adapter_config(bank)
-    prompt = task_prompt(bank, k).to(torch_dtype(stored))
+    require_finite(bank, "export", [k], prompts=True)
+    with numerics.clamping(clamp):
+        prompt = numerics.in_range(task_prompt(bank, k), stored, f"{bank.where}: the full prompt of task {k}")
+    prompt = prompt.to(torch_dtype(stored))
     args = {"task": k}
     if bank.task_names:
         args["task_name"] = bank.task_names[k]
     if dtype:
         args["dtype"] = dtype
+    if clamp:
+        args["clamp"] = True
     entry = bank.provenance_entry("export", args, reads=list(bank.task_rows([k]).values()))
     return PromptTuningAdapter(
         Array.from_torch(prompt), full, [*bank.provenance, entry], dict(bank.extras), bank_paths(bank)
@@ -101,20 +109,29 @@ def table_rows(bank: PromptBank, half: str | None) -> tuple[slice, str | None]:
 
 
 def export_table(
-    bank: PromptBank, tasks="all", *, half: str | None = None, dtype: str | None = None, config: dict | None = None
+    bank: PromptBank,
+    tasks="all",
+    *,
+    half: str | None = None,
+    dtype: str | None = None,
+    config: dict | None = None,
+    clamp: bool = False,
 ) -> PromptTable:
     """The tasks ``tasks`` (indices, ranges, names, or "all") of ``bank`` as a
     :class:`~mptkit.formats.PromptTable`: each task's prompt computed as PEFT's MPT module computes
     it (float32), the rows of ``half`` (seq2seq banks: "encoder" by default, "decoder", "both"),
     stored in ``dtype`` (default float32). Nothing is computed until it is written:
     ``mptkit.save(table, "table.npy")`` (+ ``table.tasks.json``), ``"table.safetensors"``, or a
-    folder (one PROMPT_TUNING adapter per task, whole prompts, with ``config``'s fields)."""
+    folder (one PROMPT_TUNING adapter per task, whole prompts, with ``config``'s fields). A NaN/Inf
+    among the values is refused now; prompt values beyond ``dtype``'s range are refused as they are
+    computed (nothing is written), or with ``clamp`` stored as its largest value."""
     import torch
 
     bank.require_tasks("to export")
     idx = list(range(bank.num_tasks)) if tasks == "all" else select_tasks(bank, tasks, unique=True)
     stored = storage_dtype(dtype, "F32")
     rows, which = table_rows(bank, half)
+    require_finite(bank, "export", idx, prompts=True)
     N, d = rows.stop - rows.start, bank.token_dim
     names = [bank.task_names[k] if bank.task_names else f"task{k}" for k in idx]
     args = {
@@ -122,6 +139,7 @@ def export_table(
         **({"names": names} if bank.task_names else {}),
         "half": which,
         **({"dtype": dtype} if dtype else {}),
+        **({"clamp": True} if clamp else {}),
     }
     cols_a, rows_a = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     entry = bank.provenance_entry("export", args, reads=list(bank.task_rows(idx).values()))
@@ -147,6 +165,8 @@ def export_table(
                 ks = idx[lo : lo + step]
                 c, r = cols_a.rows(ks).to_torch(dtype=compute), rows_a.rows(ks).to_torch(dtype=compute)
                 full = numerics.task_prompts(pe.unsqueeze(0), c, r)[:, rows]  # PEFT's order of operations
+                with numerics.clamping(clamp):  # checked chunk by chunk: a refusal leaves nothing written
+                    full = numerics.in_range(full, stored, f"{bank.where}: the full prompts of tasks {ks[0]}-{ks[-1]}")
                 yield full.to(tdtype).contiguous().view(torch.uint8).numpy().tobytes()
                 bar.update(len(ks))
 
@@ -158,7 +178,7 @@ def export_table(
         info=info,
         provenance=[*bank.provenance, entry],
         chunks=chunks,
-        adapter=lambda i: export(bank, idx[i], dtype=dtype, config=config),
+        adapter=lambda i: export(bank, idx[i], dtype=dtype, config=config, clamp=clamp),
         adapter_config=lambda: adapter_config(with_config),
         sources=bank_paths(bank),
         bank=bank,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import _als as als
 from ._dtypes import torch_dtype
-from ._numerics import SMALL_RANK
+from ._numerics import SMALL_RANK, in_range
 from .errors import IncompatibleBanks, UsageError
 
 
@@ -109,7 +109,8 @@ def fit_chunk(W, W2, targets: Targets, rank: int, tdtype, sel=None):
     sel = torch.arange(len(targets.X)) if sel is None else sel
     Ct, R = targets.start(rank, sel)
     C, R = fit(W2, targets.X[sel], Ct, R)
-    C, R = C.to(tdtype), R.to(tdtype)
+    C = in_range(C, tdtype, "the fitted factors prefix_task_cols").to(tdtype)
+    R = in_range(R, tdtype, "the fitted factors prefix_task_rows").to(tdtype)
     prompt = W * targets.X[sel] if targets.prompt is None else targets.prompt[sel]
     return C, R, relative_errors(W, C, R, prompt)
 
@@ -174,7 +175,31 @@ def fit_tasks(
     ``rank``, or with ``rank="auto"`` at each task's smallest rank up to ``top`` whose error is at
     most ``max_error`` (``exact_for(i)`` gives task i's exact (C, R) at ``top`` when known). Shows
     progress. Returns torch (cols (count, N, R), rows (count, R, d)) in ``tdtype``, zero-padded to
-    the largest rank R, and per-task ranks and relative errors."""
+    the largest rank R, and per-task ranks and relative errors.
+
+    A fit its arithmetic cannot carry out is refused in one sentence: finite inputs
+    (:func:`mptkit._finite.require_finite` checked them) can still be too large for float64 once
+    squared (beyond about 1e154), which made torch's SVD raise and the errors NaN."""
+    import math
+
+    import torch
+
+    from .errors import InvalidBank
+
+    why = "its arithmetic overflowed float64: the values are too large (beyond about 1e150) to be fitted"
+    try:
+        cols, rows, ranks, errors = _fit_tasks(
+            W, count, targets_for, rank, tdtype, max_error=max_error, top=top, exact_for=exact_for, desc=desc
+        )
+    except torch.linalg.LinAlgError:
+        raise InvalidBank(f"the {desc} failed: {why}; scale the bank down") from None
+    bad = [i for i, e in enumerate(errors) if not math.isfinite(e)]
+    if bad or not bool(torch.isfinite(cols).all() and torch.isfinite(rows).all()):
+        raise InvalidBank(f"the {desc} failed (task {bad[0] if bad else '?'} of those fitted): {why}")
+    return cols, rows, ranks, errors
+
+
+def _fit_tasks(W, count: int, targets_for, rank, tdtype, *, max_error, top, exact_for, desc):
     import torch
 
     from . import _progress as progress
@@ -182,7 +207,10 @@ def fit_tasks(
     N, d = W.shape
     W2 = W * W
     step = als.capacity(N, d, rank if rank != "auto" else min(top, 2 * SMALL_RANK))
-    Cs, Rs, ranks, errors = [None] * count, [None] * count, [0] * count, [0.0] * count
+    ranks, errors = [0] * count, [0.0] * count
+    # each task's factors go straight into the output (no tensor a task is kept: 100,000 tiny prompts
+    # held 5 kB each), at the rank of the widest so far (an "auto" fit widens it as it goes)
+    out = _Factors(count, N, d, rank if rank != "auto" else 1, tdtype)
     with progress.bar(count, desc) as bar:
         if rank == "auto":
             for lo in range(0, count, step):
@@ -191,8 +219,9 @@ def fit_tasks(
                 exact = (lambda i, idx=idx: exact_for(idx[i])) if exact_for is not None else None
                 found = search_ranks(W, W2, targets, max_error, top, tdtype, exact)
                 for j, i in enumerate(idx):
-                    Cs[i], Rs[i], ranks[i], errors[i] = (v[j] for v in found)
-                del targets
+                    C, R, ranks[i], errors[i] = (v[j] for v in found)
+                    out.put(i, C, R)
+                del targets, found
                 bar.update(len(idx))
         else:
             prompts: dict = {}  # each task in flight: its full prompt, or its target X (prompt W * X)
@@ -209,17 +238,37 @@ def fit_tasks(
 
             for i, c, r in als.solve(W2, tasks(), rank, capacity=step, total=count):
                 C, R = als.balance(c.T, r)
-                C, R = C.to(tdtype), R.to(tdtype)
+                C = in_range(C, tdtype, "the fitted factors prefix_task_cols").to(tdtype)
+                R = in_range(R, tdtype, "the fitted factors prefix_task_rows").to(tdtype)
                 p, is_target = prompts.pop(i)
-                Cs[i], Rs[i], ranks[i] = C, R, rank
+                out.put(i, C, R)
+                ranks[i] = rank
                 errors[i] = float(relative_errors(W, C[None], R[None], (W * p if is_target else p)[None])[0])
                 bar.update(1)
-    out = max(ranks) if ranks else (rank if rank != "auto" else 1)
-    cols = torch.zeros(count, N, out, dtype=tdtype)
-    rows = torch.zeros(count, out, d, dtype=tdtype)
-    for i, (C, R) in enumerate(zip(Cs, Rs)):
-        cols[i, :, : C.shape[1]], rows[i, : R.shape[0]] = C, R
-    return cols, rows, ranks, errors
+    return (*out.trimmed(max(ranks) if ranks else (rank if rank != "auto" else 1)), ranks, errors)
+
+
+class _Factors:
+    """The fitted (cols (count, N, R), rows (count, R, d)) of every task, zero beyond a task's rank."""
+
+    def __init__(self, count: int, N: int, d: int, rank: int, tdtype):
+        import torch
+
+        self.cols = torch.zeros(count, N, rank, dtype=tdtype)
+        self.rows = torch.zeros(count, rank, d, dtype=tdtype)
+
+    def put(self, i: int, C, R) -> None:
+        import torch
+
+        r = C.shape[1]
+        if r > self.cols.shape[2]:  # a wider task: the others are zero-padded (exact)
+            pad = r - self.cols.shape[2]
+            self.cols = torch.nn.functional.pad(self.cols, (0, pad))
+            self.rows = torch.nn.functional.pad(self.rows, (0, 0, 0, pad))
+        self.cols[i, :, :r], self.rows[i, :r] = C, R
+
+    def trimmed(self, rank: int):
+        return self.cols[:, :, :rank].contiguous(), self.rows[:, :rank].contiguous()
 
 
 def weighted_lowrank_fit(W, X, rank: int):

@@ -103,7 +103,18 @@ def value_stats(bank: PromptBank) -> dict:
     """Reads the data (numpy): non-finite counts per tensor and per task, per-task norms of the
     factors and of the full prompt ``prompt_embeddings * (cols[k] @ rows[k])`` (computed in
     float64). Memory stays bounded whatever the bank's size: factors are read a chunk of tasks at a
-    time and each prompt is computed a block of tokens at a time (:data:`VALUES_CHUNK_BYTES`)."""
+    time and each prompt is computed a block of tokens at a time (:data:`VALUES_CHUNK_BYTES`).
+
+    Overflow and invalid operations are expected here (a bank of huge or non-finite values is what
+    ``--values`` is for): their results are checked and counted below, so numpy's warnings about
+    them (``RuntimeWarning`` lines on stderr) are turned off by name for this computation."""
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _value_stats(bank)
+
+
+def _value_stats(bank: PromptBank) -> dict:
     import numpy as np
 
     pe_a = bank.tensors["prompt_embeddings"]
@@ -170,15 +181,30 @@ def _prompt_norm(pe, c, rw, tokens: int) -> tuple[float, int]:
     block of tokens at a time into one reused buffer."""
     import numpy as np
 
-    sq, bad, big = 0.0, 0, 0.0
+    norms, bad = [], 0
     buf = np.empty((min(tokens, len(c)), rw.shape[1]))
     for t0 in range(0, len(c), tokens):
         n = min(tokens, len(c) - t0)
         block = np.matmul(c[t0 : t0 + n], rw, out=buf[:n])
         np.multiply(block, pe[t0 : t0 + n], out=block)
         norm, nbad = _norm_and_nonfinite(block)
-        sq, bad, big = sq + norm * norm, bad + nbad, max(big, norm)
-    return (float(np.sqrt(sq)) if np.isfinite(sq) or not np.isfinite(big) else big), bad
+        norms.append(norm)
+        bad += nbad
+    # the blocks' norms combined (NaN when any block holds a NaN, Inf when one is infinite); scaled by
+    # the largest, so that finite norms whose squares overflow still give a finite norm
+    return _combine_norms(np.array(norms)), bad
+
+
+def _combine_norms(norms) -> float:
+    """The norm of a vector made of parts whose norms are ``norms`` (float64 array)."""
+    import numpy as np
+
+    if np.isnan(norms).any():
+        return float("nan")
+    top = float(norms.max(initial=0.0))
+    if top == 0.0 or not np.isfinite(top):
+        return top
+    return top * float(np.sqrt(np.dot(norms / top, norms / top)))
 
 
 def _norm_and_nonfinite(x) -> tuple[float, int]:

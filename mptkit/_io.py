@@ -26,12 +26,18 @@ def load(path: str | os.PathLike, *, kind: str | None = None, adapter: str | Non
     if name.startswith("hf://"):  # the header and the bytes an operation reads, not the whole bank
         from .hub import open_bank
 
-        return open_bank(name, kind=kind, adapter=adapter)
-    if not os.path.lexists(name) and _REPO_SHAPE.match(name):
-        from .errors import InvalidBank
+        bank = open_bank(name, kind=kind, adapter=adapter)
+    else:
+        if not os.path.lexists(name) and _REPO_SHAPE.match(name):
+            from .errors import InvalidBank
 
-        raise InvalidBank(f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, write hf://{name}")
-    return read_bank(name, kind=kind, adapter=adapter)
+            raise InvalidBank(
+                f"{name}: no such file or folder; for the Hub repo {name.split('@')[0]}, write hf://{name}"
+            )
+        bank = read_bank(name, kind=kind, adapter=adapter)
+    if adapter and bank.source is not None:
+        bank.source.adapter = adapter  # provenance records it, to read the same adapter again (verify)
+    return bank
 
 
 def load_embeddings(base_model: str | os.PathLike, *, embedding_key: str | None = None):

@@ -34,6 +34,7 @@ def merge(
     max_error: float | None = None,
     rank: int | str | None = None,
     allow_mismatch: bool = False,
+    clamp: bool = False,
 ) -> PromptBank:
     """Concatenate the banks' tasks. They must share N and d (and the config's split of N into
     virtual tokens x submodules where known), and, where their configs say, task_type, base model
@@ -45,13 +46,15 @@ def merge(
     relative error reported; ``max_error`` refuses a larger one, and with ``rank="auto"`` each
     re-expressed task gets its smallest rank within ``max_error``. ``rank`` R
     sets the output rank (at least every bank's). Duplicate names are an error unless
-    ``rename_duplicates`` (suffixes ``-2``, ...)."""
+    ``rename_duplicates`` (suffixes ``-2``, ...). Values beyond a narrower ``dtype``'s range are
+    refused, or with ``clamp`` stored as its largest value."""
     banks = list(banks)
     check_merge_options(len(banks), refit=refit, max_error=max_error, rank=rank)
     rank = fit.check_rank(rank, max_error) if rank is not None else None
     out_dtype = _check_compatible(banks, dtype, allow_mismatch)
     names, renamed, named = _merged_names(banks, rename_duplicates)
-    parts, results = _combine(banks, out_dtype, refit, max_error, rank)
+    with numerics.clamping(clamp):
+        parts, results = _combine(banks, out_dtype, refit, max_error, rank)
     if renamed:
         results["renamed"] = renamed
     if named:
@@ -67,6 +70,7 @@ def merge(
         **({"max_error": max_error} if max_error is not None else {}),
         **({"rank": rank} if rank is not None else {}),
         **({"allow_mismatch": True} if allow_mismatch else {}),
+        **({"clamp": True} if clamp else {}),
     }
     # the fields every source's PEFT writes (a 0.10 bank merged with a 0.21 one loads in 0.10)
     first = replace(banks[0], config=common_dialect(b.config for b in banks))
@@ -140,6 +144,7 @@ def add_task(
     max_error: float | None = None,
     rank: int | str | None = None,
     allow_mismatch: bool = False,
+    clamp: bool = False,
 ) -> PromptBank:
     """Append one task named ``name``. Its factors come from ``init``: ``"average"`` (the mean of
     the bank's cols and of its rows, as PEFT's AVERAGE_SOURCE_TASKS computes them), ``"exact:K"``
@@ -147,7 +152,9 @@ def add_task(
     ``source``'s task ``source_task`` under the same rules as :func:`merge` (shared prompt,
     ``refit``, ``rank``, config checks and ``allow_mismatch``; its dtype follows this bank's).
     In a bank that names no tasks ``name`` may be None (the bank stays unnamed); naming the new
-    task there names the others ``task<index>``, reported in the provenance (``named``)."""
+    task there names the others ``task<index>``, reported in the provenance (``named``). ``clamp``:
+    values of ``source`` beyond this bank's dtype's range are stored as its largest value (refused
+    without it)."""
     _need_tasks(bank)
     check_add_options(init=init, source=source, seed=seed, refit=refit, max_error=max_error, rank=rank)
     rank = fit.check_rank(rank, max_error) if rank is not None else None
@@ -168,9 +175,14 @@ def add_task(
                 raise UsageError(f"{source.where} has {source.num_tasks} tasks; name one: --from {source.where}:TASK")
             source_task = 0
         k = source.task_index(source_task)
+        if refit:  # named by its own index and name (the one-task copy below has neither)
+            from ._finite import require_finite
+
+            require_finite(source, "the refit", [k], prompts=True)
         single = replace(source, tensors=source.task_rows([k]), task_names=None)
         _check_compatible([bank, single], bank.dtype, allow_mismatch)
-        parts, found = _combine([bank, single], bank.dtype, refit, max_error, rank)
+        with numerics.clamping(clamp):
+            parts, found = _combine([bank, single], bank.dtype, refit, max_error, rank)
         results.update(found)
         origin = os.path.basename(os.path.normpath(source.source.path)) if source.source else "a bank in memory"
         args = {
@@ -179,7 +191,9 @@ def add_task(
             "task": source.names()[k],
             "source_task": k,
             "refit": refit,
+            **({"max_error": max_error} if max_error is not None else {}),
             **({"rank": rank} if rank is not None else {}),
+            **({"clamp": True} if clamp else {}),
         }
         return _result(
             bank,
@@ -208,7 +222,11 @@ def add_task(
     cols, rows = bank.tensors["prefix_task_cols"], bank.tensors["prefix_task_rows"]
     args = {"name": name, "init": init, **({"rank": rank} if rank is not None else {})}
     if init == "average":  # the same float64 mean as `derive --mode average`
-        new_c, new_r = numerics.mean_over_tasks(cols, cols.dtype), numerics.mean_over_tasks(rows, rows.dtype)
+        from ._finite import require_finite
+
+        require_finite(bank, "add --init average")
+        new_c = numerics.mean_over_tasks(cols, cols.dtype, f"{bank.where}: the mean of 'prefix_task_cols'")
+        new_r = numerics.mean_over_tasks(rows, rows.dtype, f"{bank.where}: the mean of 'prefix_task_rows'")
     else:
         if seed is None:
             seed = numerics.draw_seed()

@@ -8,12 +8,15 @@ never pay for it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import secrets
 
 from . import _progress as progress
-from ._dtypes import BY_CODE, torch_dtype
+from ._dtypes import BY_CODE, code_of_torch, shown, torch_dtype
 from ._tensor import Array
+from .errors import UsageError
 
 #: PEFT's MultitaskPromptEmbedding draws fresh factors from N(0, INIT_STD)
 INIT_STD = 0.02
@@ -38,22 +41,94 @@ def task_prompts(pe, cols, rows):
     return pe * torch.matmul(cols, rows)
 
 
+# -- the range of the stored dtype -------------------------------------------------------------------
+def limits(code: str) -> tuple[float, float]:
+    """A float dtype's largest finite value (:mod:`mptkit._dtypes`), and the magnitude from which
+    rounding to it gives infinity: the largest plus half a unit in its last place (a tie rounds to
+    the even, Inf). (inf, inf) for a dtype without a largest value."""
+    d = BY_CODE.get(code)
+    if d is None or d.largest is None:
+        return math.inf, math.inf
+    f, e = math.frexp(d.largest)  # largest = (1 - 2**-p) * 2**e: its last place is (1 - f) * 2**e
+    try:
+        return d.largest, d.largest + math.ldexp(1 - f, e - 1)
+    except OverflowError:  # float64: nothing is beyond it
+        return d.largest, math.inf
+
+
+_CLAMP: contextvars.ContextVar[bool] = contextvars.ContextVar("mptkit_clamp", default=False)
+
+
+@contextlib.contextmanager
+def clamping(clamp: bool):
+    """Inside, :func:`in_range` stores values beyond the output dtype's range as its largest
+    finite value (``--clamp``) instead of refusing them; operations that take ``clamp=`` use this."""
+    token = _CLAMP.set(bool(clamp))
+    try:
+        yield
+    finally:
+        _CLAMP.reset(token)
+
+
+def in_range(x, dtype, what: str):
+    """``x`` (a torch tensor or numpy array, in a dtype at least as wide as ``dtype``: "F16", or a
+    torch dtype) ready to be stored in ``dtype``: finite values that the cast would turn into Inf
+    are refused, with the largest of them and the dtype's range named, unless the operation runs
+    under :func:`clamping` (then they become the largest finite value of their sign). Values
+    already non-finite stay as they are. The one check every cast to an output dtype passes."""
+    key = dtype if isinstance(dtype, str) else (code_of_torch(dtype) or "F64")
+    top, inf_at = limits(key)
+    if math.isinf(inf_at):
+        return x
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        if x.numel() == 0 or not x.is_floating_point():
+            return x
+        over = x.isfinite() & (x.abs() >= inf_at)
+        if not bool(over.any()):
+            return x
+        count, largest = int(over.sum()), float(x[over].abs().max())
+        if _CLAMP.get():
+            return torch.where(over, x.sign() * top, x)
+    else:
+        import numpy as np
+
+        if x.size == 0:
+            return x
+        with np.errstate(invalid="ignore"):
+            over = np.isfinite(x) & (np.abs(x) >= inf_at)
+        if not over.any():
+            return x
+        count, largest = int(over.sum()), float(np.abs(x[over]).max())
+        if _CLAMP.get():
+            return np.where(over, np.sign(x) * top, x)
+    name = shown(key)
+    raise UsageError(
+        f"{what}: {count:,} value{'s' if count != 1 else ''} beyond {name}'s range (the largest in magnitude is "
+        f"{largest:.6g}; {name}'s largest is {top:.6g}) would be stored as Inf; keep a wider dtype, or pass "
+        f"--clamp (clamp=True) to store {top:.6g} with their sign instead"
+    )
+
+
 # -- casts and means -----------------------------------------------------------------------------
-def cast(arr: Array, dtype: str) -> Array:
-    """``arr`` in ``dtype`` (the same handle when it already is)."""
+def cast(arr: Array, dtype: str, what: str = "the values") -> Array:
+    """``arr`` in ``dtype`` (the same handle when it already is); values beyond ``dtype``'s range
+    are refused or clamped (:func:`in_range`; ``what`` names them in the message)."""
     if arr.dtype == dtype:
         return arr
-    return Array.from_torch(arr.to_torch().to(torch_dtype(dtype)))
+    return Array.from_torch(in_range(arr.to_torch(), dtype, what).to(torch_dtype(dtype)))
 
 
-def mean_over_tasks(arr: Array, dtype: str) -> Array:
+def mean_over_tasks(arr: Array, dtype: str, what: str = "the mean") -> Array:
     """The mean along dim 0, keeping it (``(1, ...)``), correctly rounded once to ``dtype``.
 
     numpy, not torch: importing torch costs 0.75-2 s, more than averaging a 2 GB bank. Tasks are
     read in chunks of at most :data:`AVERAGE_CHUNK_BYTES` (small enough to stay in cache between
     the read and the adds) into one reused buffer, and each task is added, in order, to a float64
     accumulator of one task's size; the sum is divided by T once. A task larger than a chunk is
-    read in equal pieces."""
+    read in equal pieces. Sums that overflow float64 (values near 1e308) are added again scaled
+    by a power of two (exact), and the mean is checked against ``dtype``'s range (:func:`in_range`)."""
     import numpy as np
 
     T, n = arr.shape[0], math.prod(arr.shape[1:])
@@ -63,15 +138,29 @@ def mean_over_tasks(arr: Array, dtype: str) -> Array:
     step = max(1, min(T * split, AVERAGE_CHUNK_BYTES // max(row, 1)))
     acc = np.zeros((split, piece), dtype=np.float64)
     buf = bytearray(step * row)
-    with progress.bar(arr.nbytes, "average", unit="B", unit_scale=True) as bar:
-        for lo in range(0, T * split, step):
-            hi = min(T * split, lo + step)
-            flat.rows(range(lo, hi)).read_into(buf)
-            a = as_float(buf, arr.dtype, (hi - lo) * piece).reshape(hi - lo, piece)
-            for i in range(hi - lo):
-                np.add(acc[(lo + i) % split], a[i], out=acc[(lo + i) % split])
-            bar.update((hi - lo) * row)
-    out = from_float64((acc / T).reshape(-1), dtype)
+    scale = 1.0
+    while True:
+        acc[:] = 0
+        with (
+            progress.bar(arr.nbytes, "average", unit="B", unit_scale=True) as bar,
+            np.errstate(over="ignore", invalid="ignore"),  # checked below: a sum that overflowed is redone
+        ):
+            for lo in range(0, T * split, step):
+                hi = min(T * split, lo + step)
+                flat.rows(range(lo, hi)).read_into(buf)
+                a = as_float(buf, arr.dtype, (hi - lo) * piece).reshape(hi - lo, piece)
+                for i in range(hi - lo):
+                    if scale == 1.0:
+                        np.add(acc[(lo + i) % split], a[i], out=acc[(lo + i) % split])
+                    else:
+                        acc[(lo + i) % split] += a[i] * scale
+                bar.update((hi - lo) * row)
+        if scale != 1.0 or np.isfinite(acc).all() or arr.dtype != "F64":
+            break
+        scale = 2.0 ** -(T.bit_length() + 1)  # a sum of T finite values then stays below the largest float64
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = (acc / T).reshape(-1) / scale
+    out = from_float64(in_range(mean, dtype, what), dtype)
     return Array.from_bytes(out, dtype, (1, *arr.shape[1:]))
 
 
@@ -101,8 +190,10 @@ def from_float64(x, dtype: str) -> bytes:
     import numpy as np
 
     if dtype != "BF16":
-        return x.astype(np.dtype(BY_CODE[dtype].numpy)).tobytes()
-    y = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond the range were refused or clamped (in_range)
+            return x.astype(np.dtype(BY_CODE[dtype].numpy)).tobytes()
+    with np.errstate(over="ignore"):
+        y = x.astype(np.float32)
     bits = y.view(np.uint32).copy()
     with np.errstate(invalid="ignore"):
         inexact = (y.astype(np.float64) != x) & ~np.isnan(x)

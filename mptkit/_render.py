@@ -154,10 +154,13 @@ def _listing(names, limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _tasks(idx, names=None) -> str:
-    """``task 2 (rte)``, ``tasks 2, 0 (rte, sst2)``, ``tasks 0-3``."""
+def _tasks(idx, names=None, limit: int = 24) -> str:
+    """``task 2 (rte)``, ``tasks 2, 0 (rte, sst2)``, ``tasks 0-3``; at most ``limit`` runs of
+    indices, then how many tasks there are in all (a report stays one line, whatever the bank)."""
     idx = list(idx)
-    shown = f"{'task' if len(idx) == 1 else 'tasks'} {spans(idx)}"
+    runs = spans(idx).split(", ")
+    listed = ", ".join(runs[:limit]) + (f", ... ({len(idx):,} in all)" if len(runs) > limit else "")
+    shown = f"{'task' if len(idx) == 1 else 'tasks'} {listed}"
     return shown + (f" ({_listing(list(names))})" if names else "")
 
 
@@ -172,7 +175,8 @@ def _changes(op, args, results, bank, src, labels) -> list[str]:
         )
     elif op == "remove":
         dropped = args["tasks"]
-        kept = [i for i in range(T + len(dropped)) if i not in set(dropped)]
+        gone = set(dropped)
+        kept = [i for i in range(T + len(dropped)) if i not in gone]
         out.append(
             f"removed {_tasks(dropped, args.get('names'))} of {src}; kept {_tasks(kept)}"
             + ("" if kept == list(range(len(kept))) else f", now {_tasks(range(len(kept)))}")

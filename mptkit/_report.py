@@ -18,6 +18,7 @@ import math
 
 from ._bank import PromptBank
 from ._info import summary, value_stats
+from .errors import UsageError
 
 #: the heatmap holds at most this many cells a side; more tasks are averaged in contiguous blocks
 HEATMAP_CELLS = 300
@@ -31,6 +32,9 @@ SINGULAR_VALUES = 16
 PROVENANCE_ENTRIES = 100
 #: bytes of float64 factors read at a time for the singular values
 SV_CHUNK_BYTES = 16 << 20
+#: the most tasks a report is made for: it holds a few T x T float64 matrices (measured peak RSS
+#: of 5,000 tiny tasks: 1.3 GB; 20,000 reached 6.4 GB and wanted more), refused above, with its size
+MAX_TASKS = 5000
 
 
 def cut(text, n: int = NAME_CHARS) -> str:
@@ -224,10 +228,23 @@ def _provenance(entries) -> list:
     return shown
 
 
+def too_many_tasks(n: int) -> str:
+    """Why no report of ``n`` tasks is made, with its size and what to ask instead."""
+    from ._similarity import _gb
+
+    return (
+        f"a report of {n:,} tasks holds a few {n:,} x {n:,} float64 matrices ({_gb(n * n * 8)} each); "
+        f"mptkit makes reports of at most {MAX_TASKS:,} tasks. Report on fewer (mptkit slice BANK --tasks ...), "
+        "or list each task's nearest with mptkit similarity BANK --top K (memory grows with tasks x K)"
+    )
+
+
 def report_data(bank: PromptBank, title: str | None = None) -> dict:
     """Everything the page shows, as JSON-ready values (see the module docstring for the bounds)."""
     import json
 
+    if bank.num_tasks > MAX_TASKS:
+        raise UsageError(f"{bank.where}: {too_many_tasks(bank.num_tasks)}")
     s = summary(bank)
     stats = value_stats(bank)
     T, names = bank.num_tasks, bank.names()

@@ -21,6 +21,7 @@ SCHEMA_FILES = {
     "adapter_config": "adapter_config.schema.json",
     "metadata": "metadata.schema.json",
     "output": "output.schema.json",
+    "recipe": "recipe.schema.json",
 }
 _BASE = "https://mptkit.invalid/schemas/"
 
@@ -206,10 +207,24 @@ MAX_PROBLEMS = 20
 
 def check(kind: str, instance: Any, subject: str = "field", pointer: str = "") -> list[str]:
     """Validate ``instance`` against schema ``kind`` (optionally a ``$defs`` pointer inside it)."""
-    errors = sorted(_validator(kind, pointer).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
-    out = [_describe(e, subject) for e in errors[:MAX_PROBLEMS]]
+    errors = located_problems(kind, instance, subject, pointer)
+    out = [message for _, message in errors[:MAX_PROBLEMS]]
     if len(errors) > MAX_PROBLEMS:
         out.append(f"... and {len(errors) - MAX_PROBLEMS:,} more problems like these")
+    return out
+
+
+def located_problems(kind: str, instance: Any, subject: str = "field", pointer: str = "") -> list[tuple[tuple, str]]:
+    """Every schema problem as ``(path, sentence)``: ``path`` leads from ``instance`` to the value at
+    fault (an unexpected field's own name ends it), for callers that say where it is (a recipe's line)."""
+    errors = sorted(_validator(kind, pointer).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    out = []
+    for e in errors:
+        path = tuple(e.absolute_path)
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            path += tuple(extra[:1])
+        out.append((path, _describe(e, subject)))
     return out
 
 

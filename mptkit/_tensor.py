@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._dtypes import code_of_torch, itemsize, torch_dtype
-from .errors import InvalidBank
+from .errors import InvalidBank, OutOfMemory
 
 CHUNK_BYTES = 8 << 20
 #: bytes asked of a segment's reader at once when writing (a range request each, for a remote file)
@@ -41,12 +41,13 @@ class Segment:
 class Array:
     """Dtype + shape + byte segments (C order). Cheap to slice by rows and to concatenate."""
 
-    __slots__ = ("dtype", "shape", "segments")
+    __slots__ = ("dtype", "shape", "segments", "_starts")
 
     def __init__(self, dtype: str, shape: Sequence[int], segments: Sequence[Segment]):
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
         self.segments = tuple(segments)
+        self._starts: list[int] | None = None  # where each segment starts in the array's bytes (on first use)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -121,15 +122,26 @@ class Array:
         return Array(first.dtype, (sum(a.shape[0] for a in arrays), *first.shape[1:]), _coalesce(segs))
 
     def _byte_range(self, start: int, length: int) -> list[Segment]:
+        """The segments covering ``length`` bytes at ``start``. The first is found by bisection over
+        the segments' starts: a selection from an array of many segments (one a task, after an
+        earlier selection) costs O(log S) a row, not O(S), which made selections quadratic."""
+        import bisect
+
+        if self._starts is None:
+            starts, pos = [], 0
+            for seg in self.segments:
+                starts.append(pos)
+                pos += seg.length
+            self._starts = starts
         out = []
-        pos = 0
-        for seg in self.segments:
-            lo, hi = max(start, pos), min(start + length, pos + seg.length)
+        end = start + length
+        for i in range(max(0, bisect.bisect_right(self._starts, start) - 1), len(self.segments)):
+            seg, pos = self.segments[i], self._starts[i]
+            if pos >= end:
+                break
+            lo, hi = max(start, pos), min(end, pos + seg.length)
             if lo < hi:
                 out.append(Segment(seg.offset + lo - pos, hi - lo, seg.path, seg.buffer, seg.reader))
-            pos += seg.length
-            if pos >= start + length:
-                break
         return out
 
     def write_to(self, f) -> int:
@@ -176,9 +188,24 @@ class Array:
         if len(self.segments) == 1 and self.segments[0].buffer is not None:
             s = self.segments[0]
             return s.buffer[s.offset : s.offset + s.length]
-        buf = bytearray(self.nbytes)
+        buf = self._allocate()
         self.read_into(buf)
         return buf
+
+    def _allocate(self) -> bytearray:
+        """A buffer for all the bytes; one sentence saying what and how big where memory is short."""
+        try:
+            return bytearray(self.nbytes)
+        except MemoryError:
+            raise self.too_big() from None
+
+    def too_big(self) -> OutOfMemory:
+        """The error for this array not fitting in memory: its file, dtype, shape and size."""
+        where = next((s.path for s in self.segments if s.path), None)
+        return OutOfMemory(
+            f"{where + ': ' if where else ''}a tensor of shape {list(self.shape)} ({self.dtype}) is "
+            f"{size_text(self.nbytes)} ({self.nbytes:,} bytes), more than {memory_limit_text()}"
+        )
 
     def read_into(self, buf) -> int:
         """Fill the start of the writable buffer ``buf`` with the bytes (read straight into it, no
@@ -221,8 +248,37 @@ class Array:
                 raw = bytearray(raw)
             t = torch.frombuffer(raw, dtype=torch.uint8).view(tdtype).reshape(self.shape)
         if device is not None or dtype is not None:
-            t = t.to(device=device, dtype=dtype)
+            try:
+                t = t.to(device=device, dtype=dtype)
+            except (MemoryError, RuntimeError) as e:
+                if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                    raise
+                raise self.too_big() from None
         return t
+
+
+def size_text(nbytes: int) -> str:
+    """``17.2 GB``, ``512 MB``, ``3 kB`` (powers of 1000, as disks and ``ls -lh --si`` count)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} bytes"
+
+
+def memory_limit_text() -> str:
+    """The memory this process may use, in words: its address-space limit (``ulimit -v``) when
+    one is set, else the memory the system says is available."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        return f"this process may address ({size_text(soft)}: its limit, ulimit -v)"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return f"this machine has available ({size_text(kb * 1024)})"
+    except (OSError, StopIteration, ValueError, IndexError):
+        return "this machine has available"
 
 
 class _Inputs:

@@ -15,6 +15,7 @@ __all__ = [
     "IncompatibleBanks",
     "OutputError",
     "InvalidModel",
+    "OutOfMemory",
     "HubError",
 ]
 
@@ -49,6 +50,11 @@ class IncompatibleBanks(MptkitError):
 
 class OutputError(MptkitError):
     """The output cannot be written: it exists without --force, is the input, or the disk refused."""
+
+
+class OutOfMemory(MptkitError):
+    """An input or a result needs more memory than the process may have (its ``ulimit -v``, or
+    the memory available); the message says what, and how big."""
 
 
 class InvalidModel(MptkitError):

@@ -10,6 +10,6 @@ the README shows them.
 from ._app import main
 
 # each module registers its commands on ``main`` when imported, in the order the help lists them
-from . import _read, _derive, _edit, _convert, _explain, _hub, _report  # noqa: F401
+from . import _read, _derive, _edit, _convert, _explain, _recipes, _hub, _report  # noqa: F401
 
 __all__ = ["main"]

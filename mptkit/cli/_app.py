@@ -21,6 +21,17 @@ import click
 from .._text import clean, json_text
 from .._version import __version__
 from ..errors import MptkitError
+from ._streams import (
+    StreamError,
+    echo,
+    escape_unencodable,
+    from_click_echo,
+    is_allocation_failure,
+    leave,
+    memory_sentence,
+    os_error_sentence,
+    stream_failed,
+)
 
 _DEBUG_ENV = "MPTKIT_DEBUG"
 EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
@@ -72,7 +83,7 @@ class _Group(click.Group):
             self._run(args, prog_name, complete_var, **extra)
         except SystemExit as e:
             if args is None:  # the process's own command line (the console script, python -m mptkit)
-                _leave(e.code)
+                leave(e.code)
             raise
 
     def _run(self, args, prog_name, complete_var, **extra):
@@ -80,10 +91,24 @@ class _Group(click.Group):
         prog_name = prog_name or "mptkit"  # also under python -m mptkit
         words = argv[: argv.index("--")] if "--" in argv else argv
         self._json = "--json" in words
+        escape_unencodable()
         try:
-            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            self._outcome(argv, prog_name, complete_var, words, **extra)
+        except StreamError as e:  # stdout went away or refused a write: never reported on stdout
+            sys.exit(stream_failed(e))
+
+    def _outcome(self, argv, prog_name, complete_var, words, **extra):
+        try:
+            try:
+                rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            except OSError as e:  # click's own output (--help, --version) to a stream that failed
+                raise StreamError(e, False) from None
+            except SystemExit:  # click ends a broken pipe of its own output (--help) with status 1
+                if type(sys.stdout).__name__ == "_PacifyFlushWrapper":
+                    raise StreamError(BrokenPipeError(32, "Broken pipe"), False) from None
+                raise
         except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help())
+            echo(e.ctx.get_help())
             sys.exit(0)
         except click.ClickException as e:  # usage errors: our style, exit 2
             self._debug_traceback(e, "--debug" in words)
@@ -102,8 +127,14 @@ class _Group(click.Group):
             self._debug_traceback(e, _debug(ctx))
             fail(e.problems, as_json=self._json)
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt, StreamError):
             raise
+        except (OSError, MemoryError) as e:  # the file system or the memory, not mptkit, said no
+            if isinstance(e, OSError) and from_click_echo(e):  # click printing a command's --help
+                raise from_click_echo(e) from None
+            self._debug_traceback(e, _debug(ctx))
+            fail([os_error_sentence(e) if isinstance(e, OSError) else memory_sentence(e)], as_json=self._json)
+            ctx.exit(EXIT_USER)
         except ImportError as e:  # a broken or partial install, or a library that cannot load here
             self._debug_traceback(e, _debug(ctx))
             what = e.name or "a module mptkit needs"
@@ -117,6 +148,9 @@ class _Group(click.Group):
             ctx.exit(EXIT_USER)
         except Exception as e:  # a bug, not the user's mistake
             self._debug_traceback(e, _debug(ctx))
+            if is_allocation_failure(e):  # torch's allocator says RuntimeError where Python says MemoryError
+                fail([memory_sentence(e)], as_json=self._json)
+                ctx.exit(EXIT_USER)
             fail(
                 [
                     f"internal error: {type(e).__name__}: {e} (a bug in mptkit; "
@@ -135,27 +169,6 @@ class _Group(click.Group):
         return list(self.commands)  # in the order they are defined, which is the order of the README
 
 
-def _leave(code) -> None:
-    """End the process now that the command is done: run the exit handlers, flush the streams and
-    exit without tearing the interpreter down, which costs 0.4-0.5 s once torch is imported (its
-    modules' finalisation; measured: ``python -c "import torch"`` takes 1.45 s, 0.9 s this way).
-    Without torch loaded, or for an exit status that is not a number, a normal exit."""
-    import atexit
-
-    run_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if "torch" not in sys.modules or run_handlers is None or not isinstance(code, (int, type(None))):
-        return
-    status = code or 0
-    run_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):  # as Python's own exit does when a stream cannot be flushed
-            status = status or 120
-    os._exit(status)
-
-
 def fail(problems, *, as_json: bool, kind: str = "error") -> None:
     """Print problems as ``mptkit: error: ...`` lines on stderr, or with ``as_json`` as one JSON
     object on stdout."""
@@ -165,7 +178,7 @@ def fail(problems, *, as_json: bool, kind: str = "error") -> None:
         return
     for line in problems:
         prefix = "mptkit: error: " if kind == "error" else "mptkit: "
-        click.echo(clean(prefix + line), err=True)
+        echo(clean(prefix + line), err=True)
 
 
 def interrupted_sentence() -> str:
@@ -259,13 +272,13 @@ def bank_json(bank, output=None, **extra) -> dict:
 
 def emit_json(obj) -> None:
     """``obj`` as JSON on stdout, with control characters escaped and tokens redacted."""
-    click.echo(json_text(obj))
+    echo(json_text(obj))
 
 
 def say(text: str, err: bool = False) -> None:
     """Print ``text`` (one line or several), each line made safe by :func:`mptkit._text.clean`."""
     for line in str(text).split("\n"):
-        click.echo(clean(line), err=err)
+        echo(clean(line), err=err)
 
 
 def echo_lines(lines) -> None:

@@ -15,7 +15,7 @@ from ._opts import adapter_option, config_options, dtype_option, json_option, ou
 @adapter_option
 @output_options
 @json_option
-def convert(src, dtype, config, adapter, output, force, peft_version, as_json):
+def convert(src, dtype, clamp, config, adapter, output, force, peft_version, as_json):
     """Write any bank mptkit reads as a PEFT adapter folder or a bare .safetensors bank.
 
     SRC may be a whole-model state dict (model.safetensors, torch.save of a PeftModel, a DeepSpeed
@@ -34,7 +34,7 @@ def convert(src, dtype, config, adapter, output, force, peft_version, as_json):
 
     bank, dropped = for_peft(load(src, adapter=adapter), peft_version)
     target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the work
-    out = run(bank, dtype=dtype, config=config)
+    out = run(bank, dtype=dtype, config=config, clamp=clamp)
     path = target.write(out)
     if as_json:
         emit_json(bank_json(out, path))

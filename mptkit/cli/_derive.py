@@ -36,7 +36,9 @@ from ._opts import (
 @adapter_option
 @output_options
 @json_option
-def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, output, force, peft_version, as_json):
+def derive(
+    src, mode, task, num_tasks, num_ranks, seed, dtype, clamp, config, adapter, output, force, peft_version, as_json
+):
     """Derive a new task's starting point from SRC, as PEFT's own initialisation would.
 
     \b
@@ -50,7 +52,17 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 
     bank, dropped = for_peft(load(src, adapter=adapter), peft_version)
     target = plan(output, "bank", force=force, like=bank.with_config(config))  # before the arithmetic
-    out = run(bank, mode, task=task, num_tasks=num_tasks, num_ranks=num_ranks, seed=seed, dtype=dtype, config=config)
+    out = run(
+        bank,
+        mode,
+        task=task,
+        num_tasks=num_tasks,
+        num_ranks=num_ranks,
+        seed=seed,
+        dtype=dtype,
+        config=config,
+        clamp=clamp,
+    )
     path = target.write(out)  # out keeps the source: the plan protects it
     if as_json:
         emit_json(bank_json(out, path))
@@ -99,7 +111,7 @@ def derive(src, mode, task, num_tasks, num_ranks, seed, dtype, config, adapter, 
 )
 @quiet_option
 @json_option
-def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, peft_version, output, force, as_json):
+def export(src, task, tasks, all_, half, dtype, clamp, fmt, config, adapter, peft_version, output, force, as_json):
     """Write tasks' full prompts: one task as a plain PEFT PROMPT_TUNING adapter folder; several as a
     prompt table for serving engines, one row per task, or a folder of adapters.
 
@@ -125,7 +137,7 @@ def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, peft_versi
     bank, dropped = for_peft(load(src, adapter=adapter), peft_version)
     if task is not None and fmt is None:  # one task: a PROMPT_TUNING adapter folder (a table takes --tasks)
         target = plan(output, "adapter", force=force, inputs=input_paths(bank))  # before the arithmetic
-        result = run(bank, task, dtype=dtype, config=config)
+        result = run(bank, task, dtype=dtype, config=config, clamp=clamp)
         path = target.write(result)
         entry = result.provenance[-1]
         if as_json:
@@ -148,7 +160,9 @@ def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, peft_versi
         echo_repairs(bank, target, peft_version, dropped)
         return
     sel = "all" if all_ else (tasks if tasks is not None else [task])  # --format with --task: a table of one
-    table = export_table(bank.with_config(config), sel, half=half, dtype=dtype, config=config)  # computed when written
+    table = export_table(  # computed when written
+        bank.with_config(config), sel, half=half, dtype=dtype, config=config, clamp=clamp
+    )
     target = plan(output, "prompts", format=fmt, force=force, like=table)  # before the arithmetic
     writes_config = target.format.name == "adapters"  # the one prompts format writing adapter_config.json
     if peft_version and not writes_config:
@@ -187,7 +201,7 @@ def export(src, task, tasks, all_, half, dtype, fmt, config, adapter, peft_versi
 @output_options
 @quiet_option
 @json_option
-def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, force, peft_version, as_json):
+def decompose(prompts, rank_, max_error, shared, seed, dtype, clamp, config, output, force, peft_version, as_json):
     """Turn single-task prompts into one MPT bank: a shared prompt and per-task factors.
 
     PROMPTS are PEFT PROMPT_TUNING adapter folders (task names from the folder names), folders of
@@ -213,7 +227,7 @@ def decompose(prompts, rank_, max_error, shared, seed, dtype, config, output, fo
     inputs = [*prompts, *(input_paths(base) if base else [])]
     like, dropped = for_peft(stand_in(source, rank_, shared=base, config=config), peft_version)
     target = plan(output, "bank", force=force, inputs=inputs, like=like)  # before the work
-    bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config)
+    bank = run(source, rank_, max_error=max_error, seed=seed, shared=base, dtype=dtype, config=config, clamp=clamp)
     bank = bank.for_peft(peft_version)
     target.write(bank)
     if as_json:

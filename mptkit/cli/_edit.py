@@ -9,6 +9,7 @@ import click
 from ._app import bank_json, echo_lines, echo_repairs, emit_json, for_peft, main, say
 from ._opts import (
     adapter_option,
+    clamp_option,
     config_options,
     dtype_option,
     force_option,
@@ -146,6 +147,7 @@ def remove(src, tasks, config, adapter, output, force, peft_version, as_json):
 def merge(
     banks,
     dtype,
+    clamp,
     rename_duplicates,
     refit,
     max_error,
@@ -179,6 +181,7 @@ def merge(
         max_error=max_error,
         rank=rank_,
         allow_mismatch=allow_mismatch,
+        clamp=clamp,
     )
     _save_edit(out, target, as_json, config, banks, (peft_version, dropped))
 
@@ -198,6 +201,7 @@ def merge(
     help=_RANK_HELP + (" auto (with --refit --max-error E): the new task's smallest rank within E."),
 )
 @click.option("--allow-mismatch", is_flag=True, help="With --from: " + _MISMATCH_HELP)
+@clamp_option
 @config_options
 @adapter_option
 @output_options
@@ -213,6 +217,7 @@ def add(
     max_error,
     rank_,
     allow_mismatch,
+    clamp,
     config,
     adapter,
     output,
@@ -247,6 +252,7 @@ def add(
         max_error=max_error,
         rank=rank_,
         allow_mismatch=allow_mismatch,
+        clamp=clamp,
     )
     labels = [src] + ([other_path] if other_path else [])
     _save_edit(out, target, as_json, config, labels, (peft_version, dropped))
@@ -303,9 +309,11 @@ def rank(src, rank_, max_error, config, adapter, output, force, peft_version, as
 def similarity(src, tasks, top, plot, adapter, force, as_json):
     """Cosine similarity between the tasks' full prompts (which source task is nearest?).
 
-    JSON output (--json) and the heatmap (--plot) always hold the whole matrix.
+    The whole T x T matrix is built only for the table (20 tasks or fewer), --json without --top, and
+    --plot, and for at most 2,048 tasks; --top K lists each task's K nearest, in memory that grows
+    with T x K.
     """
-    from .._bank import input_paths
+    from .._bank import input_paths, select_tasks
     from .._io import load, plan
     from .._render import similarity_table, similarity_top
     from .._similarity import heatmap, require_matplotlib, similarity as run
@@ -314,12 +322,14 @@ def similarity(src, tasks, top, plot, adapter, force, as_json):
     if plot:  # before the work: matplotlib, an existing image without --force, an unwritable folder
         require_matplotlib()
         target = plan(plot, "image", force=force, inputs=input_paths(bank))
-    result = run(bank, tasks, top=top)
+    count = len(select_tasks(bank, tasks, unique=True)) if tasks is not None else bank.num_tasks
+    table = not as_json and top is None and count <= 20
+    result = run(bank, tasks, top=top, matrix=bool(plot) or table or (as_json and top is None))
     if plot:
         target.write(heatmap(result, title=f"task similarity: {src}"))
     if as_json:
         emit_json(result)
         return
-    echo_lines(similarity_top(result) if top or len(result["task_names"]) > 20 else similarity_table(result))
+    echo_lines(similarity_table(result) if table else similarity_top(result))
     if plot:
         say(f"wrote {plot}")

@@ -87,9 +87,21 @@ def adapter_option(f):
 
 
 def dtype_option(help: str):
+    """``--dtype`` and, with it, ``--clamp``."""
     from .._dtypes import USER_NAMES as DTYPES
 
-    return click.option("--dtype", type=click.Choice(DTYPES), help=help)
+    return lambda f: click.option("--dtype", type=click.Choice(DTYPES), help=help)(clamp_option(f))
+
+
+def clamp_option(f):
+    return click.option(
+        "--clamp",
+        is_flag=True,
+        help=(
+            "Store values beyond the output dtype's range (float16: 65504) as its largest value, with their "
+            "sign; without it they are refused (they would become Inf)."
+        ),
+    )(f)
 
 
 _TASKS_HELP = "Tasks: indices, ranges and names, e.g. 0,3,5-7 or sst2,mnli."

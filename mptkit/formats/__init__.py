@@ -46,6 +46,7 @@ register(_peftdir.ADAPTERS)  # several tasks' prompts as a folder of PROMPT_TUNI
 register(_tgis.FORMAT)  # several tasks' prompts as a TGIS prefix store (--format tgis)
 register(_files.IMAGE)  # pictures (.png, .svg, .pdf, ...)
 register(_files.HTML)  # web pages (a report)
+register(_files.LOCK)  # recipe locks (mptkit build --lock)
 register(_files.COPY)  # files copied into a folder (a pulled bank)
 register(_bankfile.FORMAT)  # any other file: a safetensors bank, encoder or whole model (fallback)
 register(_peftdir.FOLDER)  # any other folder: says what it is not (fallback)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._bank import PromptBank, Source
-from .._tensor import Array
 from ..errors import InvalidBank
 from . import _bankfile, _checkpoints as checkpoints, _safetensors as st, _torchpickle
 from ._bankcheck import finish, info
@@ -40,12 +39,11 @@ def read_sharded(p: Path, shown: str, *, kind: str | None = None, adapter: str |
         from . import _pickle as pk
 
         for f in opened:
-            obj, mapped = pk.load(str(index.parent / f))
+            obj, members = pk.load(str(index.parent / f))
             sd = next((d for _, d in pk.state_dicts(obj) if any(v in d for v in found.keys.values())), {})
             for k, v in found.keys.items():
                 if files[k].name == f and v in sd:
-                    pk.check_tensor(str(index.parent / f), v, sd[v])
-                    arrays[k] = Array.from_torch(sd[v].clone() if mapped else sd[v])
+                    arrays[k] = pk.array(str(index.parent / f), v, sd[v], members)
                     tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
             size += (index.parent / f).stat().st_size
     else:

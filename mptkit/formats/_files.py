@@ -1,5 +1,6 @@
 """Outputs that are not banks: an image (``png``, ``svg``, ``pdf``, ...; drawn by matplotlib when
-written), an HTML page (a report) and a copy of files into a folder (a bank pulled from the Hub)."""
+written), an HTML page (a report), a recipe lock (YAML) and a copy of files into a folder (a bank
+pulled from the Hub)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ def write_image(image, f, target: Path) -> None:
 
 def write_page(report, f, target: Path) -> None:
     f.write(report.page)
+
+
+def write_lock(lock, f, target: Path) -> None:
+    f.write(lock.text.encode("utf-8"))
+
+
+def lock_replaceable(target: Path, folder: bool) -> str | None:
+    """``--lock`` replaces a lock mptkit wrote (its first line says so), nothing else."""
+    from .._recipefile import LOCK_HEADER
+
+    try:
+        with open(target, encoding="utf-8", errors="replace") as f:
+            first = f.readline(200).rstrip("\n")
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None if first == LOCK_HEADER else "is not a lock mptkit wrote (its first line is not the lock header)"
 
 
 def write_copy(copy, folder: Path, target: Path) -> None:
@@ -40,6 +57,15 @@ HTML = Format(
     writes="report",
     suffixes=(".html", ".htm"),
     write=write_page,
+)
+LOCK = Format(
+    name="recipe-lock",
+    description="a recipe with every source pinned (mptkit build --lock)",
+    label="a recipe lock",
+    writes="lock",
+    suffixes=(".yaml", ".yml"),
+    write=write_lock,
+    replaceable=lock_replaceable,
 )
 COPY = Format(
     name="copy",

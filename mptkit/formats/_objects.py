@@ -7,7 +7,7 @@ Each object that came from files lists them in ``source_paths()``: no output may
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -101,6 +101,19 @@ class Report:
 
 
 @dataclass
+class RecipeLock:
+    """A recipe with every source pinned (``mptkit build --lock``): its YAML text, and the recipe it
+    was made from (which it must not overwrite)."""
+
+    output_kind: ClassVar[str] = "lock"
+    text: str
+    recipe: str
+
+    def source_paths(self) -> list[str]:
+        return [self.recipe]
+
+
+@dataclass
 class FileCopy:
     """Files copied as they are into an output folder (a bank pulled from the Hub)."""
 
@@ -116,7 +129,7 @@ class FileCopy:
 class Prompts:
     """K single-task prompts of one shape, each an (N, d) :class:`Array` (still on disk)."""
 
-    arrays: list
+    arrays: Sequence  # (N, d) prompts: a Chain of lists and TableRows (mptkit._rows)
     names: list[str]
     sources: list[Source]
     #: adapter_config.json fields the inputs agree on (task_type, num_virtual_tokens, ...; every field
@@ -130,16 +143,21 @@ class Prompts:
 
     def read(self, idx, dtype=None):
         """The prompts ``idx`` as one torch tensor (k, N, d) (float64 by default); a bank's task is
-        its full prompt, computed as PEFT computes it (float32)."""
+        its full prompt, computed as PEFT computes it (float32). A table's run of prompts is one read."""
         import torch
 
-        dtype = dtype or torch.float64
-        return torch.stack(
-            [
-                a.prompt(dtype) if isinstance(a, TaskPrompt) else a.to_torch(dtype=dtype)
-                for a in (self.arrays[i] for i in idx)
-            ]
-        )
+        from .._rows import Chain, TableRows
+
+        dtype, parts = dtype or torch.float64, []
+        for part, local in self.arrays.runs(idx) if isinstance(self.arrays, Chain) else [(self.arrays, idx)]:
+            if isinstance(part, TableRows):
+                parts.append(part.table.rows(list(local)).to_torch(dtype=dtype))
+                continue
+            items = [part[i] for i in local]
+            parts.append(
+                torch.stack([a.prompt(dtype) if isinstance(a, TaskPrompt) else a.to_torch(dtype=dtype) for a in items])
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass

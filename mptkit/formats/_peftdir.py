@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .._bank import KEYS, PromptBank, Source
 from .._schema import META_PROVENANCE
-from .._tensor import Array
 from ..errors import InvalidBank, OutputError, UsageError
 from . import _bankfile, _checkpoints as checkpoints, _peft as peft, _safetensors as st, _torchpickle
 from ._bankcheck import metadata_for, replaceable_bank
@@ -148,10 +147,13 @@ def _read_prompt_adapter(p: Path, name: str):
         from . import _pickle as pickle
 
         data = p / peft.BIN_NAME
-        tensors = pickle.read(str(data))
+        try:
+            tensors = pickle.read(str(data))
+        except ValueError as e:  # a tensor of a dtype no prompt holds
+            raise InvalidBank(f"{data}: {e}") from None
         if "prompt_embeddings" not in tensors:
             raise InvalidBank(f"{data}: no tensor 'prompt_embeddings'")
-        arr, size = Array.from_torch(tensors["prompt_embeddings"]), data.stat().st_size
+        arr, size = tensors["prompt_embeddings"], data.stat().st_size
     else:
         raise InvalidBank(f"{p}: no {peft.SAFETENSORS_NAME} or {peft.BIN_NAME}")
     _bankfile.check_prompt(arr, data)

@@ -4,12 +4,22 @@ Full unpickling can run arbitrary code, so it is never used: a pickle that names
 tensors and plain containers is refused with :class:`~mptkit.errors.UnsafeFile`.
 
 A pickle is the one form that must be unpickled whole to find anything in it. What a hostile one
-can make mptkit hold is bounded before and after: a zip checkpoint's members are checked before
-anything is inflated (``torch.save`` stores them uncompressed; a 1.2 MB deflate bomb once inflated
-to 1.4 GB), its tensor data is memory-mapped, not read, and the bank's tensors are sized by the
-storage really in the file before they are copied (a 1.8 kB pickle of
-``zeros(1).expand(20000, 25000)`` once became 2 GB): a view bigger than its storage, a sparse, meta
-or quantized tensor is refused.
+can make mptkit hold, or spend, is bounded before torch sees it: a zip checkpoint's member count
+and central directory are read from its end record (O(1): 300,000 tiny storages once cost 34 s and
+1.1 GB before they were refused), its members are checked before anything is inflated
+(``torch.save`` stores them uncompressed; a 1.2 MB deflate bomb once inflated to 1.4 GB), and its
+pickle program is sized and scanned first by a C-speed pass that builds nothing (:class:`_Scan`:
+it counts the storages and tensors and notes which storage each tensor uses).
+
+A zip checkpoint's tensors are then described by torch on the meta device (no data read, nothing
+mapped) and read from the file like a safetensors bank's: each tensor an
+:class:`~mptkit._tensor.Array` of its storage member's bytes, read when needed by ``pread``. So a
+storage member shorter than its tensor is refused (it was read with the neighbouring zip bytes as
+values), and a file truncated while mptkit works is one sentence (a memory-mapped read of it killed
+the process with SIGBUS). Tensors are sized by the storage really in the file before anything is
+copied (a 1.8 kB pickle of ``zeros(1).expand(20000, 25000)`` once became 2 GB): a view bigger than
+its storage, a sparse, meta or quantized tensor is refused. A legacy (pre-zip) pickle is loaded
+into memory as before, after the same caps.
 """
 
 from __future__ import annotations
@@ -19,20 +29,21 @@ import pickle
 import warnings
 import zipfile
 
+from .._dtypes import code_of_torch, itemsize as itemsize_of
+from .._tensor import Array
 from ..errors import InvalidBank, UnsafeFile
+from . import _pickle_scan as scan
+from ._pickle_scan import MAX_MEMBERS, MAX_PICKLE_BYTES  # noqa: F401  (re-exported)
 from ._safetensors import check_regular_file, sniff
 
-#: most bytes of the pickle program inside a zip checkpoint (a whole model's is a few MB)
-MAX_PICKLE_BYTES = 64_000_000
 #: entries of a pickle that wrap the state dict (DeepSpeed's "module", Lightning's "state_dict", ...)
 WRAPPER_ENTRIES = ("module", "state_dict", "model", "model_state_dict")
-#: most members of a zip checkpoint (one per storage; a whole model has a few thousand)
-MAX_MEMBERS = 500_000
 
 
 def load(path: str):
-    """The object a weights-only pickle holds (tensor data memory-mapped for zip checkpoints), and
-    whether it was memory-mapped; or a clear error."""
+    """``(obj, members)``: the object a weights-only pickle holds and, for a zip checkpoint, its
+    :class:`~mptkit.formats._pickle_scan.Members` (its tensors are then meta tensors whose bytes
+    :func:`array` reads from the file); None for a pickle loaded into memory. Or a clear error."""
     check_regular_file(path)
     try:
         with open(path, "rb") as f:
@@ -47,20 +58,33 @@ def load(path: str):
             raise InvalidBank(f"{path}: this is a safetensors file under a pickle name (rename it to .safetensors)")
         what = sniff(head)
         raise InvalidBank(f"{path}: not a PyTorch checkpoint" + (f"; it is {what}" if what else " (unknown content)"))
-    is_zip = head.startswith(b"PK\x03\x04")
-    if is_zip:
-        if not _has_zip_end(path, size):
-            raise InvalidBank(
-                f"{path}: the file ends early: its zip archive has no end record (a truncated download? "
-                "download it again)"
-            )
-        _check_members(path)
+    if not head.startswith(b"PK\x03\x04"):  # a legacy pickle: capped, then loaded into memory
+        scan.scan(path, None)
+        return _torch_load(path, map_location="cpu"), None
+    members = scan.zip_members(path, size)
+    found = scan.scan(path, members)
+    if members.big_endian:  # torch swaps the bytes as it reads them (on the meta device it crashes: SIGSEGV)
+        return _torch_load(path, map_location="cpu"), None
+    try:
+        obj = _torch_load(path, map_location="meta", fallback=True)
+    except _MetaFailed:  # a tensor torch cannot describe without its data (a quantized one, say)
+        obj = None
+    if obj is not None and found is not None and scan.attach(obj, found, WRAPPER_ENTRIES):
+        return obj, members
+    return _torch_load(path, map_location="cpu"), None  # torch reads the data itself (and checks it)
+
+
+class _MetaFailed(Exception):
+    pass
+
+
+def _torch_load(path: str, *, map_location: str, fallback: bool = False):
     import torch
 
     try:
         with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: not the user's business
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         lines = str(e).strip().splitlines()
         detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), "")
@@ -83,24 +107,73 @@ def load(path: str):
         ) from None
     except (RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError, TypeError) as e:
         msg = _first_sentence(str(e)) or type(e).__name__
+        if fallback:  # on the meta device: torch judges the file again, reading its data
+            raise _MetaFailed() from None
         if "unexpected EOF" in msg or "truncated" in msg:
             raise InvalidBank(f"{path}: the file ends early ({msg}); a truncated download? download it again") from None
         raise InvalidBank(f"{path}: not a readable PyTorch checkpoint: it is corrupt or truncated ({msg})") from None
     except Exception as e:  # torch raises many types for hostile input; never a traceback
+        if fallback:
+            raise _MetaFailed() from None
         raise InvalidBank(
             f"{path}: not a readable PyTorch checkpoint: it is corrupt or truncated ({type(e).__name__})"
         ) from None
-    return obj, is_zip
+
+
+def array(path: str, name: str, t, members) -> Array:
+    """Tensor ``t`` (named ``name`` in ``path``) as an :class:`~mptkit._tensor.Array`, checked first
+    (:func:`check_tensor`). A meta tensor of a zip checkpoint is the bytes of its storage member,
+    read from the file when needed; its member must hold exactly the storage the pickle describes
+    (a shorter one was read with the neighbouring zip bytes as values). A ValueError for a dtype a
+    bank cannot hold."""
+    check_tensor(path, name, t)
+    if not t.is_meta:
+        return Array.from_torch(t)
+    ref = getattr(t, "_mptkit_storage", None)
+    dtype = code_of_torch(t.dtype)
+    if ref is None or dtype is None:
+        raise ValueError(f"unsupported tensor {t.dtype}")
+    found = members.data(ref.key)
+    need = ref.numel * ref.itemsize if ref.itemsize else t.untyped_storage().nbytes()
+    if found is None:
+        raise InvalidBank(f"{path}: tensor {name!r} views storage {ref.key!r}, which the zip archive does not hold")
+    start, have = found
+    if have != need:
+        raise InvalidBank(
+            f"{path}: tensor {name!r} views storage {ref.key!r}, whose member holds {have:,} bytes, but the pickle "
+            f"describes a storage of {need:,} bytes ({ref.numel:,} elements): the archive is corrupt (torch.load "
+            "refuses it too)"
+        )
+    itemsize = itemsize_of(dtype)
+    if t.is_contiguous():
+        return Array.from_file(path, start + t.storage_offset() * itemsize, dtype, tuple(t.shape))
+    return _strided(path, name, t, dtype, start)
+
+
+def _strided(path: str, name: str, t, dtype: str, start: int) -> Array:
+    """A tensor that is not one C-ordered run of its storage: the span of the storage it covers,
+    read and rearranged in memory."""
+    import torch
+
+    itemsize = itemsize_of(dtype)
+    extent = t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+    data = bytearray(extent * itemsize)
+    with open(path, "rb") as f:
+        got = os.preadv(f.fileno(), [data], start) if data else 0
+    if got != len(data):
+        raise InvalidBank(f"{path}: the file ended early: it changed while tensor {name!r} was read")
+    flat = torch.frombuffer(data, dtype=torch.uint8).view(t.dtype) if data else torch.empty(0, dtype=t.dtype)
+    return Array.from_torch(flat.as_strided(tuple(t.shape), t.stride(), t.storage_offset()).contiguous())
 
 
 def read(path: str) -> dict:
-    """``{name: torch.Tensor}`` of a weights-only pickle's top-level state dict (tensors still
-    memory-mapped for a zip checkpoint), or a clear error."""
-    obj, _ = load(path)
+    """``{name: Array}`` of a weights-only pickle's top-level state dict (tensor data left in the
+    file for a zip checkpoint), or a clear error."""
+    obj, members = load(path)
     found = state_dicts(obj)
     if not found:
         raise InvalidBank(f"{path}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
-    return found[0][1]
+    return {k: array(path, k, t, members) for k, t in found[0][1].items()}
 
 
 def state_dicts(obj) -> list[tuple[str, dict]]:
@@ -130,53 +203,19 @@ def check_tensor(path: str, name: str, t) -> None:
             f"{path}: tensor {name!r} is a {str(t.layout).removeprefix('torch.')} tensor; a prompt "
             "bank holds dense tensors"
         )
-    if t.is_meta:
+    if t.is_meta and getattr(t, "_mptkit_storage", None) is None:  # (torch describes a zip's tensors as meta)
         raise InvalidBank(f"{path}: tensor {name!r} is a meta tensor: it has a shape but no data")
     if t.is_quantized:
         raise InvalidBank(f"{path}: tensor {name!r} is quantized ({t.dtype}); a prompt bank holds float tensors")
-    need = t.numel() * t.element_size()
+    reach = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+    need = max(t.numel(), reach) * t.element_size()  # its values, and the furthest element it views
     have = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
-    if need > have:
+    if need > have or t.storage_offset() < 0:
         raise InvalidBank(
             f"{path}: tensor {name!r} is a view of shape {list(t.shape)} (strides {list(t.stride())}, "
             f"{need:,} bytes) over a storage of only {max(have, 0):,} bytes; a saved bank's tensors hold their own "
             "data (this one would be blown up in memory)"
         )
-
-
-def _check_members(path: str) -> None:
-    """A zip checkpoint as ``torch.save`` writes it: every member stored, not compressed (checked
-    from the central directory, before anything is inflated), and a pickle program of sane size."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise InvalidBank(
-            f"{path}: not a readable PyTorch checkpoint: the zip archive is corrupt ({_first_sentence(str(e))})"
-        ) from None
-    if len(infos) > MAX_MEMBERS:
-        raise InvalidBank(
-            f"{path}: the zip archive has {len(infos):,} members, more than the {MAX_MEMBERS:,} mptkit reads"
-        )
-    for info in infos:
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise InvalidBank(
-                f"{path}: member {info.filename[:80]!r} is compressed ({info.compress_size:,} bytes that would inflate "
-                f"to {info.file_size:,}); torch.save stores every member uncompressed, and mptkit does not inflate "
-                "archives (save the checkpoint again with torch.save)"
-            )
-        if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise InvalidBank(
-                f"{path}: its pickle {info.filename[:80]!r} is {info.file_size:,} bytes, more than the "
-                f"{MAX_PICKLE_BYTES:,} mptkit unpickles (a whole model's is a few MB)"
-            )
-
-
-def _has_zip_end(path: str, size: int) -> bool:
-    """Whether the last 64 kB of the file hold a zip end-of-central-directory record."""
-    with open(path, "rb") as f:
-        f.seek(max(0, size - (1 << 16) - 22))
-        return b"PK\x05\x06" in f.read()
 
 
 def _first_sentence(text: str) -> str:

@@ -128,10 +128,11 @@ def read_prompts(paths):
     import os
 
     from .._peftfields import PT, as_type
+    from .._rows import Chain, TableRows
     from ..errors import InvalidBank
     from ._objects import Prompts, bank_prompts
 
-    out = Prompts([], [], [])
+    out = Prompts(Chain(), [], [])
     configs = []
     for path in paths:
         p = Path(os.fspath(path))
@@ -144,15 +145,15 @@ def read_prompts(paths):
             )
         found = fmt.read_prompts(p) if fmt.read_prompts else bank_prompts(fmt.read_bank(p, str(p)))
         arrays, names, sources, config = found
-        for a, n in zip(arrays, names):
+        for a, n in [(arrays, names[0])] if isinstance(arrays, TableRows) and names else zip(arrays, names):
             if out.arrays and a.shape != out.arrays[0].shape:
                 raise UsageError(
                     f"{path}: prompt {n!r} is {a.shape[0]} x {a.shape[1]} (N x d), but {out.where[0]}'s "
                     f"are {out.shape[0]} x {out.shape[1]}: one bank needs one prompt length and hidden size"
                 )
-            out.arrays.append(a)
-            out.names.append(n)
-            out.where.append(os.fspath(path))
+            out.arrays.extend(a if isinstance(a, TableRows) else [a])
+        out.names += names
+        out.where += [os.fspath(path)] * len(names)
         out.sources += sources
         configs.append(as_type(config, PT))  # a bank's config as its PEFT writes one prompt's
     if not out.arrays:

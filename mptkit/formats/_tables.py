@@ -49,7 +49,10 @@ def _table_config(info) -> dict | None:
 
 
 def _rows(table: Array, shape):
-    return [table.rows([i]).reshape(shape[1:]) for i in range(shape[0])]
+    """The table's prompts, each made when asked for (:class:`mptkit._rows.TableRows`)."""
+    from .._rows import TableRows
+
+    return TableRows(table.reshape(shape))
 
 
 def _stream(table, f) -> None:

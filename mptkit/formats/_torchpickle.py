@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._bank import PromptBank, Source
-from .._tensor import Array
 from ..errors import InvalidBank
 from . import _checkpoints as checkpoints
 from ._bankcheck import finish, set_aside_heads
@@ -32,7 +31,7 @@ def read_bank(
 ) -> PromptBank:
     from . import _pickle as pk
 
-    obj, mapped = pk.load(str(p))
+    obj, members = pk.load(str(p))
     candidates = pk.state_dicts(obj)
     if not candidates:
         raise InvalidBank(f"{p}: expected a dict of tensors (a state dict), found a {type(obj).__name__}")
@@ -49,9 +48,8 @@ def read_bank(
     heads, notes = set_aside_heads(dict.fromkeys(picked), config_file)
     arrays, tensors = {}, {}
     for k, t in picked.items():
-        pk.check_tensor(str(p), found.keys.get(k, k) if found else k, t)
-        try:
-            arrays[k] = Array.from_torch(t.clone() if mapped else t)  # a copy: the file is memory-mapped
+        try:  # a zip checkpoint's tensors stay in the file, read when needed like a safetensors bank's
+            arrays[k] = pk.array(str(p), found.keys.get(k, k) if found else k, t, members)
             tensors[k] = {"dtype": arrays[k].dtype, "shape": list(arrays[k].shape)}
         except ValueError:
             tensors[k] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
@@ -64,7 +62,8 @@ def read_bank(
     if found is not None and found.form != "bank":
         fmt = f"{found.form} pickle" if fmt == "pickle" else fmt
         notes.append(f"read {found.label}{inside} from {p}")
-    notes.append(NOTE.format(file=p.name, mapped=", memory-mapped" if mapped else "", n=f"{count:,}"))
+    mapped = ", its tensor data left in the file" if members is not None else ""
+    notes.append(NOTE.format(file=p.name, mapped=mapped, n=f"{count:,}"))
     return finish(
         tensors,
         lambda: (arrays, extras),

@@ -164,6 +164,7 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
             )
     else:
         lines.append("No provenance recorded (the bank was trained or saved outside mptkit).")
+    lines += _recipe(bank, f"hf://{repo_id}" + (f"@{revision}" if revision and revision != "main" else ""))
     auto = _AUTO_CLASS.get(task_type, "AutoModel")
     lines += [
         "",
@@ -197,3 +198,36 @@ def model_card(bank: PromptBank, repo_id: str, revision: str | None = None, imag
     ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     return str(card)
+
+
+def _recipe(bank: PromptBank, ref: str) -> list[str]:
+    """A built bank's recipe and its lock (as ``mptkit build`` recorded them), as mergekit's cards
+    carry their merge's recipe; nothing for a bank that was not built from a recipe."""
+    from .._recipefile import dump_yaml, pinned, pins_of
+
+    entry = bank.provenance[-1] if bank.provenance else {}
+    recipe = (entry.get("arguments") or {}).get("recipe") if entry.get("operation") == "build" else None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("sources"), list):
+        return []
+    out = ["", "## Recipe", "", "Built with `mptkit build` from this recipe (the tasks follow its sources' order):", ""]
+    out += _fenced(dump_yaml(recipe))
+    try:
+        lock = pinned(recipe, pins_of(recipe, entry.get("sources") or []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return out
+    out += [
+        "",
+        "The lock: every source as it was resolved (the Hub commit and the file's sha256, a local file's sha256). "
+        "`mptkit build` of it gives these same bytes, or names the source that moved; "
+        f"`mptkit verify {ref}` rebuilds the bank and compares:",
+        "",
+    ]
+    return out + _fenced(dump_yaml(lock))
+
+
+def _fenced(text: str) -> list[str]:
+    """A yaml code block whose fence is longer than any run of backticks in ``text``."""
+    import re
+
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+    return [f"{fence}yaml", *text.rstrip("\n").split("\n"), fence]

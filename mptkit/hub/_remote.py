@@ -30,8 +30,10 @@ GAP = 4 << 10
 GAP_BUDGET = 32 << 10
 #: fetched bytes kept in memory per file; prefetches larger than this are read straight into place
 KEEP = 64 << 20
-#: ranges up to this size read one by one are kept too (a task's rows, which an operation may read twice)
-KEEP_EACH = 1 << 20
+#: ranges up to this size read one by one are kept too (within KEEP): a task's rows, or the shared
+#: prompt, which an arithmetic command reads twice (the finite check first, then the work; at 1 MB
+#: a 16 MB shared prompt was fetched twice)
+KEEP_EACH = 32 << 20
 #: a range transfer that takes longer than this shows a progress bar (on a terminal)
 BAR_DELAY = 1.0
 
@@ -82,7 +84,7 @@ class RemoteFile:
             out[:] = hit
             return
         self.fetch(offset, n, out)
-        if n <= KEEP_EACH and self._kept_bytes + n <= KEEP:  # a task's rows, read again by some operations
+        if n <= KEEP_EACH and self._kept_bytes + n <= KEEP:  # read again by some operations (KEEP_EACH)
             with self._lock:
                 self._kept.append((offset, bytes(out)))
                 self._kept_bytes += n

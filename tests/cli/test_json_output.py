@@ -29,6 +29,7 @@ EXAMPLE_CASES = [
     ("written_bank", ["rank", "{bank}", "--rank", "1", "-o", "{out}", "--json"]),
     ("written_bank", ["convert", "{bank}", "-o", "{out}.safetensors", "--json"]),
     ("similarity", ["similarity", "{bank}", "--json"]),
+    ("diff", ["diff", "{bank}", "{bank}", "--json"]),
     ("error", ["slice", "{bank}", "--tasks", "9", "-o", "{out}", "--json"]),
 ]
 
@@ -60,6 +61,14 @@ def test_decompose_puts_per_task_ranks_under_results_not_over_the_rank(cli, exam
     data = json.loads(r.stdout)
     assert check("output", data, pointer="/$defs/written_bank") == []
     assert isinstance(data["rank"], int) and set(data["results"]["rank"]) == set(data["task_names"])
+
+
+def test_verify_and_diff_print_the_documented_json(cli, example_bank, tmp_path):
+    assert cli("rank", example_bank, "--rank", "4", "-o", tmp_path / "up").exit_code == 0
+    verified = json.loads(cli("verify", tmp_path / "up", "--json").stdout)
+    assert check("output", verified, pointer="/$defs/verify") == [] and verified["identical"]
+    r = cli("diff", example_bank, tmp_path / "up", "--json")
+    assert r.exit_code == 1 and check("output", json.loads(r.stdout), pointer="/$defs/diff") == []
 
 
 def test_pull_and_push_print_the_documented_json(hub, cli, tmp_path):

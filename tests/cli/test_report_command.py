@@ -94,7 +94,7 @@ def test_the_data_holds_what_the_other_commands_compute(tmp_path):
     data = _data(out.read_text(encoding="utf-8"))
     bank = mptkit.load(path)
     stats = mptkit.value_stats(bank)["tasks"]
-    sim = mptkit.similarity(bank, top=5)
+    sim = mptkit.similarity(bank, top=5, matrix=True)
     for k, t in enumerate(data["tasks"]):
         assert t["name"] == f"task{k}" and t["index"] == k
         assert math.isclose(t["prompt_norm"], stats[k]["prompt_norm"], rel_tol=1e-5)
@@ -164,3 +164,21 @@ def test_few_tasks(tmp_path, T):
     path = random_bank(tmp_path / "b.safetensors", T=T, N=4, r=2, d=5)
     data = _data((_write_report(path, tmp_path / "r.html") and tmp_path / "r.html").read_text(encoding="utf-8"))
     assert [t["name"] for t in data["tasks"]] == [str(k) for k in range(T)] and sorted(data["order"]) == list(range(T))
+
+
+def test_a_bank_of_more_tasks_than_a_report_holds_is_refused_with_its_size(cli, tmp_path):
+    """The page's arithmetic holds a few T x T float64 matrices: above its stated limit the report is
+    refused before any of it is computed (20,000 tiny tasks once reached 6.4 GB under an 8 GB cap),
+    naming the size and what to ask instead; nothing is written."""
+    from mptkit._report import MAX_TASKS
+
+    T = MAX_TASKS + 1
+    path = random_bank(tmp_path / "many.safetensors", T=T, N=1, r=1, d=2)
+    out = tmp_path / "r.html"
+    r = cli("report", path, "-o", out)
+    assert r.exit_code == 2
+    line = one_error(r, f"{T:,} tasks", f"at most {MAX_TASKS:,}", "similarity BANK --top K")
+    assert str(path) in line and "(200 MB each)" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.safetensors"]
+    with pytest.raises(mptkit.UsageError, match="at most"):
+        mptkit.report(path)

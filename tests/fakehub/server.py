@@ -59,6 +59,18 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def client_env(self, home) -> dict[str, str]:
+        """The environment a client process (or this one) needs to use this server as its Hub, with
+        its caches under ``home``: no telemetry, no progress bars, no proxy for loopback."""
+        return {
+            "HF_ENDPOINT": self.url,
+            "HF_HOME": str(home / "hf-home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "MPTKIT_CACHE": str(home / "mptkit-cache"),
+        }
+
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]

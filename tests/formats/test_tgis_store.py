@@ -144,14 +144,19 @@ def test_non_finite_prompts_are_refused_and_nothing_is_written(cli, tmp_path):
     rows[2, 0, 3] = float("inf")  # the last task's prompt only: the first two were already computed
     bank = write_bank(tmp_path / "b.safetensors", pe, cols, rows)
     r = cli("export", bank, "--all", "--format", "tgis", "-o", tmp_path / "s")
-    assert r.exit_code == 2
-    one_error(r, "task 2", "non-finite", "nothing was written")
+    assert r.exit_code == 2  # refused before any prompt is computed, naming the tensor and task
+    one_error(r, "'prefix_task_rows' of task 2", "NaN/Inf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors"]
-    # finite in float32, not after the cast to float16
+    # finite in float32, not after the cast to float16: refused naming the largest, or --clamp
     big = write_bank(tmp_path / "big.safetensors", pe * 1e5, cols, torch.ones(3, 1, 8))
     assert cli("export", big, "--all", "--format", "tgis", "-o", tmp_path / "s32").exit_code == 0
     r = cli("export", big, "--all", "--format", "tgis", "--dtype", "float16", "-o", tmp_path / "s16")
-    assert r.exit_code == 2 and "in float16" in one_error(r, "non-finite")
+    assert r.exit_code == 2 and "float16's largest is 65504" in one_error(r, "beyond float16's range", "--clamp")
+    assert not (tmp_path / "s16").exists()
+    r = cli("export", big, "--all", "--format", "tgis", "--dtype", "float16", "--clamp", "-o", tmp_path / "s16")
+    assert r.exit_code == 0
+    stored = torch.load(tmp_path / "s16" / "task0" / "decoder.pt", weights_only=True)
+    assert stored.dtype == torch.float16 and bool(torch.isfinite(stored).all()) and stored.abs().max() == 65504
 
 
 def test_force_replaces_a_store_and_nothing_else(cli, peft_banks, tmp_path):

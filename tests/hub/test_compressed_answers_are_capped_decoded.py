@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from tests.fakehub.wirefront import WireFront, forward, reply, send
+from tests.fakehub.wirefront import forward, reply, send
 from tests.support.commands import one_error
 from tests.support.measured import run_measured
 
@@ -39,14 +39,6 @@ def bombs():
         "gzip, gzip": _deflate([once], 16 + zlib.MAX_WBITS, 9),
         "deflate, gzip": _deflate([_deflate(body, zlib.MAX_WBITS)], 16 + zlib.MAX_WBITS, 9),
     }
-
-
-@pytest.fixture
-def front(hub, example_bank, monkeypatch):
-    hub.commit("owner/bank", {p.name: p.read_bytes() for p in example_bank.iterdir()})
-    with WireFront(hub.url) as f:
-        monkeypatch.setenv("HF_ENDPOINT", f.url)
-        yield f
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "gzip, gzip", "deflate, gzip"])

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.fakehub.wirefront import WireFront, send
+from tests.fakehub.wirefront import send
 from tests.support.commands import one_error
 from tests.support.measured import run_measured
 
@@ -29,14 +29,6 @@ def endless(entries_per_page: int):
         send(conn, 200, json.dumps(page).encode(), {"Content-Type": "application/json", "Link": link})
 
     return act
-
-
-@pytest.fixture
-def front(hub, example_bank, monkeypatch):
-    hub.commit("owner/bank", {p.name: p.read_bytes() for p in example_bank.iterdir()})
-    with WireFront(hub.url) as f:
-        monkeypatch.setenv("HF_ENDPOINT", f.url)
-        yield f
 
 
 @pytest.mark.parametrize("entries", [0, 1], ids=["empty-pages", "one-entry-pages"])

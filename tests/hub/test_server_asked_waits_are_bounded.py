@@ -10,17 +10,9 @@ import time
 
 import pytest
 
-from tests.fakehub.wirefront import WireFront, reply
+from tests.fakehub.wirefront import reply
 from tests.support.commands import one_error
 from tests.support.measured import run_measured
-
-
-@pytest.fixture
-def front(hub, example_bank, monkeypatch):
-    hub.commit("owner/bank", {p.name: p.read_bytes() for p in example_bank.iterdir()})
-    with WireFront(hub.url) as f:
-        monkeypatch.setenv("HF_ENDPOINT", f.url)
-        yield f
 
 
 def _busy(status: int, **headers) -> object:

@@ -6,21 +6,10 @@ never sends the next header line, never reads), so nothing here depends on how f
 
 from __future__ import annotations
 
-import pytest
-
-from tests.fakehub.wirefront import WireFront, continue_flood, drip_headers, never_read_body, silent_after_status
+from tests.fakehub.wirefront import continue_flood, drip_headers, never_read_body, silent_after_status
 from tests.support.banks import sparse_bank
 from tests.support.commands import one_error
 from tests.support.measured import run_measured
-
-
-@pytest.fixture
-def front(hub, example_bank, monkeypatch):
-    """owner/bank on the fake Hub, reached through a :class:`WireFront` (``HF_ENDPOINT``)."""
-    hub.commit("owner/bank", {p.name: p.read_bytes() for p in example_bank.iterdir()})
-    with WireFront(hub.url) as f:
-        monkeypatch.setenv("HF_ENDPOINT", f.url)
-        yield f
 
 
 def test_headers_dripped_a_byte_at_a_time_end_at_the_deadline(front):

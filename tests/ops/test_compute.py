@@ -39,7 +39,9 @@ def test_one_task_of_a_big_bank_is_named_by_the_ranges_it_read(tmp_path, monkeyp
     # once the whole file's digest is known (an operation that reads everything computed it), it is used
     derive(mptkit.load(src), "average")
     again = derive(mptkit.load(src), "exact", task=7).provenance[-1]["sources"][0]
-    assert again == {"name": "big.safetensors", "sha256": hashlib.sha256(data).hexdigest(), "scheme": "file"}
+    assert again == {
+        "name": "big.safetensors", "sha256": hashlib.sha256(data).hexdigest(), "scheme": "file", "path": str(src),
+    }  # fmt: skip
 
 
 def test_a_known_digest_is_used_without_reading_the_file(tmp_path, monkeypatch):
@@ -48,7 +50,7 @@ def test_a_known_digest_is_used_without_reading_the_file(tmp_path, monkeypatch):
     bank = mptkit.load(src)
     bank.source.digest = "ab" * 32  # what a Hub download's verified LFS sha256 would give
     entry = derive(bank, "exact", task=3).provenance[-1]["sources"][0]
-    assert entry == {"name": "b.safetensors", "sha256": "ab" * 32, "scheme": "file"}
+    assert entry == {"name": "b.safetensors", "sha256": "ab" * 32, "scheme": "file", "path": str(src)}
     assert Source("p", "safetensors", str(src), 10, digest="cd" * 32).sha256 == "cd" * 32
 
 
@@ -66,7 +68,7 @@ def test_the_cli_says_which_scheme_named_a_source(tmp_path):
 # -- similarity ----------------------------------------------------------------------------------
 def test_similarity_of_many_tasks_matches_float64_and_lists_the_nearest(tmp_path):
     bank = memory_bank(T=30, N=5, d=7, r=2, seed=3)
-    res = similarity(bank, top=4)
+    res = similarity(bank, top=4, matrix=True)
     full = full_prompts(bank).reshape(30, -1)
     unit = full / full.norm(dim=1, keepdim=True)
     expect = unit @ unit.T
@@ -79,7 +81,9 @@ def test_similarity_of_many_tasks_matches_float64_and_lists_the_nearest(tmp_path
     text = run_mptkit("similarity", path).stdout.splitlines()
     assert text[0].split() == ["task", "nearest", "(cosine)"] and len(text) == 31  # not a 30 x 30 table
     data = json.loads(run_mptkit("similarity", path, "--json", "--top", "2").stdout)
-    assert len(data["matrix"]) == 30 and len(data["matrix"][0]) == 30 and len(data["top"][0]) == 2
+    assert "matrix" not in data and len(data["top"]) == 30 and len(data["top"][0]) == 2  # --top: no T x T
+    data = json.loads(run_mptkit("similarity", path, "--json").stdout)
+    assert len(data["matrix"]) == 30 and len(data["matrix"][0]) == 30 and len(data["top"][0]) == 3
 
 
 # -- average and values --------------------------------------------------------------------------
@@ -117,6 +121,38 @@ def test_values_match_float64_for_small_and_large_ranks(monkeypatch, rank):
     bad = value_stats(bank)
     assert bad["tasks"][2]["nonfinite_cols"] == 1 and bad["tasks"][2]["nonfinite_prompt"] > 0
     assert bad["nonfinite"]["prefix_task_cols"] == 1 and bad["tasks"][1]["nonfinite_prompt"] == 0
+
+
+@pytest.mark.parametrize("where", [0, 5])  # a NaN in the first token block, and in a later one
+def test_values_report_a_nan_prompt_norm_as_nan_not_zero(monkeypatch, where):
+    import math
+
+    import mptkit._info as info
+
+    bank = memory_bank(T=3, N=7, d=11, r=2, seed=4)
+    monkeypatch.setattr(info, "VALUES_CHUNK_BYTES", 200)  # several token blocks per prompt
+    cols = bank.tensors["prefix_task_cols"].to_torch().clone()
+    cols[1, where, 0] = float("nan")
+    bank.tensors["prefix_task_cols"] = mptkit._tensor.Array.from_torch(cols)
+    task = value_stats(bank)["tasks"][1]
+    assert math.isnan(task["prompt_norm"]) and task["nonfinite_prompt"] > 0
+
+
+def test_values_give_a_finite_norm_when_the_squares_overflow(monkeypatch):
+    import mptkit._info as info
+
+    bank = memory_bank(T=2, N=7, d=11, r=2, seed=5)
+    monkeypatch.setattr(info, "VALUES_CHUNK_BYTES", 200)
+    pe = bank.tensors["prompt_embeddings"].to_torch().double() * 1e160  # products near 1e160: squares overflow
+    bank.tensors["prompt_embeddings"] = mptkit._tensor.Array.from_torch(pe)
+    want = [
+        1e160 * float((pe / 1e160 * (c @ r)).norm())
+        for c, r in zip(
+            bank.tensors["prefix_task_cols"].to_torch().double(), bank.tensors["prefix_task_rows"].to_torch().double()
+        )
+    ]
+    for t, w in zip(value_stats(bank)["tasks"], want):
+        assert t["prompt_norm"] == pytest.approx(w, rel=1e-12) and t["nonfinite_prompt"] == 0
 
 
 # -- bounds --------------------------------------------------------------------------------------

@@ -66,7 +66,9 @@ def test_slice_keeps_order_bytes_and_names(tmp_path):
         assert task_bytes(s, new) == task_bytes(bank, old)
     entry = s.provenance[-1]
     assert entry["operation"] == "slice" and entry["arguments"] == {"tasks": [3, 0, 1], "names": ["d", "a", "b"]}
-    assert entry["sources"] == [{"name": "b.safetensors", "sha256": bank.source.sha256, "scheme": "file"}]
+    assert entry["sources"] == [
+        {"name": "b.safetensors", "sha256": bank.source.sha256, "scheme": "file", "path": str(path)}
+    ]  # where it was read: mptkit verify reads it again from there
     assert entry["mptkit_version"]
     # a byte path: the result still points into the source file (nothing was copied into memory)
     assert all(seg.path == str(path) for a in s.tensors.values() for seg in a.segments)

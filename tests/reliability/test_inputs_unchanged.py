@@ -31,6 +31,7 @@ def _read_only(src: str, out_dir: Path) -> dict[str, list[str]]:
         "inspect-values-json": ["inspect", "--values", "--json", src],
         "similarity": ["similarity", src],
         "similarity-json": ["similarity", "--json", "--tasks", "0,1", src],
+        "diff-itself": ["diff", src, src],
         "explain": ["explain", src, "--task", "0", "--shared", "--base-model", str(_base_model(src))],
     }
 
@@ -54,6 +55,7 @@ def _refusals(src: str, out_dir: Path) -> dict[str, list[str]]:
         "merge-onto-input": ["merge", src, src, "-o", src, "--force"],
         "export-unknown-task": ["export", src, "--task", "nope", "-o", str(out_dir / "e")],
         "rename-unknown-task": ["rename", src, "nope=x", "-o", str(out_dir / "r.safetensors")],
+        "verify-no-provenance": ["verify", src],  # these inputs were made outside mptkit
     }
 
 
@@ -117,11 +119,12 @@ def _invocations(kind: str, src: Path, out_dir: Path) -> dict[str, tuple[int, li
     return inv
 
 
-def test_every_command_is_covered():
+def test_every_command_is_covered(tmp_path):
     """A new command must be added to this file's tables."""
     from mptkit.cli import main
 
     covered = {argv[0] for argv in _read_only("S", Path("O")).values()}
+    covered |= {argv[0] for argv in _refusals("S", tmp_path).values()}
     covered |= {argv[0] for _, argv in writing_commands("S", "O").values()}
     assert set(main.commands) | HUB_COMMANDS >= READ_ONLY_COMMANDS
     missing = set(main.commands) - covered - HUB_COMMANDS

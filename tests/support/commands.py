@@ -128,7 +128,7 @@ def run_on_terminal(cmd, env, *, stdout_too: bool = False, cols: int = 100, when
 
 
 #: commands that only read (their inputs must not change either)
-READ_ONLY_COMMANDS = {"validate", "inspect", "similarity"}
+READ_ONLY_COMMANDS = {"validate", "inspect", "similarity", "verify", "diff"}
 #: commands whose input or output is a Hub repo (tested against the loopback Hub)
 HUB_COMMANDS = {"pull", "push"}
 
@@ -163,6 +163,7 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         # --shared: the factors only (the search for a shared prompt is tested in tests/ops/test_decompose.py)
         "decompose": ("bank", ["decompose", src, "--shared", src, "--rank", "2", "-o", out]),
         "convert": ("bank", ["convert", src, "-o", out]),
+        "build": ("bank", ["build", recipe_taking(src, "1,0"), "-o", out]),
         "similarity-plot": ("image", ["similarity", src, "--plot", out]),
         "report": ("page", ["report", src, "-o", out]),
     }
@@ -179,6 +180,24 @@ def writing_commands(src, out, other=None) -> dict[str, tuple[str, list[str]]]:
         f"add these writing commands to tests/support/commands.py writing_commands: {sorted(uncovered)}"
     )
     return table
+
+
+def recipe_taking(src: str, tasks: str) -> str:
+    """A recipe (``mptkit build``) taking the tasks ``tasks`` of ``src``, written to a folder of its
+    own when ``src`` exists (removed when the tests end); a placeholder name otherwise."""
+    import atexit
+    import json
+    import shutil
+    import tempfile
+
+    if not os.path.exists(src):
+        return "RECIPE.yaml"
+    folder = tempfile.mkdtemp(prefix="mptkit-test-recipe-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = os.path.join(folder, "recipe.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"sources:\n  - bank: {json.dumps(os.path.abspath(src))}\n    tasks: [{tasks}]\n")
+    return path
 
 
 def writing_labels() -> list[str]:

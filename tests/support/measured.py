@@ -66,9 +66,12 @@ def run_measured(
     cpu_limit_s: int | None = 60,
     address_space: int | None = None,
     wall_limit_s: float = 300,
+    stdout=None,
 ) -> Measured:
     """``python -m mptkit ARGS`` in a real process, measured (see the module doc). ``env`` adds to
-    this process's environment; ``cpu_limit_s=None`` sets no CPU limit."""
+    this process's environment; ``cpu_limit_s=None`` sets no CPU limit; ``stdout`` (a file or a
+    descriptor: /dev/full, a pipe whose reader is gone) replaces the captured stdout, which is then
+    empty."""
     e = dict(os.environ)
     e.update(env or {})
     argv = [sys.executable, "-m", "mptkit", *map(str, args)]
@@ -88,7 +91,13 @@ def run_measured(
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             t0 = time.monotonic()
             p = subprocess.Popen(
-                wrapper, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=e, start_new_session=True
+                wrapper,
+                stdin=subprocess.DEVNULL,
+                stdout=out if stdout is None else stdout,
+                stderr=err,
+                cwd=cwd,
+                env=e,
+                start_new_session=True,
             )
             try:
                 p.wait(timeout=wall_limit_s + 30)
