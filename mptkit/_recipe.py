@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ._bank import KEYS, PromptBank, input_paths
+from ._dtypes import shown
 from ._recipefile import Recipe, lock_text, pinned, unpinned
 from ._sources import (
     Part,
@@ -49,7 +50,11 @@ class Plan:
     dtype: str | None  # the output dtype (safetensors name)
     rank: object  # None, an int, or ("auto", max_error)
     output: str | None
+    #: write the output's config as this PEFT release writes it (the recipe's peft_version:)
+    peft_version: str | None = None
     steps: list[dict] = field(default_factory=list)  # {"step": text, "reads": bytes}
+    #: the config fields the output dropped for :attr:`peft_version` (set by :func:`run`)
+    dropped: list[str] = field(default_factory=list)
     #: the planned local output (mptkit.plan, checked before the work); None for hf:// or none
     target: object = None
 
@@ -90,7 +95,15 @@ def plan(recipe: Recipe, *, output: str | None = None, force: bool = False, writ
             check_prompts(recipe, s, kept, rank)
     check_names(recipe, sources)
     out = (output if output is not None else data.get("output")) if write else None
-    p = Plan(recipe, sources, shared, refit, dtype, rank, out)
+    version = data.get("peft_version")
+    if version is not None:
+        from ._peftfields import check_version
+
+        try:
+            check_version(version)
+        except MptkitError as e:
+            raise recipe.error(("peft_version",), e.message) from None
+    p = Plan(recipe, sources, shared, refit, dtype, rank, out, version)
     p.steps = _steps(p)
     if p.output is not None:
         p.target = check_output(p, force)
@@ -109,7 +122,7 @@ def run(p: Plan) -> PromptBank:
         _ = s.pin
     if any(s.kind == "prompts" for s in p.sources):
         shared_prompt(p.sources[p.shared])  # read once: decompose fits onto it, the write copies it
-    dtype_name = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}[p.dtype or kept.dtype]
+    dtype_name = shown(p.dtype or kept.dtype)
     parts = []
     for s in p.sources:
         spec = data["sources"][s.index]
@@ -142,6 +155,11 @@ def run(p: Plan) -> PromptBank:
             out = slice_tasks(out, [at[i] + t for i in range(len(parts)) for t in range(parts[i].num_tasks)])
     if p.rank is not None and (p.rank[0] == "auto" if isinstance(p.rank, tuple) else p.rank != out.rank):
         out = change_rank(out, "auto", max_error=p.rank[1]) if isinstance(p.rank, tuple) else change_rank(out, p.rank)
+    if p.peft_version:
+        from ._peftfields import for_release
+
+        config, p.dropped = for_release(out.config, p.peft_version)
+        out = replace(out, config=config)
     entry = {
         "operation": "build",
         "arguments": {"recipe": unpinned(data)},

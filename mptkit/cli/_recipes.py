@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._app import bank_json, emit_json, main, say
-from ._opts import adapter_option, force_option, json_option, quiet_option
+from ._opts import adapter_option, force_option, json_option, peft_version_option, quiet_option
 
 
 @main.command()
@@ -19,11 +19,12 @@ from ._opts import adapter_option, force_option, json_option, quiet_option
     ),
 )
 @force_option
+@peft_version_option
 @click.option("--plan", "plan_only", is_flag=True, help="Print the steps and the bytes each reads; write nothing.")
 @click.option("--lock", is_flag=True, help="Also write RECIPE.lock.yaml: the recipe with every source pinned.")
 @quiet_option
 @json_option
-def build(recipe, output, force, plan_only, lock, as_json):
+def build(recipe, output, force, peft_version, plan_only, lock, as_json):
     """Build a bank from a YAML recipe: banks (local or hf://, only the chosen tasks read), renamed,
     single-task prompts fitted onto the kept shared prompt, merged, re-ranked, cast.
 
@@ -44,6 +45,8 @@ def build(recipe, output, force, plan_only, lock, as_json):
     from ..errors import UsageError
 
     r = read_recipe(recipe)
+    if peft_version:  # as the recipe's peft_version: (recorded in the provenance, so verify rebuilds it)
+        r.data["peft_version"] = peft_version
     locked = lock_path(recipe)
     if lock and os.path.exists(recipe) and _first_line(recipe) == LOCK_HEADER:
         raise UsageError(f"{recipe} is already a lock; --lock writes one from a recipe")
@@ -76,6 +79,9 @@ def build(recipe, output, force, plan_only, lock, as_json):
         hub = src.get("hub")
         at = f" (commit {hub['commit'][:12]})" if hub else ""
         say(f"  source {src['source']}: {src['path']}{at}, sha256 {src['sha256'][:12]}")
+    if p.peft_version:
+        dropped = f"; dropped {', '.join(p.dropped)}" if p.dropped else ""
+        say(f"  config as PEFT {p.peft_version} writes it{dropped}")
     if wrote_lock:
         say(f"  wrote {wrote_lock} (the recipe with every source pinned)")
 
