@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
-import pickle
-import struct
 import tempfile
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tests.support.banks import write_bank
+from tests.support.crafted import claiming_bank, many_storages
 from tests.support.measured import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,35 +57,6 @@ def _small(path: Path, change=None, dtype=torch.float32) -> Path:
     return write_bank(path, *(x.to(dtype) for x in t), ["a", "b", "c"])
 
 
-def _many_storages(path: Path, count: int) -> Path:
-    """A zip checkpoint of ``count`` one-float storages (torch.save's layout, without its minutes)."""
-
-    class Storage:
-        def __init__(self, key):
-            self.key = key
-
-    class Tensor:
-        def __init__(self, key):
-            self.key = key
-
-        def __reduce__(self):
-            return torch._utils._rebuild_tensor_v2, (Storage(self.key), 0, (1,), (1,), False, OrderedDict())
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, obj.key, "cpu", 1) if isinstance(obj, Storage) else None
-
-    buf = io.BytesIO()
-    Pickler(buf, protocol=2).dump({f"t{i}": Tensor(str(i)) for i in range(count)})
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("many/data.pkl", buf.getvalue())
-        z.writestr("many/byteorder", b"little")
-        for i in range(count):
-            z.writestr(f"many/data/{i}", struct.pack("<f", 1.0))
-        z.writestr("many/version", b"3\n")
-    return path
-
-
 def _short_member(path: Path) -> Path:
     good = path.with_name("good.bin")
     g = torch.Generator().manual_seed(2)
@@ -101,22 +69,6 @@ def _short_member(path: Path) -> Path:
 
 
 _SHAPES = {"prompt_embeddings": (4, 8), "prefix_task_cols": (3, 4, 2), "prefix_task_rows": (3, 2, 8)}
-
-
-def _claims_17_gb(path: Path) -> Path:
-    d = 4_300_000_000
-    header = {
-        "__metadata__": {"format": "pt"},
-        "prompt_embeddings": {"dtype": "F32", "shape": [1, d], "data_offsets": [0, 4 * d]},
-        "prefix_task_cols": {"dtype": "F32", "shape": [1, 1, 1], "data_offsets": [4 * d, 4 * d + 4]},
-        "prefix_task_rows": {"dtype": "F32", "shape": [1, 1, d], "data_offsets": [4 * d + 4, 8 * d + 4]},
-    }
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(8 + len(text) + 8 * d + 4)
-    return path
 
 
 def attacks(tmp: Path):
@@ -136,7 +88,7 @@ def attacks(tmp: Path):
     table = tmp / "p100k.npy"
     np.save(table, np.random.default_rng(0).standard_normal((100_000, 1, 2)).astype(np.float32))
     yield "decompose 100,000 tiny prompts", ["decompose", table, "--rank", "1", "-o", o("d.safetensors")], {}
-    many = _many_storages(tmp / "many.bin", 300_000)
+    many = many_storages(tmp / "many.bin", 300_000)
     yield "pickle of 300,000 storages", ["validate", many], {}
     short = _short_member(tmp / "short.bin")
     yield "zip .bin, storage member short", ["convert", short, "-o", o("c.safetensors")], {}
@@ -169,7 +121,7 @@ def attacks(tmp: Path):
     f64 = _small(tmp / "f64.safetensors", huge, torch.float64)
     yield "inspect --values, float64 1.5e308", ["inspect", "--values", f64], {}
     yield "derive average, float64 1.5e308", ["derive", f64, "--mode", "average", "-o", o("avg.safetensors")], {}
-    big17 = _claims_17_gb(tmp / "big17.safetensors")
+    big17 = claiming_bank(tmp / "big17.safetensors", 4_300_000_000)
     yield "inspect --values 17 GB, ulimit -v 3G", ["inspect", "--values", big17], {"address_space": 3 << 30}
     names = write_bank(
         tmp / "names.safetensors",

@@ -27,6 +27,7 @@ import torch
 from mptkit.formats._pickle_scan import MAX_MEMBERS, MAX_PICKLE_BYTES
 from tests.support.banks import load_tensors
 from tests.support.commands import one_error
+from tests.support.crafted import many_storages
 from tests.support.measured import killed_for_cpu, run_measured
 
 
@@ -115,37 +116,6 @@ def test_tensors_read_from_the_file_are_torch_loads(cli, tmp_path, form):
         assert got[k].dtype == v.dtype and torch.equal(got[k], v.detach()), k
 
 
-def _many_storages(path: Path, count: int) -> Path:
-    """A zip checkpoint of ``count`` one-float storages, each a tensor (as torch.save writes it,
-    without torch.save's minutes): the attack of 300,000 tiny storages."""
-
-    class Storage:
-        def __init__(self, key):
-            self.key = key
-
-    class Tensor:
-        def __init__(self, key):
-            self.key = key
-
-        def __reduce__(self):
-            rebuild = torch._utils._rebuild_tensor_v2
-            return rebuild, (Storage(self.key), 0, (1,), (1,), False, OrderedDict())
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, obj.key, "cpu", 1) if isinstance(obj, Storage) else None
-
-    buf = io.BytesIO()
-    Pickler(buf, protocol=2).dump({f"t{i}": Tensor(str(i)) for i in range(count)})
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("many/data.pkl", buf.getvalue())
-        z.writestr("many/byteorder", b"little")
-        for i in range(count):
-            z.writestr(f"many/data/{i}", struct.pack("<f", 1.0))
-        z.writestr("many/version", b"3\n")
-    return path
-
-
 def _refused_cheaply(path: Path, *words, rss_mb: float = 150, cpu_s: int = 20):
     m = run_measured("validate", path, cpu_limit_s=cpu_s)
     assert not killed_for_cpu(m), f"ran past {cpu_s} CPU seconds"
@@ -159,7 +129,7 @@ def _refused_cheaply(path: Path, *words, rss_mb: float = 150, cpu_s: int = 20):
 
 
 def test_an_archive_of_300000_tiny_storages_is_refused_from_its_end_record(tmp_path):
-    path = _many_storages(tmp_path / "many.bin", 300_000)
+    path = many_storages(tmp_path / "many.bin", 300_000)
     _refused_cheaply(path, "the zip archive has 300,003 members", f"more than the {MAX_MEMBERS:,} mptkit reads")
 
 

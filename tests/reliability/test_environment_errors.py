@@ -9,16 +9,14 @@ claims the 17 GB (no disk is used)."""
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-from pathlib import Path
 
 import pytest
 
 import mptkit.formats._targets as targets
 from tests.support.banks import random_bank
 from tests.support.commands import one_error
+from tests.support.crafted import claiming_bank
 from tests.support.measured import run_measured
 
 
@@ -44,29 +42,13 @@ def test_an_output_link_that_vanishes_after_it_was_resolved(cli, tmp_path, monke
     assert sorted(p.name for p in real.iterdir()) == ["out.safetensors"]
 
 
-def _claiming_bank(path: Path, d: int) -> Path:
-    """A bare F32 bank of N=1, T=1, r=1 and hidden size ``d``: a sparse file of 8*d bytes of holes."""
-    header = {
-        "__metadata__": {"format": "pt"},
-        "prompt_embeddings": {"dtype": "F32", "shape": [1, d], "data_offsets": [0, 4 * d]},
-        "prefix_task_cols": {"dtype": "F32", "shape": [1, 1, 1], "data_offsets": [4 * d, 4 * d + 4]},
-        "prefix_task_rows": {"dtype": "F32", "shape": [1, 1, d], "data_offsets": [4 * d + 4, 8 * d + 4]},
-    }
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(8 + len(text) + 8 * d + 4)
-    return path
-
-
 BIG_D = 4_300_000_000  # 17.2 GB of float32 in the shared prompt alone
 LIMIT = 3 << 30  # the child's address space: enough for torch, far from 17 GB
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    path = _claiming_bank(tmp_path_factory.mktemp("big") / "big.safetensors", BIG_D)
+    path = claiming_bank(tmp_path_factory.mktemp("big") / "big.safetensors", BIG_D)
     if os.stat(path).st_blocks * 512 > 1 << 30:
         pytest.skip("this file system does not keep holes in sparse files")
     return path
