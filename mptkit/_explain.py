@@ -30,7 +30,7 @@ def nearest(prompt, embeddings, top: int):
     import torch
 
     pn = prompt.float()
-    pn = pn / pn.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    pn = pn / _row_norms(pn).unsqueeze(1)
     V, d = embeddings.vocab_size, embeddings.hidden_size
     step = max(top, BLOCK_BYTES // (4 * d))
     best_c = torch.empty(pn.shape[0], 0)
@@ -40,12 +40,26 @@ def nearest(prompt, embeddings, top: int):
             hi = min(V, lo + step)
             e = embeddings.block(lo, hi).float()
             scores = pn @ e.T
-            scores /= e.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+            scores /= _row_norms(e)
             c, i = scores.topk(min(top, hi - lo), dim=1)
             best_c, order = torch.cat((best_c, c), dim=1).topk(min(top, best_c.shape[1] + c.shape[1]), dim=1)
             best_i = torch.cat((best_i, i + lo), dim=1).gather(1, order)
             bar.update(hi - lo)
     return best_i, best_c
+
+
+def _row_norms(x):
+    """The Euclidean norm of each row of ``x`` (float32), also where the squares of finite values
+    overflow float32 (rows of 1e19 and more: their cosines were all 0): such rows are scaled by their
+    largest value first. Never below float32's smallest normal (a zero row then has cosine 0)."""
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    n = x.norm(dim=1)
+    if not bool(torch.isfinite(n).all()):  # rare: only then the extra passes
+        scale = x.abs().amax(dim=1).clamp_min(tiny)
+        n = torch.where(torch.isfinite(n), n, (x / scale.unsqueeze(1)).norm(dim=1) * scale)
+    return n.clamp_min(tiny)
 
 
 def load_tokenizer(path: str | None, where: str):

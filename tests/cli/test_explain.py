@@ -54,6 +54,18 @@ def test_a_prompt_of_exact_rows_is_explained_as_those_tokens(cli, model, tmp_pat
     assert lines[1] == "task 0 (first):" and lines[2].split()[:3] == ["0", "'w5'", "1.000,"]
 
 
+def test_prompts_whose_squares_overflow_float32_keep_their_cosines(cli, model, tmp_path):
+    """Rows of 1e20 times the embedding rows are finite, but their squared norms overflow float32:
+    each is still its row's token at cosine 1.0 (the norms once came out infinite, every cosine 0)."""
+    E, folder = model
+    scale = 1e20 / float(E[ROWS].abs().max())
+    bank = write_bank(tmp_path / "huge.safetensors", E[ROWS] * scale, torch.ones(1, 5, 1), torch.ones(1, 1, E.shape[1]))
+    r = cli("explain", bank, "--task", "0", "--base-model", folder, "--top", "2", "--json")
+    assert r.exit_code == 0, r.output
+    for p, row in zip(json.loads(r.stdout)["positions"], ROWS):
+        assert p["nearest"][0]["id"] == row and p["nearest"][0]["cosine"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_blocks_of_the_vocabulary_give_the_same_answer(cli, model, tmp_path, monkeypatch):
     """Memory is bounded by a block of rows: with blocks of 8 rows (12 blocks) the answer is the one
     of a single block, and no block read is larger."""
