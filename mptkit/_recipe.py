@@ -111,7 +111,13 @@ def plan(recipe: Recipe, *, output: str | None = None, force: bool = False, writ
 
 
 def run(p: Plan) -> PromptBank:
-    """The bank ``p`` describes, made by the operations (see the module doc)."""
+    """The bank ``p`` describes, made by the operations (see the module doc). With the recipe's
+    ``clamp: true``, values beyond a narrower output dtype's range are stored as its largest finite
+    value (``--clamp`` of the commands); else they are refused."""
+    return _run(p, bool(p.recipe.data.get("clamp", False)))
+
+
+def _run(p: Plan, clamp: bool) -> PromptBank:
     from ._convert import convert
     from ._decompose import decompose
     from ._edit import change_rank, rename, set_names, slice_tasks
@@ -134,20 +140,20 @@ def run(p: Plan) -> PromptBank:
                 b = rename(b, spec["rename"])
         else:
             b = decompose(s.prompts, prompt_rank(spec, p.rank, kept), max_error=prompt_error(spec),
-                          seed=spec.get("seed", 0), shared=kept, dtype=dtype_name)  # fmt: skip
+                          seed=spec.get("seed", 0), shared=kept, dtype=dtype_name, clamp=clamp)  # fmt: skip
             if spec.get("names"):
                 b = set_names(b, spec["names"])
         parts.append(b)
     rank = p.rank if isinstance(p.rank, int) else None
     if len(parts) == 1:
-        out = convert(parts[0], dtype=dtype_name) if p.dtype and p.dtype != parts[0].dtype else parts[0]
+        out = convert(parts[0], dtype=dtype_name, clamp=clamp) if p.dtype and p.dtype != parts[0].dtype else parts[0]
     else:
         top = max(b.rank for b in parts)
         first = next(i for i, s in enumerate(p.sources) if s.index == p.shared) if p.refit else 0
         order = [first] + [i for i in range(len(parts)) if i != first]  # merge keeps the first bank's shared prompt
         if first and p.names:  # merge names an unnamed bank's tasks by position: give them the recipe's positions
             parts = [b if b.task_names else set_names(b, s.names) for b, s in zip(parts, p.sources)]
-        out = merge([parts[i] for i in order], dtype=dtype_name if p.dtype else None, refit=p.refit,
+        out = merge([parts[i] for i in order], dtype=dtype_name if p.dtype else None, refit=p.refit, clamp=clamp,
                     rank=rank if rank is not None and rank >= top else None)  # fmt: skip
         if order != sorted(order):  # back into the recipe's order
             starts = [sum(parts[j].num_tasks for j in order[:k]) for k in range(len(order))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._app import bank_json, emit_json, main, say
-from ._opts import adapter_option, force_option, json_option, peft_version_option, quiet_option
+from ._opts import adapter_option, clamp_option, force_option, json_option, peft_version_option, quiet_option
 
 
 @main.command()
@@ -20,11 +20,12 @@ from ._opts import adapter_option, force_option, json_option, peft_version_optio
 )
 @force_option
 @peft_version_option
+@clamp_option
 @click.option("--plan", "plan_only", is_flag=True, help="Print the steps and the bytes each reads; write nothing.")
 @click.option("--lock", is_flag=True, help="Also write RECIPE.lock.yaml: the recipe with every source pinned.")
 @quiet_option
 @json_option
-def build(recipe, output, force, peft_version, plan_only, lock, as_json):
+def build(recipe, output, force, peft_version, clamp, plan_only, lock, as_json):
     """Build a bank from a YAML recipe: banks (local or hf://, only the chosen tasks read), renamed,
     single-task prompts fitted onto the kept shared prompt, merged, re-ranked, cast.
 
@@ -47,6 +48,8 @@ def build(recipe, output, force, peft_version, plan_only, lock, as_json):
     r = read_recipe(recipe)
     if peft_version:  # as the recipe's peft_version: (recorded in the provenance, so verify rebuilds it)
         r.data["peft_version"] = peft_version
+    if clamp:  # as the recipe's clamp: true
+        r.data["clamp"] = True
     locked = lock_path(recipe)
     if lock and os.path.exists(recipe) and _first_line(recipe) == LOCK_HEADER:
         raise UsageError(f"{recipe} is already a lock; --lock writes one from a recipe")
