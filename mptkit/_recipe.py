@@ -160,7 +160,11 @@ def _run(p: Plan, clamp: bool) -> PromptBank:
             at = {i: starts[k] for k, i in enumerate(order)}
             out = slice_tasks(out, [at[i] + t for i in range(len(parts)) for t in range(parts[i].num_tasks)])
     if p.rank is not None and (p.rank[0] == "auto" if isinstance(p.rank, tuple) else p.rank != out.rank):
-        out = change_rank(out, "auto", max_error=p.rank[1]) if isinstance(p.rank, tuple) else change_rank(out, p.rank)
+        from ._numerics import clamping
+
+        with clamping(clamp):  # change_rank takes no clamp= of its own: the fit's cast reads this
+            auto = isinstance(p.rank, tuple)
+            out = change_rank(out, "auto", max_error=p.rank[1]) if auto else change_rank(out, p.rank)
     if p.peft_version:
         from ._peftfields import for_release
 
