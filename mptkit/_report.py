@@ -5,6 +5,8 @@ for many tasks), each task's nearest tasks, and a 2-D map of the prompts.
 The arithmetic is the one the other commands use: :func:`mptkit._similarity.gram_matrix` (the
 blocked Gram of the full prompts) and :func:`mptkit._info.value_stats` (norms, non-finite counts).
 Everything else here costs O(T^2) at most (the ordering, the map), against the Gram's O(T^2 N d).
+Above :data:`DENSE_TASKS` tasks no T x T matrix is held: the figures come from each task's nearest
+tasks in two blocked passes (:mod:`mptkit._report_large`), in memory that grows with T.
 
 Sizes are bounded by construction, so the page stays usable for thousands of tasks:
 :data:`HEATMAP_CELLS` cells a side at most (beyond that, each cell is a block of tasks: its mean,
@@ -32,9 +34,14 @@ SINGULAR_VALUES = 16
 PROVENANCE_ENTRIES = 100
 #: bytes of float64 factors read at a time for the singular values
 SV_CHUNK_BYTES = 16 << 20
-#: the most tasks a report is made for: it holds a few T x T float64 matrices (measured peak RSS
-#: of 5,000 tiny tasks: 1.3 GB; 20,000 reached 6.4 GB and wanted more), refused above, with its size
-MAX_TASKS = 5000
+#: up to this many tasks the figures come from the T x T cosine matrix (a few of them: about 160 MB
+#: at 2,000 tasks; average-linkage clustering and classical scaling); above, from each task's
+#: nearest in two blocked passes (:mod:`mptkit._report_large`, memory T x K: a dense 20,000 tiny
+#: tasks once reached 6.4 GB)
+DENSE_TASKS = 2000
+#: the most tasks a report is made for: the page holds 1 MB + 1 kB a task (about 21 MB at 20,000,
+#: which a browser still opens and filters), refused above, with its size
+MAX_TASKS = 20_000
 
 
 def cut(text, n: int = NAME_CHARS) -> str:
@@ -155,34 +162,37 @@ def heatmap(cos, order: list[int]) -> dict:
     """The cosine matrix in ``order``: every cell when there are at most :data:`HEATMAP_CELLS`
     tasks, else contiguous blocks of ``size`` tasks with their mean, min and max cosine. Values are
     int16 (cosine x 10000, -32768 for none), little-endian, base64: 6 bytes a cell at most."""
-    import base64
-
     import numpy as np
 
     T = len(order)
     m = cos[np.ix_(order, order)] if T else cos
     size = max(1, math.ceil(T / HEATMAP_CELLS))
     n = math.ceil(T / size) if T else 0
+    if size == 1:
+        return {"cells": n, "size": size, "mean": _pack(m)}
     pad = np.full((n * size, n * size), np.nan)
     pad[:T, :T] = m
     blocks = pad.reshape(n, size, n, size).transpose(0, 2, 1, 3).reshape(n, n, size * size)
-
-    def pack(a) -> str:
-        q = np.where(np.isfinite(a), np.round(np.nan_to_num(a) * 10000), -32768).astype("<i2")
-        return base64.b64encode(q.tobytes()).decode("ascii")
-
-    out = {"cells": n, "size": size}
-    if size == 1:
-        out["mean"] = pack(m)
-        return out
     ok = np.isfinite(blocks)
     count = ok.sum(axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["mean"] = pack(np.where(ok, blocks, 0.0).sum(axis=2) / count)
+        mean = np.where(ok, blocks, 0.0).sum(axis=2) / count
     low, high = np.where(ok, blocks, np.inf).min(axis=2), np.where(ok, blocks, -np.inf).max(axis=2)
-    out["min"] = pack(np.where(count > 0, low, np.nan))
-    out["max"] = pack(np.where(count > 0, high, np.nan))
-    return out
+    return packed_blocks(n, size, mean, np.where(count > 0, low, np.nan), np.where(count > 0, high, np.nan))
+
+
+def packed_blocks(n: int, size: int, mean, low, high) -> dict:
+    """The heatmap's JSON for ``n`` x ``n`` blocks of ``size`` tasks (:func:`heatmap`)."""
+    return {"cells": n, "size": size, "mean": _pack(mean), "min": _pack(low), "max": _pack(high)}
+
+
+def _pack(a) -> str:
+    import base64
+
+    import numpy as np
+
+    q = np.where(np.isfinite(a), np.round(np.nan_to_num(a) * 10000), -32768).astype("<i2")
+    return base64.b64encode(q.tobytes()).decode("ascii")
 
 
 def neighbours(cos, k: int = TOP_K) -> list[list]:
@@ -230,10 +240,8 @@ def _provenance(entries) -> list:
 
 def too_many_tasks(n: int) -> str:
     """Why no report of ``n`` tasks is made, with its size and what to ask instead."""
-    from ._similarity import _gb
-
     return (
-        f"a report of {n:,} tasks holds a few {n:,} x {n:,} float64 matrices ({_gb(n * n * 8)} each); "
+        f"a report of {n:,} tasks would be a page of about {(1 + n / 1000):,.0f} MB (1 MB + 1 kB a task); "
         f"mptkit makes reports of at most {MAX_TASKS:,} tasks. Report on fewer (mptkit slice BANK --tasks ...), "
         "or list each task's nearest with mptkit similarity BANK --top K (memory grows with tasks x K)"
     )
@@ -275,10 +283,17 @@ def report_data(bank: PromptBank, title: str | None = None) -> dict:
         data["tasks"] = []
         return data
     svs = rank_use(bank)
-    cos = cosines(bank)
-    order = cluster_order(cos)
-    near = neighbours(cos)
-    xy = task_map(cos)
+    if T > DENSE_TASKS:
+        from ._report_large import large_figures
+
+        fig = large_figures(bank, TOP_K, HEATMAP_CELLS)
+        order, near, heat = fig["order"], fig["near"], packed_blocks(*fig["heat"])
+        xy = [[num(a), num(b)] for a, b in fig["xy"]]
+        near = [[[j, num(c)] for j, c in row] for row in near]
+    else:
+        cos = cosines(bank)
+        order, near, xy = cluster_order(cos), neighbours(cos), task_map(cos)
+        heat = heatmap(cos, order)
     position = {k: i for i, k in enumerate(order)}
     shape = (bank.num_tokens, bank.token_dim)
     data["tasks"] = [
@@ -300,7 +315,7 @@ def report_data(bank: PromptBank, title: str | None = None) -> dict:
         for k, v in enumerate(stats["tasks"])
     ]
     data["order"] = order
-    data["heatmap"] = heatmap(cos, order)
+    data["heatmap"] = heat
     return data
 
 

@@ -167,9 +167,8 @@ def test_few_tasks(tmp_path, T):
 
 
 def test_a_bank_of_more_tasks_than_a_report_holds_is_refused_with_its_size(cli, tmp_path):
-    """The page's arithmetic holds a few T x T float64 matrices: above its stated limit the report is
-    refused before any of it is computed (20,000 tiny tasks once reached 6.4 GB under an 8 GB cap),
-    naming the size and what to ask instead; nothing is written."""
+    """The page holds 1 MB + 1 kB a task: above its stated limit the report is refused before any
+    work, naming the page's size and what to ask instead; nothing is written."""
     from mptkit._report import MAX_TASKS
 
     T = MAX_TASKS + 1
@@ -178,7 +177,66 @@ def test_a_bank_of_more_tasks_than_a_report_holds_is_refused_with_its_size(cli, 
     r = cli("report", path, "-o", out)
     assert r.exit_code == 2
     line = one_error(r, f"{T:,} tasks", f"at most {MAX_TASKS:,}", "similarity BANK --top K")
-    assert str(path) in line and "(200 MB each)" in line, line
+    assert str(path) in line and "a page of about 21 MB (1 MB + 1 kB a task)" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many.safetensors"]
     with pytest.raises(mptkit.UsageError, match="at most"):
         mptkit.report(path)
+
+
+def _clustered(path, T: int, N: int = 3, r: int = 2, d: int = 8):
+    """Three clusters of tasks (task k in cluster k % 3); task 7's prompt is NaN (no cosine)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, r, d, generator=g)
+    rows = torch.stack([centres[k % 3] + 0.05 * torch.randn(r, d, generator=g) for k in range(T)])
+    cols = torch.ones(T, N, r) + 0.01 * torch.randn(T, N, r, generator=g)
+    cols[7] = float("nan")
+    from tests.support.banks import write_bank
+
+    return write_bank(path, torch.randn(N, d, generator=g), cols, rows, [f"t{k}" for k in range(T)])
+
+
+def test_many_tasks_give_the_matrix_s_neighbours_and_blocks_in_two_passes(tmp_path, monkeypatch):
+    """Above DENSE_TASKS the figures come from each task's nearest, in two blocked passes: the
+    neighbours are the cosine matrix's, the heatmap's blocks are the matrix's blocks in the order
+    the passes chose (to the page's 1e-4), that order keeps each cluster together, and the map puts
+    each cluster in its own place."""
+    import base64
+
+    import mptkit._report as rep
+
+    bank = mptkit.load(_clustered(tmp_path / "c.safetensors", T=120))
+    monkeypatch.setattr(rep, "HEATMAP_CELLS", 16)  # blocks of 8 tasks
+    dense = rep.report_data(bank)
+    monkeypatch.setattr(rep, "DENSE_TASKS", 50)
+    large = rep.report_data(bank)
+    assert [t["nearest"] for t in large["tasks"]] == [t["nearest"] for t in dense["tasks"]]
+    ref = rep.heatmap(rep.cosines(bank), large["order"])
+    assert large["heatmap"]["size"] == 8
+    for key in ("mean", "min", "max"):
+        a, b = (np.frombuffer(base64.b64decode(h[key]), "<i2").astype(int) for h in (ref, large["heatmap"]))
+        assert np.abs(a - b).max() <= 1, key
+    clusters = [k % 3 for k in large["order"] if k != 7]
+    assert sum(a != b for a, b in zip(clusters, clusters[1:])) == 2  # three runs, one a cluster
+    xy = np.array([t["xy"] for t in large["tasks"]])
+    centre = {c: xy[[k for k in range(120) if k % 3 == c and k != 7]].mean(0) for c in range(3)}
+    spread = max(np.linalg.norm(xy[k] - centre[k % 3]) for k in range(120) if k != 7)
+    apart = min(np.linalg.norm(centre[a] - centre[b]) for a in range(3) for b in range(a + 1, 3))
+    assert spread < apart / 4, (spread, apart)
+
+
+def test_many_tasks_cost_memory_a_task_not_a_matrix(tmp_path):
+    """20,000 tiny tasks once reached 6.4 GB (the T x T matrices) and then ran out of memory: their
+    report now grows with tasks x K. Measured as the growth of the child's peak RSS between 5,000 and
+    20,000 tasks (the interpreter and torch cancel out): a dense 20,000 x 20,000 float64 matrix
+    alone would be 3.2 GB."""
+    from tests.support.measured import killed_for_cpu, run_measured
+
+    peaks = {}
+    for T in (5_000, 20_000):
+        path = random_bank(tmp_path / f"t{T}.safetensors", T=T, N=1, r=1, d=2)
+        m = run_measured("report", path, "-o", tmp_path / f"r{T}.html", cpu_limit_s=240)
+        assert not killed_for_cpu(m) and m.returncode == 0, (m.returncode, m.stderr[-800:])
+        peaks[T] = m.peak_rss_mb
+    assert peaks[20_000] - peaks[5_000] < 200, peaks  # tasks x K and the page: tens of MB

@@ -83,6 +83,7 @@ LAYERS = [
     "mptkit._recipe",
     "mptkit._verify",
     "mptkit._report_html",
+    "mptkit._report_large",
     "mptkit._report",
     "mptkit._pictures",
     "mptkit.serve._runtime",

@@ -269,8 +269,13 @@ def test_one_task_and_no_names(open_report, tmp_path):
     assert page.locator("#tip").text_content() == "0 \u00d7 0: cosine 1.0000"
 
 
-def test_two_thousand_tasks_render_as_blocks_with_neighbours(open_report, tmp_path):
-    T = 2000
+@pytest.mark.parametrize("T", [2000, 2001], ids=["the-cosine-matrix", "two-blocked-passes"])
+def test_two_thousand_tasks_render_as_blocks_with_neighbours(open_report, tmp_path, T):
+    """2,000 tasks: figures from the T x T cosines; 2,001: above DENSE_TASKS, from each task's
+    nearest in two blocked passes (mptkit/_report_large.py); the page is the same."""
+    from mptkit._report import DENSE_TASKS
+
+    assert DENSE_TASKS == 2000
     names = [f"t{i:04d}-" + "x" * 194 for i in range(T)]  # names of 200 characters, as the page cuts them
     bank = random_bank(tmp_path / "big.safetensors", T=T, N=8, r=4, d=16, names=names)
     out = _report(bank, tmp_path / "report.html")
@@ -282,7 +287,7 @@ def test_two_thousand_tasks_render_as_blocks_with_neighbours(open_report, tmp_pa
     cells, size = data["heatmap"]["cells"], data["heatmap"]["size"]
     assert size == math.ceil(T / 300) and cells == math.ceil(T / size) and cells <= 300
     assert page.locator("#task-table tbody tr").count() == 500
-    assert page.locator("#count").text_content().startswith("showing 500 of 2000")
+    assert page.locator("#count").text_content().startswith(f"showing 500 of {T}")
     assert all(len(t["nearest"]) == 5 for t in data["tasks"])
     order = data["order"]
     page.mouse.move(*_cell_centre(page, 0, 1, cells))
@@ -291,3 +296,4 @@ def test_two_thousand_tasks_render_as_blocks_with_neighbours(open_report, tmp_pa
     assert tip.startswith(f"{first} \u2026 {last} ({size} tasks) \u00d7 ") and "mean cosine" in tip
     page.locator("#filter").fill("t1999")
     assert [r.text_content() for r in page.locator("#task-table td.name").all()] == [names[1999]]
+    assert page.locator("#count").text_content() == f"1 of {T} task(s)"
