@@ -106,7 +106,7 @@ def _torch_load(path: str, *, map_location: str, fallback: bool = False):
             f"{path}: unpickling it needs more memory than there is (it claims storages larger than the file)"
         ) from None
     except (RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError, TypeError) as e:
-        msg = _first_sentence(str(e)) or type(e).__name__
+        msg = scan.first_sentence(str(e)) or type(e).__name__
         if fallback:  # on the meta device: torch judges the file again, reading its data
             raise _MetaFailed() from None
         if "unexpected EOF" in msg or "truncated" in msg:
@@ -216,10 +216,3 @@ def check_tensor(path: str, name: str, t) -> None:
             f"{need:,} bytes) over a storage of only {max(have, 0):,} bytes; a saved bank's tensors hold their own "
             "data (this one would be blown up in memory)"
         )
-
-
-def _first_sentence(text: str) -> str:
-    """The first line of an exception message, up to its first sentence end, at most 160 characters."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    cut = line.find(". ")
-    return (line[: cut + 1] if cut > 0 else line)[:160]

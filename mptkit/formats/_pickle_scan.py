@@ -98,7 +98,7 @@ def zip_members(path: str, size: int) -> Members:
             order = z.read(pkl.filename.rsplit("/", 1)[0] + "/byteorder") if pkl and _has(z, pkl, "byteorder") else b""
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
         raise InvalidBank(
-            f"{path}: not a readable PyTorch checkpoint: the zip archive is corrupt ({_first_sentence(str(e))})"
+            f"{path}: not a readable PyTorch checkpoint: the zip archive is corrupt ({first_sentence(str(e))})"
         ) from None
     if len(infos) > MAX_MEMBERS:
         raise InvalidBank(
@@ -325,7 +325,7 @@ def _pickle_too_big(path: str, size: int | None, what: str) -> InvalidBank:
     )
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
     """The first line of an exception message, up to its first sentence end, at most 160 characters."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     cut = line.find(". ")
