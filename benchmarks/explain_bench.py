@@ -18,22 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmarks._timing import median_run
 
 
 def model_folder(path: Path, V: int, d: int, dtype) -> Path:
@@ -71,13 +61,13 @@ def main() -> None:
     for name, dtype in (("BF16", torch.bfloat16), ("F32", torch.float32)):
         folder = model_folder(tmp / name, V, d, dtype)
         e32 = load_embeddings(folder).load().float()
-        t_read = timed(lambda f=folder: load_embeddings(f).load(), args.repeat)
-        t_mm = timed(lambda e=e32: prompt @ e.T, args.repeat)
+        t_read = median_run(lambda f=folder: load_embeddings(f).load(), args.repeat, warmup=1)[0]
+        t_mm = median_run(lambda e=e32: prompt @ e.T, args.repeat, warmup=1)[0]
         ids, _ = _explain.nearest(prompt, load_embeddings(folder), 5)
         ref = torch.nn.functional.normalize(prompt, dim=1) @ torch.nn.functional.normalize(e32, dim=1).T
         assert torch.equal(ids[:, 0], ref.argmax(dim=1)), "not the nearest tokens"
         del e32, ref
-        t_ours = timed(lambda f=folder: _explain.nearest(prompt, load_embeddings(f), 5), args.repeat)
+        t_ours = median_run(lambda f=folder: _explain.nearest(prompt, load_embeddings(f), 5), args.repeat, warmup=1)[0]
         floor = t_read + t_mm
         print(
             f"  {name:<10}{t_read * 1e3:>11.0f}{t_mm * 1e3:>12.0f}{floor * 1e3:>9.0f}{t_ours * 1e3:>9.0f}"

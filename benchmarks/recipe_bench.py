@@ -22,24 +22,14 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks._timing import median_run
 from tests.fakehub import Blob, HubServer
 from tests.support.banks import sparse_bank
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def timed(fn, repeat: int):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -91,10 +81,10 @@ def main() -> None:
             mptkit.save(mptkit.merge([b, mptkit.load("local")]), fresh(tmp / "hand"))
 
         for label, fn in (("build recipe.yaml", build), ("the same steps by hand (API)", by_hand)):
-            wall, _ = timed(fn, args.repeat)
+            wall, _ = median_run(fn, args.repeat)
             rows.append((label, wall, served(fn), "bytes from the Hub"))
         rows.append(("(the Hub file, whole)", None, blob.size, "bytes"))
-        wall, rep = timed(lambda: mptkit.verify(tmp / "built"), args.repeat)
+        wall, rep = median_run(lambda: mptkit.verify(tmp / "built"), args.repeat)
         assert rep["identical"], rep
         rows.append(("verify built/", wall, served(lambda: mptkit.verify(tmp / "built")), "bytes from the Hub"))
 
@@ -104,7 +94,9 @@ def main() -> None:
         bank = mptkit.load(big)
         mptkit.save(mptkit.change_rank(bank, 3), tmp / "padded.safetensors")
         for label, other in (("diff, identical copy", "copy"), ("diff, rank zero-padded to 3", "padded")):
-            wall, rep = timed(lambda o=other: mptkit.diff(bank, mptkit.load(tmp / f"{o}.safetensors")), args.repeat)
+            wall, rep = median_run(
+                lambda o=other: mptkit.diff(bank, mptkit.load(tmp / f"{o}.safetensors")), args.repeat
+            )
             rows.append((label, wall, rep["bytes_compared"], f"bytes compared, {rep['prompts_computed']} prompts"))
 
         def all_prompts():  # one bank's prompts, float64, in the chunks diff uses
@@ -121,7 +113,7 @@ def main() -> None:
                 task_prompts(pe, t["prefix_task_cols"].rows(idx).to_torch(dtype=f64),
                              t["prefix_task_rows"].rows(idx).to_torch(dtype=f64))  # fmt: skip
 
-        wall, _ = timed(all_prompts, args.repeat)
+        wall, _ = median_run(all_prompts, args.repeat)
         rows.append(("(every task's full prompt, once)", wall, None, ""))
     print(f"Hub bank: T={T}, N={N}, r={r}, d={d}, F32 ({blob.size / 1e6:.0f} MB); median of {args.repeat}")
     print(f"{'what':<36} {'wall s':>8} {'amount':>14}")

@@ -16,23 +16,10 @@ Rows (median over --repeat calls, after warm-up; every result is checked bit-ide
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def timed(fn, repeat: int, sync) -> float:
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmarks._timing import median_run
 
 
 def main() -> None:
@@ -94,7 +81,7 @@ def main() -> None:
             ("mptkit cached", lambda: cached(task_ids)),
             ("copy (floor)", lambda: ref.clone()),
         ]
-        results = [(name, timed(fn, cfg["repeat"], sync)) for name, fn in rows]
+        results = [(name, median_run(fn, cfg["repeat"], warmup=3, sync=sync)[0]) for name, fn in rows]
 
     out_bytes = ref.numel() * ref.element_size()
     print(

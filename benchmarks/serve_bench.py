@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import struct
 import tempfile
 import time
@@ -34,18 +33,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._timing import median_run
+
 SLACK = 64 << 10
-
-
-def timed(fn, repeat: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # -- table 1 -----------------------------------------------------------------------------------
@@ -103,11 +93,14 @@ def embeds_table(tmp: Path, B: int, L: int, N: int, d: int, V: int, T: int, r: i
         PromptEmbedder.from_pretrained(tmp / "bank", tmp / "model").batch(tasks.tolist(), ids)
 
     rows = [
-        ("mptkit batch", timed(lambda: emb.batch(tasks.tolist(), ids), repeat)),
-        ("mptkit first batch", timed(first, max(3, repeat // 4))),
-        ("peft", timed(peft_path, repeat)),
-        ("copy (floor)", timed(lambda: torch.empty_like(ours).copy_(ours), repeat)),
-        (f"vllm_request x {B}", timed(lambda: [emb.vllm_request(int(t), i) for t, i in zip(tasks, ids)], 3)),
+        ("mptkit batch", median_run(lambda: emb.batch(tasks.tolist(), ids), repeat, warmup=2)[0]),
+        ("mptkit first batch", median_run(first, max(3, repeat // 4), warmup=2)[0]),
+        ("peft", median_run(peft_path, repeat, warmup=2)[0]),
+        ("copy (floor)", median_run(lambda: torch.empty_like(ours).copy_(ours), repeat, warmup=2)[0]),
+        (
+            f"vllm_request x {B}",
+            median_run(lambda: [emb.vllm_request(int(t), i) for t, i in zip(tasks, ids)], 3, warmup=2)[0],
+        ),
     ]
     mb = ours.numel() * ours.element_size() / 1e6
     print(f"\n{B} requests x {L} tokens, N={N}, d={d}, V={V:,} ({ours.dtype}), T={T}, r={r}; output {mb:.0f} MB")
