@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._timing import median_run
+from tests.support.banks import sparse_safetensors
 
 SLACK = 64 << 10
 
@@ -131,19 +131,7 @@ def llama_like(gb: float, V: int = 32_000, d: int = 4096) -> dict[str, list[int]
 
 def sparse_file(path: Path, tensors: dict[str, list[int]]) -> int:
     """A BF16 safetensors file of ``tensors`` that is a hole on disk; returns its header length."""
-    header, pos = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(tensors):
-        n = 2
-        for s in tensors[name]:
-            n *= s
-        header[name] = {"dtype": "BF16", "shape": tensors[name], "data_offsets": [pos, pos + n]}
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(8 + len(text) + pos)
-    return 8 + len(text)
+    return sparse_safetensors(path, {name: ("BF16", tensors[name]) for name in sorted(tensors)})["data_start"]
 
 
 def checkpoints(tmp: Path, gb: float, V: int, d: int) -> dict:

@@ -29,15 +29,16 @@ three tensors, and reading the whole file once (the cost of any reader that is n
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.support.banks import sparse_safetensors
 
 PY = sys.executable
 
@@ -61,24 +62,9 @@ def make_file(path: Path, gb: float) -> dict:
         "prompt_encoder.default.prefix_task_rows": [T, r, d],
     }
     tensors.update(enc)
-    header, pos = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(tensors):
-        n = 4
-        for s in tensors[name]:
-            n *= s
-        header[name] = {"dtype": "F32", "shape": tensors[name], "data_offsets": [pos, pos + n]}
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    start = 8 + len(text)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for name in enc:
-            b, e = header[name]["data_offsets"]
-            f.seek(start + b)
-            f.write(os.urandom(e - b))
-        f.truncate(start + pos)
-    return {"tensors": len(tensors), "size": start + pos, "enc": list(enc)}
+    data = {name: os.urandom(4 * math.prod(shape)) for name, shape in enc.items()}
+    out = sparse_safetensors(path, {name: ("F32", tensors[name]) for name in sorted(tensors)}, data=data)
+    return {"tensors": len(tensors), "size": out["size"], "enc": list(enc)}
 
 
 MPTKIT_FIND = "import mptkit, sys; b = mptkit.load(sys.argv[1]); print(sum(len(a.read()) for a in b.tensors.values()))"

@@ -6,7 +6,6 @@ checkpoint is a tiny Llama's real tensors beside 40 MB of filler (a hole on disk
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import mptkit.hub
 from mptkit.serve import PromptEmbedder
 from tests.fakehub import Blob
 from tests.support import basemodels
+from tests.support.banks import sparse_safetensors
 from tests.support.commands import one_error
 
 SLACK = 64 << 10
@@ -24,28 +24,13 @@ FILLER = (40 << 20) // 4  # F32 values of filler per file
 KEY = "model.embed_tokens.weight"
 
 
-def sparse_safetensors(path: Path, real: dict[str, torch.Tensor], filler: dict[str, int]) -> int:
-    """A safetensors file holding ``real`` tensors (their bytes) and ``filler`` F32 tensors of that many
-    values (a hole on disk); returns the header's length (8 + its JSON)."""
-    entries = {**{k: (t, list(t.shape)) for k, t in real.items()}, **{k: (None, [n]) for k, n in filler.items()}}
-    header, pos = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(entries):
-        t, shape = entries[name]
-        n = t.numel() * t.element_size() if t is not None else shape[0] * 4
-        header[name] = {"dtype": "F32" if t is None else {torch.float32: "F32"}[t.dtype], "shape": shape}
-        header[name]["data_offsets"] = [pos, pos + n]
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    start = 8 + len(text)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for name, (t, _) in entries.items():
-            if t is not None:
-                f.seek(start + header[name]["data_offsets"][0])
-                f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
-        f.truncate(start + pos)
-    return start
+def sparse_model(path: Path, real: dict[str, torch.Tensor], filler: dict[str, int]) -> int:
+    """A safetensors file holding ``real`` F32 tensors (their bytes) and ``filler`` F32 tensors of that
+    many values (a hole on disk), in name order; returns the header's length (8 + its JSON)."""
+    shapes = {**{k: list(t.shape) for k, t in real.items()}, **{k: [n] for k, n in filler.items()}}
+    assert all(t.dtype == torch.float32 for t in real.values())
+    data = {k: t.contiguous().view(torch.uint8).numpy().tobytes() for k, t in real.items()}
+    return sparse_safetensors(path, {k: ("F32", shapes[k]) for k in sorted(shapes)}, data=data)["data_start"]
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +42,11 @@ def model(tmp_path_factory):
     config = json.dumps(base.config.to_dict()).encode()
     tok = basemodels.tokenizer_json(root / "tokenizer.json").read_bytes()
     whole = root / "model.safetensors"
-    head = sparse_safetensors(whole, real, {"model.filler.weight": FILLER})
+    head = sparse_model(whole, real, {"model.filler.weight": FILLER})
     emb = {KEY: real.pop(KEY)}
     shard1, shard2 = root / "model-00001-of-00002.safetensors", root / "model-00002-of-00002.safetensors"
-    head1 = sparse_safetensors(shard1, emb, {"model.filler_a.weight": FILLER})
-    sparse_safetensors(shard2, real, {"model.filler_b.weight": FILLER})
+    head1 = sparse_model(shard1, emb, {"model.filler_a.weight": FILLER})
+    sparse_model(shard2, real, {"model.filler_b.weight": FILLER})
     weight_map = {KEY: shard1.name, "model.filler_a.weight": shard1.name}
     weight_map.update(dict.fromkeys([*real, "model.filler_b.weight"], shard2.name))
     index = json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}).encode()

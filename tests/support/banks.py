@@ -17,6 +17,7 @@ peak RSS it reads for its children (``ru_maxrss`` includes the parent's peak at 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -218,6 +219,35 @@ def medium_bank(path: Path, *, N: int = 64, d: int = 1024, T: int = 4, r: int = 
     return path
 
 
+#: bytes an element of each safetensors dtype the sparse files use
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def sparse_safetensors(path, entries: dict, metadata: dict | None = None, data: dict | None = None) -> dict:
+    """Write a safetensors file whose tensors are holes on disk (any size, no memory): ``entries``
+    ``{name: (dtype, shape)}`` laid out in their order, ``data`` ``{name: bytes}`` written into
+    their places. Returns ``{"data_start", "size", name: (begin, end) in the file}``. No torch needed."""
+    header, pos = {"__metadata__": metadata or {"format": "pt"}}, 0
+    for name, (dtype, shape) in entries.items():
+        n = _ITEMSIZE[dtype] * math.prod(shape)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    start = 8 + len(text)
+    out = {"data_start": start, "size": start + pos}
+    for name in entries:
+        b, e = header[name]["data_offsets"]
+        out[name] = (start + b, start + e)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(start + pos)
+        for name, raw in (data or {}).items():
+            f.seek(out[name][0])
+            f.write(raw)
+    return out
+
+
 def sparse_bank(path, *, T: int, N: int, r: int, d: int, filled=(), seed: int = 0, names=None) -> dict:
     """Write a bare F32 bank of any size as a sparse file: a random shared prompt, random factors
     for the tasks in ``filled``, zeros (holes: no disk) everywhere else. Returns the byte layout
@@ -228,22 +258,10 @@ def sparse_bank(path, *, T: int, N: int, r: int, d: int, filled=(), seed: int = 
     meta = {"format": "pt"}
     if names is not None:
         meta["mptkit.task_names"] = json.dumps(names)
-    header, pos = {"__metadata__": meta}, 0
-    for name, shape in shapes.items():
-        n = 4 * int(np.prod(shape))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [pos, pos + n]}
-        pos += n
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    start = 8 + len(text)
-    out = {"header": start, "data_start": start, "size": start + pos}
-    for name in shapes:
-        b, e = header[name]["data_offsets"]
-        out[name] = (start + b, start + e)
+    out = sparse_safetensors(path, {k: ("F32", v) for k, v in shapes.items()}, meta)
+    out["header"] = out["data_start"]
     rng = np.random.default_rng(seed)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(start + pos)
+    with open(path, "r+b") as f:
         f.seek(out["prompt_embeddings"][0])
         f.write(rng.standard_normal(N * d, dtype=np.float32).tobytes())
         for k in filled:

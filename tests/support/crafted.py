@@ -4,7 +4,6 @@ many tiny storages, and a sparse safetensors bank whose header claims a huge pro
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import struct
 import zipfile
@@ -46,15 +45,8 @@ def many_storages(path: Path, count: int) -> Path:
 def claiming_bank(path: Path, d: int) -> Path:
     """A bare F32 bank of N=1, T=1, r=1 and hidden size ``d``: a sparse file of 8*d bytes of holes
     (d = 4,300,000,000 claims a 17 GB prompt)."""
-    header = {
-        "__metadata__": {"format": "pt"},
-        "prompt_embeddings": {"dtype": "F32", "shape": [1, d], "data_offsets": [0, 4 * d]},
-        "prefix_task_cols": {"dtype": "F32", "shape": [1, 1, 1], "data_offsets": [4 * d, 4 * d + 4]},
-        "prefix_task_rows": {"dtype": "F32", "shape": [1, 1, d], "data_offsets": [4 * d + 4, 8 * d + 4]},
-    }
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(8 + len(text) + 8 * d + 4)
+    from tests.support.banks import sparse_safetensors
+
+    shapes = {"prompt_embeddings": [1, d], "prefix_task_cols": [1, 1, 1], "prefix_task_rows": [1, 1, d]}
+    sparse_safetensors(path, {k: ("F32", v) for k, v in shapes.items()})
     return path
