@@ -13,6 +13,7 @@ import pytest
 
 from mptkit import _peftfields as fields
 from tests.support.banks import random_bank, tiny_base_model
+from tests.support.commands import FOLDER_COMMANDS
 
 #: what PEFT 0.10.0 writes for MULTITASK_PROMPT_TUNING (the table; the matrix checks it against 0.10.0 itself)
 OLD = "0.10.0"
@@ -41,20 +42,6 @@ def loads_without_unknown_keys(folder):
         warnings.simplefilter("always")
         PeftModel.from_pretrained(tiny_base_model("causal"), str(folder))
     assert not [w for w in caught if "nexpected keyword" in str(w.message)]
-
-
-FOLDER_COMMANDS = [
-    ["derive", "{src}", "--mode", "exact", "--task", "1"],
-    ["derive", "{src}", "--mode", "average"],
-    ["derive", "{src}", "--mode", "shared", "--num-tasks", "2", "--seed", "0"],
-    ["slice", "{src}", "--tasks", "2,0"],
-    ["remove", "{src}", "--tasks", "1"],
-    ["rename", "{src}", "--names", "a,b,c"],
-    ["add", "{src}", "--init", "average"],
-    ["rank", "{src}", "--rank", "3"],
-    ["merge", "{src}", "{src}", "--rename-duplicates"],
-    ["convert", "{src}"],
-]
 
 
 @pytest.mark.parametrize("argv", FOLDER_COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in FOLDER_COMMANDS])

@@ -12,19 +12,7 @@ import torch
 import mptkit
 from mptkit import _peftfields as fields
 from tests.support.banks import load_tensors
-from tests.support.commands import run_mptkit
-
-COMMANDS = [
-    ["derive", "{src}", "--mode", "exact", "--task", "1"],
-    ["derive", "{src}", "--mode", "shared", "--num-tasks", "2", "--seed", "0"],
-    ["slice", "{src}", "--tasks", "2,0"],
-    ["remove", "{src}", "--tasks", "1"],
-    ["rename", "{src}", "--names", "a,b,c"],
-    ["add", "{src}", "--init", "average"],
-    ["rank", "{src}", "--rank", "3"],
-    ["merge", "{src}", "{src}", "--rename-duplicates"],
-    ["convert", "{src}"],
-]
+from tests.support.commands import FOLDER_COMMANDS, run_mptkit
 
 
 def config(folder):
@@ -32,7 +20,7 @@ def config(folder):
 
 
 @pytest.mark.parametrize("version", ["0.6.2", "0.13.2", "0.17.1"])
-@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in COMMANDS])
+@pytest.mark.parametrize("argv", FOLDER_COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in FOLDER_COMMANDS])
 def test_every_folder_command_writes_what_that_peft_writes(peft_banks, cli, tmp_path, argv, version):
     src = peft_banks("seq2seq")  # PEFT 0.21 wrote it: modules_to_save, peft_version, tokenizer_kwargs
     out = tmp_path / "out"

@@ -128,6 +128,21 @@ def run_on_terminal(cmd, env, *, stdout_too: bool = False, cols: int = 100, when
 
 
 #: commands that only read (their inputs must not change either)
+#: every command that writes a bank as an adapter folder from one source bank ("{src}"), as argv
+#: without the output: the config-field tests run each (its fields, --peft-version X)
+FOLDER_COMMANDS = [
+    ["derive", "{src}", "--mode", "exact", "--task", "1"],
+    ["derive", "{src}", "--mode", "average"],
+    ["derive", "{src}", "--mode", "shared", "--num-tasks", "2", "--seed", "0"],
+    ["slice", "{src}", "--tasks", "2,0"],
+    ["remove", "{src}", "--tasks", "1"],
+    ["rename", "{src}", "--names", "a,b,c"],
+    ["add", "{src}", "--init", "average"],
+    ["rank", "{src}", "--rank", "3"],
+    ["merge", "{src}", "{src}", "--rename-duplicates"],
+    ["convert", "{src}"],
+]
+
 READ_ONLY_COMMANDS = {"validate", "inspect", "similarity", "verify", "diff"}
 #: commands whose input or output is a Hub repo (tested against the loopback Hub)
 HUB_COMMANDS = {"pull", "push"}
