@@ -114,16 +114,13 @@ def run(p: Plan) -> PromptBank:
     """The bank ``p`` describes, made by the operations (see the module doc). With the recipe's
     ``clamp: true``, values beyond a narrower output dtype's range are stored as its largest finite
     value (``--clamp`` of the commands); else they are refused."""
-    return _run(p, bool(p.recipe.data.get("clamp", False)))
-
-
-def _run(p: Plan, clamp: bool) -> PromptBank:
     from ._convert import convert
     from ._decompose import decompose
     from ._edit import change_rank, rename, set_names, slice_tasks
     from ._merge import merge
 
     data, kept = p.recipe.data, p.sources[p.shared].bank
+    clamp = bool(data.get("clamp", False))
     for s in p.sources:  # the pins first: every step's provenance then names its sources by their whole file
         _ = s.pin
     if any(s.kind == "prompts" for s in p.sources):
